@@ -1,0 +1,324 @@
+//! Tenants, keys and requests as the engine sees them: resolved against one
+//! policy, so that matching is integer comparison.
+//!
+//! A [`TenantFacts`] or [`KeyFacts`] is only meaningful for the policy that
+//! resolved it; whoever swaps the policy resolves tenants again. What gives a
+//! tenant its counters is its id (hashed), never the resolution, so counts
+//! survive that.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use smallvec::SmallVec;
+
+use crate::compile::limit_set;
+use crate::policy::{
+    EndpointId, LimitId, LimitSet, ModelId, Policy, PolicyError, Sym, TierId, hint, name_hash,
+};
+use crate::time::{Instant, duration_nanos};
+use crate::window::Zone;
+
+/// A tenant as written (in a policy file or a tenant store).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TenantSpec {
+    /// Its id: stable, unique (e.g. `org-acme`).
+    pub id: String,
+    /// Tier name; the policy's default tier when `None`.
+    pub tier: Option<String>,
+    /// Environment (production, sandbox, demo, trial, …).
+    pub environment: Option<String>,
+    /// Groups it belongs to.
+    pub groups: Vec<String>,
+    /// Free-form labels.
+    pub labels: BTreeMap<String, String>,
+    /// IANA time zone for calendar windows; UTC when `None`.
+    pub time_zone: Option<String>,
+    /// Granted increases (or decreases).
+    pub overrides: Vec<OverrideSpec>,
+    /// Limit names it is exempt from (`*` for all).
+    pub exempt: Vec<String>,
+}
+
+/// A tenant-specific amount for a named limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverrideSpec {
+    /// The limit's name (in whichever tier the tenant is on).
+    pub limit: String,
+    /// The amount granted.
+    pub amount: u64,
+    /// When the grant ends; forever when `None`.
+    pub until: Option<Instant>,
+}
+
+/// An API key as written (never the secret: only what a limit can look at).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeySpec {
+    /// Its id (not the secret).
+    pub id: String,
+    /// Labels such as `channel = "apex"`.
+    pub labels: BTreeMap<String, String>,
+    /// Limit names it is exempt from (`*` for all).
+    pub exempt: Vec<String>,
+}
+
+/// A tenant resolved against a policy.
+#[derive(Clone, Debug)]
+pub struct TenantFacts {
+    pub(crate) id: Box<str>,
+    pub(crate) hash: u64,
+    pub(crate) name: Sym,
+    pub(crate) tier: TierId,
+    pub(crate) environment: Sym,
+    pub(crate) groups: SmallVec<[Sym; 4]>,
+    pub(crate) labels: SmallVec<[(Sym, Sym); 4]>,
+    pub(crate) zone: Option<Zone>,
+    pub(crate) overrides: SmallVec<[(LimitId, u64, u64); 2]>,
+    pub(crate) exempt: LimitSet,
+}
+
+impl TenantFacts {
+    /// The tenant's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The stable hash of the id: the tenant's counters live under it.
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    /// The tier.
+    pub fn tier(&self) -> TierId {
+        self.tier
+    }
+
+    /// The time zone of calendar windows.
+    pub fn zone(&self) -> Option<&Zone> {
+        self.zone.as_ref()
+    }
+
+    /// The amount granted for `limit` at `now`, if any.
+    pub fn override_for(&self, limit: LimitId, now: Instant) -> Option<u64> {
+        self.overrides
+            .iter()
+            .find(|(l, _, until)| *l == limit && now.0 < *until)
+            .map(|&(_, amount, _)| amount)
+    }
+}
+
+/// A key resolved against a policy.
+#[derive(Clone, Debug)]
+pub struct KeyFacts {
+    pub(crate) name: Sym,
+    pub(crate) hash: u64,
+    /// (label key, value symbol, value hash)
+    pub(crate) labels: SmallVec<[(Sym, Sym, u64); 2]>,
+    pub(crate) exempt: LimitSet,
+}
+
+impl KeyFacts {
+    /// The hash of the key id.
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
+}
+
+/// A tenant or key that does not fit the policy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FactsError {
+    /// A reference the policy does not define.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// A time zone that does not exist.
+    #[error(transparent)]
+    Zone(#[from] crate::window::UnknownZone),
+    /// No tier given and the policy has no default.
+    #[error("tenant `{0}` has no tier and the policy has no default tier")]
+    NoTier(String),
+    /// An empty id.
+    #[error("a tenant or key id must not be empty")]
+    EmptyId,
+}
+
+impl Policy {
+    /// Resolves a tenant against this policy.
+    pub fn tenant(&self, spec: &TenantSpec) -> Result<TenantFacts, FactsError> {
+        if spec.id.is_empty() {
+            return Err(FactsError::EmptyId);
+        }
+        let tier = match &spec.tier {
+            Some(t) => self.tier(t).ok_or_else(|| PolicyError::Unknown {
+                what: "tier",
+                name: t.clone(),
+                hint: hint(self.tiers.iter().map(|t| &*t.name)),
+            })?,
+            None => self
+                .default_tier
+                .ok_or_else(|| FactsError::NoTier(spec.id.clone()))?,
+        };
+        let zone = spec.time_zone.as_deref().map(Zone::get).transpose()?;
+        let mut overrides = SmallVec::new();
+        for o in &spec.overrides {
+            if o.amount == 0 {
+                return Err(PolicyError::BadLimit {
+                    limit: o.limit.clone(),
+                    reason:
+                        "an override amount must be at least 1; to stop a tenant, revoke its keys"
+                            .into(),
+                }
+                .into());
+            }
+            let ids = self.limits_named(&o.limit);
+            if ids.is_empty() {
+                return Err(unknown_limit(self, &o.limit).into());
+            }
+            let until = o.until.map_or(u64::MAX, |t| t.0);
+            overrides.extend(ids.iter().map(|&id| (id, o.amount, until)));
+        }
+        Ok(TenantFacts {
+            id: spec.id.as_str().into(),
+            hash: name_hash(&spec.id),
+            name: self.tenant_names.get(&spec.id),
+            tier,
+            environment: spec
+                .environment
+                .as_deref()
+                .map_or(Sym::NONE, |e| self.environments.get(e)),
+            groups: spec.groups.iter().map(|g| self.groups.get(g)).collect(),
+            labels: spec
+                .labels
+                .iter()
+                .map(|(k, v)| (self.tenant_label_keys.get(k), self.label_values.get(v)))
+                .filter(|(k, _)| *k != Sym::NONE)
+                .collect(),
+            zone,
+            overrides,
+            exempt: self.exempt_set(&spec.exempt)?,
+        })
+    }
+
+    /// Resolves a key against this policy.
+    pub fn key(&self, spec: &KeySpec) -> Result<KeyFacts, FactsError> {
+        if spec.id.is_empty() {
+            return Err(FactsError::EmptyId);
+        }
+        Ok(KeyFacts {
+            name: self.key_names.get(&spec.id),
+            hash: name_hash(&spec.id),
+            labels: spec
+                .labels
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        self.key_label_keys.get(k),
+                        self.label_values.get(v),
+                        name_hash(v),
+                    )
+                })
+                .filter(|(k, _, _)| *k != Sym::NONE)
+                .collect(),
+            exempt: self.exempt_set(&spec.exempt)?,
+        })
+    }
+
+    fn exempt_set(&self, names: &[String]) -> Result<LimitSet, PolicyError> {
+        if names.is_empty() {
+            Ok(LimitSet::Nothing)
+        } else {
+            limit_set(self, names, "limit")
+        }
+    }
+
+    /// A model reference for a request: known models by id, others by name.
+    pub fn model_ref(&self, name: &str) -> ModelRef {
+        match self.model(name) {
+            Some(id) => ModelRef {
+                id: Some(id),
+                hash: self.models[id.index()].hash,
+            },
+            None => ModelRef {
+                id: None,
+                hash: name_hash(name),
+            },
+        }
+    }
+}
+
+fn unknown_limit(p: &Policy, name: &str) -> PolicyError {
+    PolicyError::Unknown {
+        what: "limit",
+        name: name.to_owned(),
+        hint: hint(
+            p.limits
+                .iter()
+                .map(|l| &*l.name)
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .take(30),
+        ),
+    }
+}
+
+/// The model of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelRef {
+    /// The policy's id for it, if the policy knows it.
+    pub id: Option<ModelId>,
+    /// Stable hash of the name.
+    pub hash: u64,
+}
+
+impl ModelRef {
+    /// No model (e.g. a feedback call).
+    pub const NONE: ModelRef = ModelRef { id: None, hash: 0 };
+}
+
+/// What a request is expected to cost, before it runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cost {
+    /// Estimated prompt tokens.
+    pub input_tokens: u64,
+    /// Expected completion tokens (`max_tokens`, capped, or a default).
+    pub output_tokens: u64,
+}
+
+impl Cost {
+    /// A request with no token cost.
+    pub const REQUEST: Cost = Cost {
+        input_tokens: 0,
+        output_tokens: 0,
+    };
+
+    /// A request expected to use these tokens.
+    pub const fn tokens(input_tokens: u64, output_tokens: u64) -> Self {
+        Self {
+            input_tokens,
+            output_tokens,
+        }
+    }
+}
+
+/// One request to admit.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// Who pays.
+    pub tenant: &'a TenantFacts,
+    /// Which of its keys, if known.
+    pub key: Option<&'a KeyFacts>,
+    /// The endpoint called.
+    pub endpoint: EndpointId,
+    /// The model asked for.
+    pub model: ModelRef,
+    /// What it is expected to cost.
+    pub cost: Cost,
+}
+
+/// Reservation lease end for a request admitted at `now` under `policy`.
+pub(crate) fn lease_end(policy: &Policy, now: Instant) -> Instant {
+    Instant(now.0.saturating_add(duration_nanos(policy.lease)))
+}
+
+/// Turns a lease into an absolute deadline (helper for callers).
+pub fn deadline(now: Instant, lease: Duration) -> Instant {
+    Instant(now.0.saturating_add(duration_nanos(lease)))
+}

@@ -1,0 +1,450 @@
+//! From a request to the counters it must be charged to, and from those
+//! counters' states to a decision.
+//!
+//! Planning is pure and needs no store: it finds every limit that applies
+//! (conditions, exemptions, overrides), resolves its window to a slot, and
+//! names the counter. Deciding is pure too: given the counters' states it says
+//! admit or deny for the request as a whole. A store only has to run
+//! [`decide`] atomically and write back the states it returns. That is the
+//! whole of "all or nothing".
+
+use smallvec::SmallVec;
+
+use crate::counter::{ChargedAs, Check, CounterState, Rule, Verdict, check};
+use crate::facts::{Request, lease_end};
+use crate::metric::Metric;
+use crate::policy::{Clause, Condition, LimitId, Part, Policy, Sym};
+use crate::time::Instant;
+use crate::window::WindowKind;
+
+/// A counter's identity: tenant, limit identity and partition, hashed to 128
+/// bits (xxh3, stable across versions and processes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CounterKey(pub u128);
+
+impl CounterKey {
+    /// The key for a tenant, a limit identity, and partition values.
+    pub fn new(tenant: u64, identity: u64, parts: &[u64]) -> Self {
+        let mut buf = [0u8; 8 * (2 + crate::compile::MAX_PARTITION_FACTS)];
+        let mut n = 0;
+        for v in [tenant, identity].iter().chain(parts.iter()) {
+            if n + 8 > buf.len() {
+                break;
+            }
+            buf[n..n + 8].copy_from_slice(&v.to_le_bytes());
+            n += 8;
+        }
+        Self(xxhash_rust::xxh3::xxh3_128(&buf[..n]))
+    }
+}
+
+/// One counter an admission will charge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlannedCharge {
+    /// The limit that asks for it.
+    pub limit: LimitId,
+    /// The counter.
+    pub key: CounterKey,
+    /// What it counts.
+    pub metric: Metric,
+    /// What the limit enforces (amount after overrides, slot resolved).
+    pub rule: Rule,
+    /// What this request costs on it.
+    pub cost: u64,
+    /// A shadow limit: reported, never denies.
+    pub shadow: bool,
+}
+
+/// Everything a store needs to admit one request.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The tenant's hash: the store keeps all of a tenant's counters together.
+    pub tenant: u64,
+    /// The instant planned for.
+    pub now: Instant,
+    /// When an unsettled reservation expires.
+    pub lease_until: Instant,
+    /// The counters to charge.
+    pub charges: SmallVec<[PlannedCharge; 8]>,
+}
+
+impl Policy {
+    /// Plans the admission of `req` at `now`.
+    pub fn plan(&self, req: &Request<'_>, now: Instant) -> Plan {
+        let tenant = req.tenant;
+        let mut plan = Plan {
+            tenant: tenant.hash,
+            now,
+            lease_until: lease_end(self, now),
+            charges: SmallVec::new(),
+        };
+        let Some(tier) = self.tiers.get(tenant.tier.index()) else {
+            return plan;
+        };
+        let slot = req
+            .model
+            .id
+            .map_or(tier.by_model.len().saturating_sub(1), |m| m.index());
+        let Some(candidates) = tier.by_model.get(slot) else {
+            return plan;
+        };
+        // Exemptions are few; find the ones that hold for this request once.
+        let mut exempting: SmallVec<[&crate::policy::LimitSet; 2]> = SmallVec::new();
+        for e in &self.exemptions {
+            if self.holds(&e.when, req) {
+                exempting.push(&e.limits);
+            }
+        }
+        for &id in candidates {
+            let limit = &self.limits[id.index()];
+            if !self.holds(&limit.when, req)
+                || limit.unless.iter().any(|u| self.holds(u, req))
+                || tenant.exempt.contains(id)
+                || req.key.is_some_and(|k| k.exempt.contains(id))
+                || exempting.iter().any(|s| s.contains(id))
+            {
+                continue;
+            }
+            let amount = tenant.override_for(id, now).unwrap_or(limit.amount);
+            let rule = match limit.window {
+                None => Rule::Concurrent { amount },
+                Some(w) if w.kind == WindowKind::Rolling => Rule::Rolling {
+                    period_nanos: w.period.nominal_nanos(),
+                    amount,
+                    // An explicit burst scales with a granted increase.
+                    burst: limit.burst.map_or(amount, |b| {
+                        if amount == limit.amount {
+                            b
+                        } else {
+                            u64::try_from(
+                                u128::from(b) * u128::from(amount) / u128::from(limit.amount),
+                            )
+                            .unwrap_or(u64::MAX)
+                            .max(1)
+                        }
+                    }),
+                },
+                Some(w) => Rule::Calendar {
+                    slot: w.slot(now, tenant.zone.as_ref()),
+                    amount,
+                },
+            };
+            let mut parts: SmallVec<[u64; 4]> = SmallVec::new();
+            for part in &limit.parts {
+                parts.push(self.part_value(part, req));
+            }
+            let key = CounterKey::new(tenant.hash, limit.identity, &parts);
+            let charge = PlannedCharge {
+                limit: id,
+                key,
+                metric: limit.metric,
+                rule,
+                cost: limit
+                    .metric
+                    .cost(req.cost.input_tokens, req.cost.output_tokens),
+                shadow: limit.shadow,
+            };
+            // Two limits that name one counter (overlapping conditions): the
+            // stricter one decides and the counter is charged once.
+            match plan.charges.iter_mut().find(|c| c.key == key) {
+                Some(c) if rule.amount() < c.rule.amount() || (c.shadow && !charge.shadow) => {
+                    *c = charge;
+                }
+                Some(_) => {}
+                None => plan.charges.push(charge),
+            }
+        }
+        plan
+    }
+
+    fn part_value(&self, part: &Part, req: &Request<'_>) -> u64 {
+        match part {
+            Part::Model => req.model.hash,
+            Part::Endpoint => self
+                .endpoints
+                .get(req.endpoint.index())
+                .map_or(0, |e| e.hash),
+            Part::ModelClass => req
+                .model
+                .id
+                .and_then(|m| self.models[m.index()].class)
+                .map_or(0, |c| crate::policy::name_hash(self.classes.name(c))),
+            Part::Key => req.key.map_or(0, |k| k.hash),
+            Part::KeyLabel(l) => req
+                .key
+                .and_then(|k| k.labels.iter().find(|(key, _, _)| key == l))
+                .map_or(0, |&(_, _, h)| h),
+        }
+    }
+
+    fn holds(&self, cond: &Condition, req: &Request<'_>) -> bool {
+        let t = req.tenant;
+        let some = |v: &[Sym], s: Sym| s != Sym::NONE && v.contains(&s);
+        cond.iter().all(|clause| match clause {
+            Clause::Tenant(v) => some(v, t.name),
+            Clause::Tier(v) => v.contains(&t.tier),
+            Clause::Environment(v) => some(v, t.environment),
+            Clause::Group(v) => t.groups.iter().any(|&g| some(v, g)),
+            Clause::TenantLabel(k, v) => t.labels.iter().any(|(lk, lv)| lk == k && some(v, *lv)),
+            Clause::Key(v) => req.key.is_some_and(|k| some(v, k.name)),
+            Clause::KeyLabel(k, v) => req
+                .key
+                .is_some_and(|key| key.labels.iter().any(|(lk, lv, _)| lk == k && some(v, *lv))),
+            Clause::Endpoint(v) => v.contains(&req.endpoint),
+            Clause::Model(v) => req.model.id.is_some_and(|m| v.contains(&m)),
+            Clause::ModelClass(v) => req
+                .model
+                .id
+                .and_then(|m| self.models[m.index()].class)
+                .is_some_and(|c| v.contains(&c)),
+        })
+    }
+}
+
+/// The state of one limit, as a decision reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitStatus {
+    /// Which limit.
+    pub limit: LimitId,
+    /// What it counts.
+    pub metric: Metric,
+    /// Its amount (after overrides).
+    pub amount: u64,
+    /// Used: after this request if admitted, before it otherwise.
+    pub used: u64,
+    /// Remaining: after this request if admitted, before it otherwise.
+    pub remaining: u64,
+    /// What this request asked of it.
+    pub requested: u64,
+    /// When it is back to full (`None` for concurrency).
+    pub reset: Option<Instant>,
+    /// Whether this request fit it.
+    pub verdict: Verdict,
+    /// A shadow limit (never denies).
+    pub shadow: bool,
+}
+
+/// Admit or deny.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Admitted; settle the reservation when the request ends (`None` when no
+    /// limit applied, so there is nothing to settle).
+    Admitted {
+        /// What to settle.
+        reservation: Option<ReservationId>,
+    },
+    /// Denied until `retry_at`; `limit` is the index (in the statuses) of the
+    /// limit that frees up last.
+    Limited {
+        /// Index into [`Decision::statuses`].
+        limit: usize,
+        /// When the request would fit, if nothing else is spent meanwhile.
+        retry_at: Instant,
+    },
+    /// Denied for good: the cost exceeds the whole capacity of a limit.
+    TooLarge {
+        /// Index into [`Decision::statuses`].
+        limit: usize,
+    },
+}
+
+/// The answer to one admission.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Admit or deny.
+    pub outcome: Outcome,
+    /// Every limit that applied, in plan order.
+    pub statuses: SmallVec<[LimitStatus; 8]>,
+}
+
+impl Decision {
+    /// Whether the request may go ahead.
+    pub const fn is_admitted(&self) -> bool {
+        matches!(self.outcome, Outcome::Admitted { .. })
+    }
+
+    /// The reservation to settle, if admitted with one.
+    pub const fn reservation(&self) -> Option<ReservationId> {
+        match self.outcome {
+            Outcome::Admitted { reservation } => reservation,
+            _ => None,
+        }
+    }
+
+    /// The status of the limit that denied the request.
+    pub fn denied_by(&self) -> Option<&LimitStatus> {
+        match self.outcome {
+            Outcome::Limited { limit, .. } | Outcome::TooLarge { limit } => {
+                self.statuses.get(limit)
+            }
+            Outcome::Admitted { .. } => None,
+        }
+    }
+}
+
+/// An opaque, unguessable reservation id (128 bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ReservationId(pub u128);
+
+impl std::fmt::Display for ReservationId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "rsv_{:032x}", self.0)
+    }
+}
+
+impl std::str::FromStr for ReservationId {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let hex = s.strip_prefix("rsv_").ok_or(())?;
+        if hex.len() != 32 {
+            return Err(());
+        }
+        u128::from_str_radix(hex, 16).map(Self).map_err(|_| ())
+    }
+}
+
+/// One charge of an admitted request, kept until it is settled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChargeRecord {
+    /// The counter.
+    pub key: CounterKey,
+    /// What it counts.
+    pub metric: Metric,
+    /// How it was charged.
+    pub how: ChargedAs,
+    /// How much.
+    pub charged: u64,
+}
+
+/// What an admitted request really used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Requests to count: 1 normally, 0 to refund the request itself (e.g. the
+    /// upstream failed and the policy refunds failures).
+    pub requests: u64,
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Completion tokens.
+    pub output_tokens: u64,
+}
+
+impl Usage {
+    /// A request that ran and used these tokens.
+    pub const fn tokens(input_tokens: u64, output_tokens: u64) -> Self {
+        Self {
+            requests: 1,
+            input_tokens,
+            output_tokens,
+        }
+    }
+
+    /// Nothing: the request is refunded entirely.
+    pub const REFUND: Usage = Usage {
+        requests: 0,
+        input_tokens: 0,
+        output_tokens: 0,
+    };
+
+    /// The real amount under `metric` (concurrency is always released).
+    pub const fn amount(&self, metric: Metric) -> u64 {
+        match metric {
+            Metric::Requests => self.requests,
+            Metric::Concurrent => 0,
+            m => m.cost(self.input_tokens, self.output_tokens),
+        }
+    }
+}
+
+/// What settling did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settlement {
+    /// The reservation was settled now.
+    Settled,
+    /// Nothing to do: already settled, released, expired, or never issued.
+    Unknown,
+}
+
+/// The verdict on a whole plan, and what to write back if admitted.
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    /// The decision (reservation id not yet filled in).
+    pub decision: Decision,
+    /// For each charge: the state to store if the request is admitted and the
+    /// charge applies (`None`: leave the counter alone).
+    pub writes: SmallVec<[Option<CounterState>; 8]>,
+}
+
+/// Decides a plan given each charge's current counter state (`states[i]` for
+/// `plan.charges[i]`). Pure: the caller provides atomicity.
+pub fn decide(plan: &Plan, states: &[Option<CounterState>]) -> Evaluation {
+    let mut statuses = SmallVec::new();
+    let mut writes = SmallVec::new();
+    let mut never: Option<usize> = None;
+    let mut wait: Option<(usize, Instant)> = None;
+    for (i, c) in plan.charges.iter().enumerate() {
+        let state = states.get(i).copied().flatten();
+        let Check {
+            verdict,
+            next,
+            used,
+            remaining,
+            reset,
+        } = check(&c.rule, state.as_ref(), c.cost, plan.now);
+        statuses.push(LimitStatus {
+            limit: c.limit,
+            metric: c.metric,
+            amount: c.rule.amount(),
+            used,
+            remaining,
+            requested: c.cost,
+            reset,
+            verdict,
+            shadow: c.shadow,
+        });
+        writes.push((verdict == Verdict::Fits).then_some(next));
+        if c.shadow {
+            continue;
+        }
+        match verdict {
+            Verdict::Fits => {}
+            Verdict::Never => {
+                never.get_or_insert(i);
+            }
+            Verdict::WaitUntil(t) => {
+                if wait.is_none_or(|(_, w)| t > w) {
+                    wait = Some((i, t));
+                }
+            }
+        }
+    }
+    let outcome = if let Some(limit) = never {
+        Outcome::TooLarge { limit }
+    } else if let Some((limit, retry_at)) = wait {
+        Outcome::Limited { limit, retry_at }
+    } else {
+        Outcome::Admitted { reservation: None }
+    };
+    if !matches!(outcome, Outcome::Admitted { .. }) {
+        writes.iter_mut().for_each(|w| *w = None);
+    }
+    Evaluation {
+        decision: Decision { outcome, statuses },
+        writes,
+    }
+}
+
+/// The charges to remember for settlement of an admitted plan.
+pub fn records(plan: &Plan, eval: &Evaluation) -> SmallVec<[ChargeRecord; 8]> {
+    plan.charges
+        .iter()
+        .zip(eval.writes.iter())
+        .filter(|(_, w)| w.is_some())
+        .map(|(c, _)| ChargeRecord {
+            key: c.key,
+            metric: c.metric,
+            how: ChargedAs::of(&c.rule),
+            charged: c.cost,
+        })
+        .collect()
+}

@@ -1,0 +1,36 @@
+//! What a counter store must do. The memory store and the Redis store both
+//! implement this; the engine's test suite runs against every implementation.
+
+use std::future::Future;
+
+use crate::plan::{Decision, Plan, ReservationId, Settlement, Usage};
+
+/// Shared counters with all-or-nothing admission.
+///
+/// Implementations must make [`admit`](CounterStore::admit) atomic over all of
+/// a plan's charges (run [`crate::plan::decide`] and write back its states with
+/// no other admission of the same tenant in between), and must make settlement
+/// idempotent per reservation.
+pub trait CounterStore: Send + Sync + 'static {
+    /// Why the store could not answer (unreachable, timed out, …).
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Checks every charge of `plan` and charges all of them, or none.
+    fn admit(&self, plan: &Plan) -> impl Future<Output = Result<Decision, Self::Error>> + Send;
+
+    /// Reports the state of every charge of `plan` without charging anything.
+    fn peek(&self, plan: &Plan) -> impl Future<Output = Result<Decision, Self::Error>> + Send;
+
+    /// Settles a reservation with what the request really used. A second
+    /// settlement of the same reservation has no effect.
+    fn settle(
+        &self,
+        id: ReservationId,
+        usage: Usage,
+    ) -> impl Future<Output = Result<Settlement, Self::Error>> + Send;
+
+    /// Ends a reservation without usage figures (the request was dropped):
+    /// concurrency is released, token charges stay as estimated. Does not
+    /// wait; safe to call from `Drop`.
+    fn release(&self, id: ReservationId);
+}
