@@ -11,7 +11,7 @@ use crate::metric::Metric;
 use crate::policy::{
     Clause, ClauseSpec, Condition, ConditionSpec, DEFAULT_ENDPOINTS, Endpoint, EndpointId,
     Exemption, Fact, Interner, Limit, LimitId, LimitSet, Model, ModelId, Part, Policy,
-    PolicyBuilder, PolicyError, Scope, Tier, TierId, counter_identity, hint, name_hash,
+    PolicyBuilder, PolicyError, Scope, Tier, TierId, TierSpec, counter_identity, hint, name_hash,
 };
 
 /// The tier a policy gets when it declares none.
@@ -51,17 +51,10 @@ pub(crate) fn compile(b: &PolicyBuilder) -> Result<Policy, PolicyError> {
     for (name, class) in &b.models {
         let id = ModelId(p.models.len() as u32);
         if p.model_index.insert(name.as_str().into(), id).is_some() {
-            return Err(PolicyError::Duplicate {
-                what: "model",
-                name: name.clone(),
-            });
+            return Err(PolicyError::Duplicate { what: "model", name: name.clone() });
         }
         let class = class.as_deref().map(|c| p.classes.intern(c));
-        p.models.push(Model {
-            name: name.as_str().into(),
-            class,
-            hash: name_hash(name),
-        });
+        p.models.push(Model { name: name.as_str().into(), class, hash: name_hash(name) });
     }
 
     let endpoints: Vec<&str> = if b.endpoints.is_empty() {
@@ -72,15 +65,9 @@ pub(crate) fn compile(b: &PolicyBuilder) -> Result<Policy, PolicyError> {
     for name in endpoints {
         let id = EndpointId(p.endpoints.len() as u32);
         if p.endpoint_index.insert(name.into(), id).is_some() {
-            return Err(PolicyError::Duplicate {
-                what: "endpoint",
-                name: name.to_owned(),
-            });
+            return Err(PolicyError::Duplicate { what: "endpoint", name: name.to_owned() });
         }
-        p.endpoints.push(Endpoint {
-            name: name.into(),
-            hash: name_hash(name),
-        });
+        p.endpoints.push(Endpoint { name: name.into(), hash: name_hash(name) });
     }
 
     compile_tiers(b, &mut p)?;
@@ -95,10 +82,7 @@ pub(crate) fn compile(b: &PolicyBuilder) -> Result<Policy, PolicyError> {
         }
         let limit = compile_limit(spec, &mut p)?;
         let id = LimitId(p.limits.len() as u32);
-        p.limits_by_name
-            .entry(spec.name.as_str().into())
-            .or_default()
-            .push(id);
+        p.limits_by_name.entry(spec.name.as_str().into()).or_default().push(id);
         p.limits.push(limit);
     }
 
@@ -107,11 +91,7 @@ pub(crate) fn compile(b: &PolicyBuilder) -> Result<Policy, PolicyError> {
     for e in &b.exemptions {
         let limits = limit_set(&p, &e.limits, "exemption")?;
         let when = compile_condition(&e.when, &mut p)?;
-        p.exemptions.push(Exemption {
-            name: e.name.clone(),
-            limits,
-            when,
-        });
+        p.exemptions.push(Exemption { name: e.name.clone(), limits, when });
     }
     Ok(p)
 }
@@ -119,26 +99,39 @@ pub(crate) fn compile(b: &PolicyBuilder) -> Result<Policy, PolicyError> {
 fn compile_tiers(b: &PolicyBuilder, p: &mut Policy) -> Result<(), PolicyError> {
     let mut tiers = b.tiers.clone();
     if tiers.is_empty() {
-        tiers.push((DEFAULT_TIER.to_owned(), None, None));
+        tiers.push(TierSpec { name: DEFAULT_TIER.to_owned(), ..TierSpec::default() });
     }
-    for (name, description, _) in &tiers {
+    for spec in &tiers {
         let id = TierId(p.tiers.len() as u32);
-        if p.tier_index.insert(name.as_str().into(), id).is_some() {
-            return Err(PolicyError::Duplicate {
-                what: "tier",
-                name: name.clone(),
-            });
+        if p.tier_index.insert(spec.name.as_str().into(), id).is_some() {
+            return Err(PolicyError::Duplicate { what: "tier", name: spec.name.clone() });
         }
+        let allowed_models = match &spec.allowed_models {
+            None => None,
+            Some(names) => Some(
+                names
+                    .iter()
+                    .map(|m| {
+                        p.model(m).ok_or_else(|| PolicyError::Unknown {
+                            what: "model",
+                            name: m.clone(),
+                            hint: hint(p.models.iter().map(|m| &*m.name)),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
         p.tiers.push(Tier {
-            name: name.as_str().into(),
-            description: description.clone(),
+            name: spec.name.as_str().into(),
+            description: spec.description.clone(),
             extends: None,
             by_model: Vec::new(),
             all: Vec::new(),
+            allowed_models,
         });
     }
-    for (i, (_, _, extends)) in tiers.iter().enumerate() {
-        if let Some(parent) = extends {
+    for (i, spec) in tiers.iter().enumerate() {
+        if let Some(parent) = &spec.extends {
             let pid = p.tier(parent).ok_or_else(|| PolicyError::Unknown {
                 what: "tier",
                 name: parent.clone(),
@@ -170,36 +163,27 @@ fn compile_tiers(b: &PolicyBuilder, p: &mut Policy) -> Result<(), PolicyError> {
 }
 
 fn compile_limit(spec: &crate::policy::LimitSpec, p: &mut Policy) -> Result<Limit, PolicyError> {
-    let bad = |reason: String| PolicyError::BadLimit {
-        limit: spec.name.clone(),
-        reason,
-    };
+    let bad = |reason: String| PolicyError::BadLimit { limit: spec.name.clone(), reason };
     if spec.amount == 0 {
         return Err(bad("the amount must be at least 1 (to stop all traffic, use an amount of 1 with a long window, or remove the model)".into()));
     }
     match (spec.metric, &spec.window) {
         (Metric::Concurrent, Some(_)) => {
             return Err(bad(
-                "a `concurrent` limit counts requests in flight and takes no window".into(),
+                "a `concurrent` limit counts requests in flight and takes no window".into()
             ));
         }
         (Metric::Concurrent, None) => {}
         (_, None) => return Err(bad(format!("a `{}` limit needs a window", spec.metric))),
         (_, Some(w)) => w
             .validate(spec.amount)
-            .map_err(|source| PolicyError::BadWindow {
-                limit: spec.name.clone(),
-                source,
-            })?,
+            .map_err(|source| PolicyError::BadWindow { limit: spec.name.clone(), source })?,
     }
     if let Some(burst) = spec.burst {
         if burst == 0 {
             return Err(bad("`burst` must be at least 1".into()));
         }
-        if spec
-            .window
-            .is_none_or(|w| w.kind != crate::window::WindowKind::Rolling)
-        {
+        if spec.window.is_none_or(|w| w.kind != crate::window::WindowKind::Rolling) {
             return Err(bad("`burst` only applies to rolling windows".into()));
         }
     }
@@ -219,9 +203,7 @@ fn compile_limit(spec: &crate::policy::LimitSpec, p: &mut Policy) -> Result<Limi
         }
     }
     if spec.by.len() > MAX_PARTITION_FACTS {
-        return Err(bad(format!(
-            "`by` may name at most {MAX_PARTITION_FACTS} facts"
-        )));
+        return Err(bad(format!("`by` may name at most {MAX_PARTITION_FACTS} facts")));
     }
     let mut parts = SmallVec::new();
     for fact in &spec.by {
@@ -414,11 +396,7 @@ pub(crate) fn limit_set(
         let found = p.limits_named(n);
         if found.is_empty() {
             return Err(PolicyError::Unknown {
-                what: if what == "exemption" {
-                    "limit (in an exemption)"
-                } else {
-                    "limit"
-                },
+                what: if what == "exemption" { "limit (in an exemption)" } else { "limit" },
                 name: n.clone(),
                 hint: hint(
                     p.limits

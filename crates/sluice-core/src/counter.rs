@@ -7,11 +7,13 @@
 //!
 //! Rolling windows are GCRA in its "theoretical arrival time" form: the state
 //! is one instant `tat`, each unit of cost pushes it `period/amount` further,
-//! and a request fits while `tat - now <= burst·period/amount`. The amount the
-//! state was last charged under is kept beside it, so that a raised (or
-//! lowered) limit rescales the state instead of misreading it: a tenant keeps
-//! exactly the usage it had and the new amount applies at once. Increments
-//! round up to whole nanoseconds, so rounding can only make a limit stricter.
+//! and a request fits while `tat - now <= burst·period/amount`. `tat` is kept
+//! exactly, with its fraction of a nanosecond (a 1,440 RPM limit moves it
+//! 41,666,666⅔ ns per request; rounding would lose the 1,440th request of a
+//! burst). The amount the state was last charged under is kept beside it, so
+//! that a raised (or lowered) limit rescales the state instead of misreading
+//! it: a tenant keeps exactly the usage it had and the new amount applies at
+//! once.
 
 use crate::time::Instant;
 use crate::window::Slot;
@@ -65,14 +67,17 @@ impl Rule {
     }
 }
 
-/// The stored state of one counter. 24 bytes.
+/// The stored state of one counter. 32 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CounterState {
-    /// GCRA: theoretical arrival time, and the amount it was computed under.
+    /// GCRA: theoretical arrival time `tat + rem/amount` (ns since the
+    /// epoch, exactly), and the amount it was computed under.
     Rolling {
-        /// Theoretical arrival time, ns since the epoch.
+        /// Whole nanoseconds of the theoretical arrival time.
         tat: u64,
-        /// The limit's amount when `tat` was last moved.
+        /// The fraction of a nanosecond beyond `tat`, in 1/amount ns.
+        rem: u64,
+        /// The limit's amount when the state was last moved.
         amount: u64,
     },
     /// Usage inside one calendar slot, identified by its end.
@@ -94,7 +99,7 @@ impl CounterState {
     /// store may drop it.
     pub const fn is_idle(&self, now: Instant) -> bool {
         match *self {
-            Self::Rolling { tat, .. } => tat <= now.0,
+            Self::Rolling { tat, rem, .. } => tat < now.0 || (tat == now.0 && rem == 0),
             Self::Calendar { end, .. } => end <= now.0,
             Self::Concurrent { in_flight } => in_flight == 0,
         }
@@ -138,30 +143,42 @@ fn sat_u64(v: u128) -> u64 {
 /// Checks `cost` against `rule` given the counter's current `state`.
 pub fn check(rule: &Rule, state: Option<&CounterState>, cost: u64, now: Instant) -> Check {
     match *rule {
-        Rule::Rolling {
-            period_nanos,
-            amount,
-            burst,
-        } => rolling(period_nanos, amount, burst, state, cost, now),
+        Rule::Rolling { period_nanos, amount, burst } => {
+            rolling(period_nanos, amount, burst, state, cost, now)
+        }
         Rule::Calendar { slot, amount } => calendar(slot, amount, state, cost),
         Rule::Concurrent { amount } => concurrent(amount, state, cost, now),
     }
 }
 
-/// A rolling state's TAT re-expressed under `amount` (a changed limit keeps
-/// the usage, not the time).
-fn rescaled_tat(state: Option<&CounterState>, amount: u64, now: u64) -> u64 {
+/// A rolling state's virtual time, exactly: `x = tat·amount + rem`, in units
+/// of ns·amount, so that one unit of cost is exactly `period` of them and no
+/// rounding ever happens. `x - now·amount` is the usage still to drain, times
+/// the period; it is carried over unchanged when the amount changes, so the
+/// tenant keeps the usage it had (not the time) and a raised limit applies at
+/// once. Never below `now·amount` (a bucket cannot be fuller than full).
+fn virtual_time(state: Option<&CounterState>, amount: u64, now: u64) -> u128 {
+    let floor = u128::from(now) * u128::from(amount);
     match state {
-        Some(&CounterState::Rolling { tat, amount: was }) if tat > now => {
-            if was == amount {
-                tat
+        Some(&CounterState::Rolling { tat, rem, amount: was }) if was > 0 => {
+            let x_was = u128::from(tat) * u128::from(was) + u128::from(rem);
+            let now_was = u128::from(now) * u128::from(was);
+            if x_was <= now_was {
+                floor
             } else {
-                let ahead = u128::from(tat - now) * u128::from(was);
-                now.saturating_add(sat_u64(ceil_div(ahead, u128::from(amount))))
+                // How far ahead of now the state is, `used·period`, does not
+                // depend on the amount: carry it over as it is.
+                floor + (x_was - now_was)
             }
         }
-        _ => now,
+        _ => floor,
     }
+}
+
+/// Stores a virtual time.
+fn rolling_state(x: u128, amount: u64) -> CounterState {
+    let a = u128::from(amount.max(1));
+    CounterState::Rolling { tat: sat_u64(x / a), rem: sat_u64(x % a), amount }
 }
 
 fn rolling(
@@ -172,37 +189,27 @@ fn rolling(
     cost: u64,
     now: Instant,
 ) -> Check {
-    let now_ns = now.0;
-    let (p, a) = (u128::from(period), u128::from(amount));
-    let cap = u128::from(burst) * p; // in ns·units
-    let base = rescaled_tat(state, amount, now_ns);
-    let step = sat_u64(ceil_div(u128::from(cost) * p, a));
-    let next_tat = base.saturating_add(step);
-    let ahead = |tat: u64| u128::from(tat.saturating_sub(now_ns)) * a;
-    let used_at = |tat: u64| sat_u64(ceil_div(ahead(tat), p));
-    let remaining_at = |tat: u64| sat_u64(cap.saturating_sub(ahead(tat)) / p);
+    let (p, a) = (u128::from(period), u128::from(amount.max(1)));
+    let floor = u128::from(now.0) * a;
+    let cap = u128::from(burst) * p; // the most `x` may run ahead of now
+    let base = virtual_time(state, amount, now.0);
+    let next = base + u128::from(cost) * p;
     let verdict = if cost > burst {
         Verdict::Never
-    } else if ahead(next_tat) <= cap {
+    } else if next - floor <= cap {
         Verdict::Fits
     } else {
-        // The earliest t with (next_tat - t)·amount <= cap.
-        Verdict::WaitUntil(Instant(next_tat.saturating_sub(sat_u64(cap / a))))
+        // The earliest t with next - t·amount <= cap.
+        Verdict::WaitUntil(Instant(sat_u64(ceil_div(next - cap, a))))
     };
-    let shown = if verdict == Verdict::Fits {
-        next_tat
-    } else {
-        base
-    };
+    let shown = if verdict == Verdict::Fits { next } else { base };
+    let ahead = shown - floor;
     Check {
         verdict,
-        next: CounterState::Rolling {
-            tat: next_tat,
-            amount,
-        },
-        used: used_at(shown),
-        remaining: remaining_at(shown),
-        reset: Some(Instant(shown.max(now_ns))),
+        next: rolling_state(next, amount),
+        used: sat_u64(ceil_div(ahead, p)),
+        remaining: sat_u64(cap.saturating_sub(ahead) / p),
+        reset: Some(Instant(sat_u64(ceil_div(shown, a)))),
     }
 }
 
@@ -221,11 +228,7 @@ fn calendar(slot: Slot, amount: u64, state: Option<&CounterState>, cost: u64) ->
     } else {
         Verdict::WaitUntil(Instant(end))
     };
-    let shown = if verdict == Verdict::Fits {
-        after
-    } else {
-        used
-    };
+    let shown = if verdict == Verdict::Fits { after } else { used };
     Check {
         verdict,
         next: CounterState::Calendar { end, used: after },
@@ -248,11 +251,7 @@ fn concurrent(amount: u64, state: Option<&CounterState>, cost: u64, now: Instant
     } else {
         Verdict::WaitUntil(Instant(now.0.saturating_add(CONCURRENCY_RETRY_NANOS)))
     };
-    let shown = if verdict == Verdict::Fits {
-        after
-    } else {
-        in_flight
-    };
+    let shown = if verdict == Verdict::Fits { after } else { in_flight };
     Check {
         verdict,
         next: CounterState::Concurrent { in_flight: after },
@@ -285,14 +284,7 @@ impl ChargedAs {
     /// How a charge made under `rule` is recorded.
     pub const fn of(rule: &Rule) -> Self {
         match *rule {
-            Rule::Rolling {
-                period_nanos,
-                amount,
-                ..
-            } => Self::Rolling {
-                period_nanos,
-                amount,
-            },
+            Rule::Rolling { period_nanos, amount, .. } => Self::Rolling { period_nanos, amount },
             Rule::Calendar { slot, .. } => Self::Calendar { end: slot.end.0 },
             Rule::Concurrent { .. } => Self::Concurrent,
         }
@@ -313,9 +305,9 @@ pub fn settle(
     let now_ns = now.0;
     match how {
         ChargedAs::Concurrent => match state {
-            Some(CounterState::Concurrent { in_flight }) => Some(CounterState::Concurrent {
-                in_flight: in_flight.saturating_sub(charged),
-            }),
+            Some(CounterState::Concurrent { in_flight }) => {
+                Some(CounterState::Concurrent { in_flight: in_flight.saturating_sub(charged) })
+            }
             other => other,
         },
         ChargedAs::Calendar { end } => match state {
@@ -330,34 +322,26 @@ pub fn settle(
             // The charged slot is over: a refund has nothing to go back to,
             // overage is carried as debt into the slot now counting.
             Some(CounterState::Calendar { end: e, used }) if e > end && actual > charged => {
-                Some(CounterState::Calendar {
-                    end: e,
-                    used: used.saturating_add(actual - charged),
-                })
+                Some(CounterState::Calendar { end: e, used: used.saturating_add(actual - charged) })
             }
             other => other,
         },
-        ChargedAs::Rolling {
-            period_nanos,
-            amount,
-        } => {
-            let (tat, amount) = match state {
-                Some(CounterState::Rolling { tat, amount }) => (tat, amount),
-                // Evicted because it had refilled completely.
-                _ => (now_ns, amount),
+        ChargedAs::Rolling { period_nanos, amount } => {
+            // Settle under the amount the counter now has (it may have been
+            // raised since the charge).
+            let amount = match state {
+                Some(CounterState::Rolling { amount: a, .. }) if a > 0 => a,
+                _ => amount.max(1),
             };
             let p = u128::from(period_nanos);
-            let a = u128::from(amount);
-            let tat = if actual >= charged {
-                let step = sat_u64(ceil_div(u128::from(actual - charged) * p, a));
-                tat.max(now_ns).saturating_add(step)
-            } else if tat > now_ns {
-                let back = sat_u64(u128::from(charged - actual) * p / a);
-                tat.saturating_sub(back).max(now_ns)
+            let floor = u128::from(now_ns) * u128::from(amount);
+            let x = virtual_time(state.as_ref(), amount, now_ns);
+            let x = if actual >= charged {
+                x + u128::from(actual - charged) * p
             } else {
-                tat
+                x.saturating_sub(u128::from(charged - actual) * p).max(floor)
             };
-            Some(CounterState::Rolling { tat, amount })
+            Some(rolling_state(x, amount))
         }
     }
 }
@@ -370,11 +354,7 @@ mod tests {
     const MIN: u64 = 60 * NANOS_PER_SEC;
 
     fn rolling_rule(amount: u64) -> Rule {
-        Rule::Rolling {
-            period_nanos: MIN,
-            amount,
-            burst: amount,
-        }
+        Rule::Rolling { period_nanos: MIN, amount, burst: amount }
     }
 
     fn run(rule: &Rule, state: &mut Option<CounterState>, cost: u64, now: Instant) -> Check {
@@ -405,11 +385,7 @@ mod tests {
 
     #[test]
     fn rolling_cost_over_burst_never_fits() {
-        let rule = Rule::Rolling {
-            period_nanos: MIN,
-            amount: 100,
-            burst: 10,
-        };
+        let rule = Rule::Rolling { period_nanos: MIN, amount: 100, burst: 10 };
         let c = check(&rule, None, 11, Instant(0));
         assert_eq!(c.verdict, Verdict::Never);
         assert_eq!(check(&rule, None, 10, Instant(0)).verdict, Verdict::Fits);
@@ -422,10 +398,7 @@ mod tests {
         for _ in 0..500 {
             run(&rolling_rule(500), &mut s, 1, t);
         }
-        assert!(matches!(
-            run(&rolling_rule(500), &mut s, 1, t).verdict,
-            Verdict::WaitUntil(_)
-        ));
+        assert!(matches!(run(&rolling_rule(500), &mut s, 1, t).verdict, Verdict::WaitUntil(_)));
         let c = run(&rolling_rule(2_000), &mut s, 1, t);
         assert_eq!(c.verdict, Verdict::Fits);
         assert_eq!(c.used, 501);
@@ -434,10 +407,7 @@ mod tests {
 
     #[test]
     fn calendar_counts_within_slot_and_resets_at_end() {
-        let slot = Slot {
-            start: Instant(0),
-            end: Instant(100),
-        };
+        let slot = Slot { start: Instant(0), end: Instant(100) };
         let rule = Rule::Calendar { slot, amount: 2 };
         let mut s = None;
         assert_eq!(run(&rule, &mut s, 1, Instant(1)).verdict, Verdict::Fits);
@@ -445,41 +415,24 @@ mod tests {
         let c = run(&rule, &mut s, 1, Instant(3));
         assert_eq!(c.verdict, Verdict::WaitUntil(Instant(100)));
         assert_eq!((c.used, c.remaining), (2, 0));
-        let next = Rule::Calendar {
-            slot: Slot {
-                start: Instant(100),
-                end: Instant(200),
-            },
-            amount: 2,
-        };
+        let next =
+            Rule::Calendar { slot: Slot { start: Instant(100), end: Instant(200) }, amount: 2 };
         assert_eq!(run(&next, &mut s, 2, Instant(100)).verdict, Verdict::Fits);
         assert_eq!(check(&next, None, 3, Instant(100)).verdict, Verdict::Never);
     }
 
     #[test]
     fn settlement_refunds_to_charged_slot_and_records_debt() {
-        let slot = Slot {
-            start: Instant(0),
-            end: Instant(100),
-        };
+        let slot = Slot { start: Instant(0), end: Instant(100) };
         let how = ChargedAs::Calendar { end: 100 };
-        let s = Some(CounterState::Calendar {
-            end: 100,
-            used: 500,
-        });
+        let s = Some(CounterState::Calendar { end: 100, used: 500 });
         assert_eq!(
             settle(s, how, 400, 150, Instant(50)),
-            Some(CounterState::Calendar {
-                end: 100,
-                used: 250
-            })
+            Some(CounterState::Calendar { end: 100, used: 250 })
         );
         assert_eq!(
             settle(s, how, 400, 700, Instant(50)),
-            Some(CounterState::Calendar {
-                end: 100,
-                used: 800
-            })
+            Some(CounterState::Calendar { end: 100, used: 800 })
         );
         // The next slot's counter is untouched by a refund for the old one.
         let later = Some(CounterState::Calendar { end: 200, used: 7 });
@@ -493,30 +446,18 @@ mod tests {
 
     #[test]
     fn rolling_settlement_never_refills_past_full() {
-        let how = ChargedAs::Rolling {
-            period_nanos: MIN,
-            amount: 60,
-        };
+        let how = ChargedAs::Rolling { period_nanos: MIN, amount: 60 };
         let now = Instant::from_secs(100);
-        let s = Some(CounterState::Rolling {
-            tat: now.0 + 2 * NANOS_PER_SEC,
-            amount: 60,
-        });
+        let s = Some(CounterState::Rolling { tat: now.0 + 2 * NANOS_PER_SEC, rem: 0, amount: 60 });
         // Refund 5 units (5 s) when only 2 s are outstanding: back to full.
         assert_eq!(
             settle(s, how, 6, 1, now),
-            Some(CounterState::Rolling {
-                tat: now.0,
-                amount: 60
-            })
+            Some(CounterState::Rolling { tat: now.0, rem: 0, amount: 60 })
         );
         // Overage of 3 units pushes 3 s of debt.
         assert_eq!(
             settle(s, how, 1, 4, now),
-            Some(CounterState::Rolling {
-                tat: now.0 + 5 * NANOS_PER_SEC,
-                amount: 60
-            })
+            Some(CounterState::Rolling { tat: now.0 + 5 * NANOS_PER_SEC, rem: 0, amount: 60 })
         );
     }
 
@@ -525,17 +466,14 @@ mod tests {
         let rule = Rule::Concurrent { amount: 1 };
         let mut s = None;
         assert_eq!(run(&rule, &mut s, 1, Instant(0)).verdict, Verdict::Fits);
-        assert!(matches!(
-            run(&rule, &mut s, 1, Instant(0)).verdict,
-            Verdict::WaitUntil(_)
-        ));
+        assert!(matches!(run(&rule, &mut s, 1, Instant(0)).verdict, Verdict::WaitUntil(_)));
         s = settle(s, ChargedAs::Concurrent, 1, 0, Instant(0));
         assert_eq!(s, Some(CounterState::Concurrent { in_flight: 0 }));
         assert!(s.is_some_and(|s| s.is_idle(Instant(0))));
     }
 
     #[test]
-    fn state_is_24_bytes() {
-        assert!(std::mem::size_of::<CounterState>() <= 24);
+    fn state_is_32_bytes() {
+        assert!(size_of::<CounterState>() <= 32);
     }
 }

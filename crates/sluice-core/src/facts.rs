@@ -152,9 +152,7 @@ impl Policy {
                 name: t.clone(),
                 hint: hint(self.tiers.iter().map(|t| &*t.name)),
             })?,
-            None => self
-                .default_tier
-                .ok_or_else(|| FactsError::NoTier(spec.id.clone()))?,
+            None => self.default_tier.ok_or_else(|| FactsError::NoTier(spec.id.clone()))?,
         };
         let zone = spec.time_zone.as_deref().map(Zone::get).transpose()?;
         let mut overrides = SmallVec::new();
@@ -208,13 +206,7 @@ impl Policy {
             labels: spec
                 .labels
                 .iter()
-                .map(|(k, v)| {
-                    (
-                        self.key_label_keys.get(k),
-                        self.label_values.get(v),
-                        name_hash(v),
-                    )
-                })
+                .map(|(k, v)| (self.key_label_keys.get(k), self.label_values.get(v), name_hash(v)))
                 .filter(|(k, _, _)| *k != Sym::NONE)
                 .collect(),
             exempt: self.exempt_set(&spec.exempt)?,
@@ -222,24 +214,14 @@ impl Policy {
     }
 
     fn exempt_set(&self, names: &[String]) -> Result<LimitSet, PolicyError> {
-        if names.is_empty() {
-            Ok(LimitSet::Nothing)
-        } else {
-            limit_set(self, names, "limit")
-        }
+        if names.is_empty() { Ok(LimitSet::Nothing) } else { limit_set(self, names, "limit") }
     }
 
     /// A model reference for a request: known models by id, others by name.
     pub fn model_ref(&self, name: &str) -> ModelRef {
         match self.model(name) {
-            Some(id) => ModelRef {
-                id: Some(id),
-                hash: self.models[id.index()].hash,
-            },
-            None => ModelRef {
-                id: None,
-                hash: name_hash(name),
-            },
+            Some(id) => ModelRef { id: Some(id), hash: self.models[id.index()].hash },
+            None => ModelRef { id: None, hash: name_hash(name) },
         }
     }
 }
@@ -284,17 +266,11 @@ pub struct Cost {
 
 impl Cost {
     /// A request with no token cost.
-    pub const REQUEST: Cost = Cost {
-        input_tokens: 0,
-        output_tokens: 0,
-    };
+    pub const REQUEST: Cost = Cost { input_tokens: 0, output_tokens: 0 };
 
     /// A request expected to use these tokens.
     pub const fn tokens(input_tokens: u64, output_tokens: u64) -> Self {
-        Self {
-            input_tokens,
-            output_tokens,
-        }
+        Self { input_tokens, output_tokens }
     }
 }
 

@@ -73,7 +73,7 @@ pub use plan::{
 pub use policy::{
     ClauseSpec, ConditionSpec, EndpointId, ExemptionSpec, Fact, HeaderFamily, HeaderMetric,
     HeaderProfile, HeaderSpan, Limit, LimitId, LimitSet, LimitSpec, ModelId, Policy, PolicyBuilder,
-    PolicyError, ResetFormat, Scope, TierId, describe_period,
+    PolicyError, ResetFormat, Scope, TierId, TierSpec, describe_period,
 };
 pub use store::CounterStore;
 pub use time::{Clock, FakeClock, Instant, SystemClock};

@@ -20,13 +20,8 @@ pub enum Metric {
 
 impl Metric {
     /// Every metric, in display order.
-    pub const ALL: [Metric; 5] = [
-        Self::Requests,
-        Self::Tokens,
-        Self::InputTokens,
-        Self::OutputTokens,
-        Self::Concurrent,
-    ];
+    pub const ALL: [Metric; 5] =
+        [Self::Requests, Self::Tokens, Self::InputTokens, Self::OutputTokens, Self::Concurrent];
 
     /// The spelling used in policy files.
     pub const fn as_str(self) -> &'static str {
@@ -72,9 +67,6 @@ impl FromStr for Metric {
     type Err = UnknownMetric;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|m| m.as_str() == s)
-            .ok_or_else(|| UnknownMetric(s.to_owned()))
+        Self::ALL.into_iter().find(|m| m.as_str() == s).ok_or_else(|| UnknownMetric(s.to_owned()))
     }
 }

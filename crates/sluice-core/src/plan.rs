@@ -17,8 +17,9 @@ use crate::policy::{Clause, Condition, LimitId, Part, Policy, Sym};
 use crate::time::Instant;
 use crate::window::WindowKind;
 
-/// A counter's identity: tenant, limit identity and partition, hashed to 128
-/// bits (xxh3, stable across versions and processes).
+/// A counter's identity: tenant, limit identity and partition, hashed (xxh3,
+/// stable across versions and processes). The top 32 bits are the tenant's, so
+/// that a store can find a counter's tenant shard from the key alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CounterKey(pub u128);
 
@@ -34,7 +35,13 @@ impl CounterKey {
             buf[n..n + 8].copy_from_slice(&v.to_le_bytes());
             n += 8;
         }
-        Self(xxhash_rust::xxh3::xxh3_128(&buf[..n]))
+        let low = xxhash_rust::xxh3::xxh3_128(&buf[..n]) & ((1u128 << 96) - 1);
+        Self((u128::from(tenant >> 32) << 96) | low)
+    }
+
+    /// The tenant bits: `tenant_hash >> 32` of the tenant it belongs to.
+    pub const fn tenant_bits(self) -> u32 {
+        (self.0 >> 96) as u32
     }
 }
 
@@ -68,6 +75,16 @@ pub struct Plan {
     pub charges: SmallVec<[PlannedCharge; 8]>,
 }
 
+impl Plan {
+    /// The same plan costing nothing: deciding it reports the counters as
+    /// they are, without this request.
+    pub fn at_zero_cost(&self) -> Plan {
+        let mut p = self.clone();
+        p.charges.iter_mut().for_each(|c| c.cost = 0);
+        p
+    }
+}
+
 impl Policy {
     /// Plans the admission of `req` at `now`.
     pub fn plan(&self, req: &Request<'_>, now: Instant) -> Plan {
@@ -81,10 +98,7 @@ impl Policy {
         let Some(tier) = self.tiers.get(tenant.tier.index()) else {
             return plan;
         };
-        let slot = req
-            .model
-            .id
-            .map_or(tier.by_model.len().saturating_sub(1), |m| m.index());
+        let slot = req.model.id.map_or(tier.by_model.len().saturating_sub(1), |m| m.index());
         let Some(candidates) = tier.by_model.get(slot) else {
             return plan;
         };
@@ -124,10 +138,7 @@ impl Policy {
                         }
                     }),
                 },
-                Some(w) => Rule::Calendar {
-                    slot: w.slot(now, tenant.zone.as_ref()),
-                    amount,
-                },
+                Some(w) => Rule::Calendar { slot: w.slot(now, tenant.zone.as_ref()), amount },
             };
             let mut parts: SmallVec<[u64; 4]> = SmallVec::new();
             for part in &limit.parts {
@@ -139,9 +150,7 @@ impl Policy {
                 key,
                 metric: limit.metric,
                 rule,
-                cost: limit
-                    .metric
-                    .cost(req.cost.input_tokens, req.cost.output_tokens),
+                cost: limit.metric.cost(req.cost.input_tokens, req.cost.output_tokens),
                 shadow: limit.shadow,
             };
             // Two limits that name one counter (overlapping conditions): the
@@ -160,10 +169,7 @@ impl Policy {
     fn part_value(&self, part: &Part, req: &Request<'_>) -> u64 {
         match part {
             Part::Model => req.model.hash,
-            Part::Endpoint => self
-                .endpoints
-                .get(req.endpoint.index())
-                .map_or(0, |e| e.hash),
+            Part::Endpoint => self.endpoints.get(req.endpoint.index()).map_or(0, |e| e.hash),
             Part::ModelClass => req
                 .model
                 .id
@@ -332,19 +338,11 @@ pub struct Usage {
 impl Usage {
     /// A request that ran and used these tokens.
     pub const fn tokens(input_tokens: u64, output_tokens: u64) -> Self {
-        Self {
-            requests: 1,
-            input_tokens,
-            output_tokens,
-        }
+        Self { requests: 1, input_tokens, output_tokens }
     }
 
     /// Nothing: the request is refunded entirely.
-    pub const REFUND: Usage = Usage {
-        requests: 0,
-        input_tokens: 0,
-        output_tokens: 0,
-    };
+    pub const REFUND: Usage = Usage { requests: 0, input_tokens: 0, output_tokens: 0 };
 
     /// The real amount under `metric` (concurrency is always released).
     pub const fn amount(&self, metric: Metric) -> u64 {
@@ -384,13 +382,8 @@ pub fn decide(plan: &Plan, states: &[Option<CounterState>]) -> Evaluation {
     let mut wait: Option<(usize, Instant)> = None;
     for (i, c) in plan.charges.iter().enumerate() {
         let state = states.get(i).copied().flatten();
-        let Check {
-            verdict,
-            next,
-            used,
-            remaining,
-            reset,
-        } = check(&c.rule, state.as_ref(), c.cost, plan.now);
+        let Check { verdict, next, used, remaining, reset } =
+            check(&c.rule, state.as_ref(), c.cost, plan.now);
         statuses.push(LimitStatus {
             limit: c.limit,
             metric: c.metric,
@@ -428,10 +421,7 @@ pub fn decide(plan: &Plan, states: &[Option<CounterState>]) -> Evaluation {
     if !matches!(outcome, Outcome::Admitted { .. }) {
         writes.iter_mut().for_each(|w| *w = None);
     }
-    Evaluation {
-        decision: Decision { outcome, statuses },
-        writes,
-    }
+    Evaluation { decision: Decision { outcome, statuses }, writes }
 }
 
 /// The charges to remember for settlement of an admitted plan.

@@ -18,7 +18,7 @@ use std::time::Duration;
 use smallvec::SmallVec;
 
 use crate::metric::Metric;
-use crate::window::{Period, Window, WindowError, WindowKind};
+use crate::window::{Period, Window, WindowError};
 
 macro_rules! id_type {
     ($(#[$m:meta])* $name:ident) => {
@@ -464,6 +464,21 @@ pub struct Tier {
     pub(crate) by_model: Vec<Vec<LimitId>>,
     /// Every limit that can apply to its tenants.
     pub(crate) all: Vec<LimitId>,
+    /// The models its tenants may use (`None`: every model).
+    pub allowed_models: Option<Vec<ModelId>>,
+}
+
+/// A tier as written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TierSpec {
+    /// Its name.
+    pub name: String,
+    /// A sentence for people.
+    pub description: Option<String>,
+    /// The tier it starts from.
+    pub extends: Option<String>,
+    /// The only models its tenants may use (`None`: every model).
+    pub allowed_models: Option<Vec<String>>,
 }
 
 /// A compiled condition clause.
@@ -531,7 +546,7 @@ impl Limit {
     /// A short human description: `requests per minute`, `tokens per day`.
     pub fn describe(&self) -> String {
         match &self.window {
-            None => format!("{} in flight", self.metric),
+            None => "requests in flight".to_owned(),
             Some(w) => format!("{} per {}", self.metric, describe_period(w.period)),
         }
     }
@@ -569,20 +584,12 @@ pub fn describe_period(p: Period) -> String {
         Period::Months(m) => format!("{m} months"),
         Period::Seconds(s) => {
             let s = s.get();
-            for (unit, one) in [
-                (604_800, "week"),
-                (86_400, "day"),
-                (3_600, "hour"),
-                (60, "minute"),
-                (1, "second"),
-            ] {
+            for (unit, one) in
+                [(604_800, "week"), (86_400, "day"), (3_600, "hour"), (60, "minute"), (1, "second")]
+            {
                 if s % unit == 0 {
                     let n = s / unit;
-                    return if n == 1 {
-                        one.to_owned()
-                    } else {
-                        format!("{n} {one}s")
-                    };
+                    return if n == 1 { one.to_owned() } else { format!("{n} {one}s") };
                 }
             }
             format!("{s} seconds")
@@ -645,11 +652,7 @@ pub enum PolicyError {
 /// Lists defined names for an error hint.
 pub(crate) fn hint<'a>(names: impl Iterator<Item = &'a str>) -> String {
     let names: Vec<&str> = names.collect();
-    if names.is_empty() {
-        String::new()
-    } else {
-        format!("; defined: {}", names.join(", "))
-    }
+    if names.is_empty() { String::new() } else { format!("; defined: {}", names.join(", ")) }
 }
 
 /// The compiled policy.
@@ -696,10 +699,7 @@ impl Policy {
 
     /// Every model, in definition order.
     pub fn models(&self) -> impl Iterator<Item = (ModelId, &Model)> {
-        self.models
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (ModelId(i as u32), m))
+        self.models.iter().enumerate().map(|(i, m)| (ModelId(i as u32), m))
     }
 
     /// The name of a model class.
@@ -719,10 +719,7 @@ impl Policy {
 
     /// Every endpoint.
     pub fn endpoints(&self) -> impl Iterator<Item = (EndpointId, &Endpoint)> {
-        self.endpoints
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (EndpointId(i as u32), e))
+        self.endpoints.iter().enumerate().map(|(i, e)| (EndpointId(i as u32), e))
     }
 
     /// Looks a tier up by name.
@@ -737,10 +734,7 @@ impl Policy {
 
     /// Every tier.
     pub fn tiers(&self) -> impl Iterator<Item = (TierId, &Tier)> {
-        self.tiers
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (TierId(i as u32), t))
+        self.tiers.iter().enumerate().map(|(i, t)| (TierId(i as u32), t))
     }
 
     /// The tier a tenant gets when none is given.
@@ -755,10 +749,7 @@ impl Policy {
 
     /// Every limit.
     pub fn limits(&self) -> impl Iterator<Item = (LimitId, &Limit)> {
-        self.limits
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (LimitId(i as u32), l))
+        self.limits.iter().enumerate().map(|(i, l)| (LimitId(i as u32), l))
     }
 
     /// Limits with this name (one per scope at most).
@@ -766,11 +757,17 @@ impl Policy {
         self.limits_by_name.get(name).map_or(&[], |v| v.as_slice())
     }
 
+    /// Whether tenants of `tier` may use `model`.
+    pub fn model_allowed(&self, tier: TierId, model: crate::facts::ModelRef) -> bool {
+        match self.tiers.get(tier.index()).and_then(|t| t.allowed_models.as_ref()) {
+            None => true,
+            Some(allowed) => model.id.is_some_and(|m| allowed.contains(&m)),
+        }
+    }
+
     /// Limits that can apply to a tenant of `tier` (before conditions).
     pub fn tier_limits(&self, tier: TierId) -> &[LimitId] {
-        self.tiers
-            .get(tier.index())
-            .map_or(&[], |t| t.all.as_slice())
+        self.tiers.get(tier.index()).map_or(&[], |t| t.all.as_slice())
     }
 
     /// Policy-wide exemptions.
@@ -796,7 +793,7 @@ pub struct PolicyBuilder {
     pub(crate) name: String,
     pub(crate) models: Vec<(String, Option<String>)>,
     pub(crate) endpoints: Vec<String>,
-    pub(crate) tiers: Vec<(String, Option<String>, Option<String>)>,
+    pub(crate) tiers: Vec<TierSpec>,
     pub(crate) default_tier: Option<String>,
     pub(crate) limits: Vec<LimitSpec>,
     pub(crate) exemptions: Vec<ExemptionSpec>,
@@ -810,10 +807,7 @@ pub const DEFAULT_ENDPOINTS: [&str; 4] = ["chat", "completions", "embeddings", "
 impl PolicyBuilder {
     /// A builder for a policy called `name`.
     pub fn new(name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            ..Self::default()
-        }
+        Self { name: name.into(), ..Self::default() }
     }
 
     /// Adds a model with an optional class.
@@ -829,13 +823,8 @@ impl PolicyBuilder {
     }
 
     /// Adds a tier.
-    pub fn tier(
-        &mut self,
-        name: impl Into<String>,
-        description: Option<String>,
-        extends: Option<String>,
-    ) -> &mut Self {
-        self.tiers.push((name.into(), description, extends));
+    pub fn tier(&mut self, spec: TierSpec) -> &mut Self {
+        self.tiers.push(spec);
         self
     }
 
@@ -875,12 +864,20 @@ impl PolicyBuilder {
     }
 }
 
-/// The derived counter identity of a limit.
+/// The derived counter identity of a limit: what it counts (metric, window,
+/// partition), which requests it counts (its `when` clauses on facts of the
+/// request: endpoint, model, model class, key), whether it is a shadow, and a
+/// group prefix for group limits. Facts of the tenant (tier, environment,
+/// groups, labels) are left out on purpose: a tenant that changes tier or
+/// environment keeps its counts. An explicit `counter` name replaces it all.
 pub fn counter_identity(spec: &LimitSpec) -> String {
     if let Some(c) = &spec.counter {
         return format!("named:{c}");
     }
     let mut s = String::new();
+    if spec.shadow {
+        s.push_str("shadow/");
+    }
     if let Scope::Group(g) = &spec.scope {
         s.push_str("group:");
         s.push_str(g);
@@ -891,15 +888,33 @@ pub fn counter_identity(spec: &LimitSpec) -> String {
         s.push('/');
         s.push_str(&w.period.spelling());
         s.push('/');
-        s.push_str(match w.kind {
-            WindowKind::Rolling => "rolling",
-            WindowKind::Calendar => "calendar",
-        });
+        s.push_str(w.kind.as_str());
     }
     if !spec.by.is_empty() {
         s.push_str("/by:");
         let by: Vec<String> = spec.by.iter().map(ToString::to_string).collect();
         s.push_str(&by.join(","));
+    }
+    let mut request_clauses: Vec<String> = spec
+        .when
+        .iter()
+        .filter(|c| {
+            matches!(
+                c.fact,
+                Fact::Endpoint | Fact::Model | Fact::ModelClass | Fact::Key | Fact::KeyLabel(_)
+            )
+        })
+        .map(|c| {
+            let mut values = c.values.clone();
+            values.sort();
+            values.dedup();
+            format!("{}={}", c.fact, values.join("|"))
+        })
+        .collect();
+    request_clauses.sort();
+    for c in request_clauses {
+        s.push_str("/when:");
+        s.push_str(&c);
     }
     s
 }

@@ -76,9 +76,7 @@ impl Clock for SystemClock {
     fn now(&self) -> Instant {
         // A clock set before 1970 reads as the epoch: limits then err on the
         // strict side rather than panicking.
-        let since = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         Instant(duration_nanos(since))
     }
 }

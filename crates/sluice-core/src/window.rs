@@ -91,9 +91,7 @@ impl FromStr for Period {
     type Err = ParsePeriodError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let err = || ParsePeriodError {
-            text: text.to_owned(),
-        };
+        let err = || ParsePeriodError { text: text.to_owned() };
         let t = text.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
         let (num, unit) = t.split_at(split);
@@ -108,9 +106,7 @@ impl FromStr for Period {
             "mo" | "month" | "months" => return Ok(Self::Months(n)),
             _ => return Err(err()),
         };
-        n.checked_mul(NonZeroU64::new(secs).ok_or_else(err)?)
-            .map(Self::Seconds)
-            .ok_or_else(err)
+        n.checked_mul(NonZeroU64::new(secs).ok_or_else(err)?).map(Self::Seconds).ok_or_else(err)
     }
 }
 
@@ -169,18 +165,12 @@ pub enum WindowError {
 impl Window {
     /// A rolling window.
     pub const fn rolling(period: Period) -> Self {
-        Self {
-            period,
-            kind: WindowKind::Rolling,
-        }
+        Self { period, kind: WindowKind::Rolling }
     }
 
     /// A calendar window.
     pub const fn calendar(period: Period) -> Self {
-        Self {
-            period,
-            kind: WindowKind::Calendar,
-        }
+        Self { period, kind: WindowKind::Calendar }
     }
 
     /// Checks that this window can be used with `amount`.
@@ -258,11 +248,7 @@ impl Zone {
     /// Looks an IANA zone up in the bundled database.
     pub fn get(name: &str) -> Result<Self, UnknownZone> {
         let tz = TimeZone::get(name).map_err(|_| UnknownZone(name.to_owned()))?;
-        Ok(Self {
-            name: name.into(),
-            id: xxhash_rust::xxh3::xxh3_64(name.as_bytes()),
-            tz,
-        })
+        Ok(Self { name: name.into(), id: xxhash_rust::xxh3::xxh3_64(name.as_bytes()), tz })
     }
 
     /// The IANA name.
@@ -285,10 +271,7 @@ impl PartialEq for Zone {
 fn utc_slot(now: Instant, secs: u64) -> Slot {
     let len = secs * NANOS_PER_SEC;
     let start = now.0 - now.0 % len;
-    Slot {
-        start: Instant(start),
-        end: Instant(start.saturating_add(len)),
-    }
+    Slot { start: Instant(start), end: Instant(start.saturating_add(len)) }
 }
 
 fn utc_week(now: Instant) -> Slot {
@@ -297,10 +280,7 @@ fn utc_week(now: Instant) -> Slot {
     let monday = 4 * DAY * NANOS_PER_SEC;
     let since = now.0.saturating_sub(monday);
     let start = monday + since - since % len;
-    Slot {
-        start: Instant(start.min(now.0)),
-        end: Instant(start.saturating_add(len)),
-    }
+    Slot { start: Instant(start.min(now.0)), end: Instant(start.saturating_add(len)) }
 }
 
 thread_local! {
@@ -352,9 +332,7 @@ pub fn zoned_slot(now: Instant, period: Period, tz: &TimeZone) -> Slot {
 }
 
 fn to_instant(z: &Zoned) -> Option<Instant> {
-    u64::try_from(z.timestamp().as_nanosecond())
-        .ok()
-        .map(Instant)
+    u64::try_from(z.timestamp().as_nanosecond()).ok().map(Instant)
 }
 
 fn start_of(date: Date, tz: &TimeZone) -> Option<Instant> {
@@ -373,19 +351,13 @@ fn week_bounds(z: &Zoned) -> Option<(Instant, Instant)> {
     let monday = date.checked_sub(jiff::Span::new().days(back)).ok()?;
     debug_assert_eq!(monday.weekday(), Weekday::Monday);
     let next = monday.checked_add(jiff::Span::new().days(7)).ok()?;
-    Some((
-        start_of(monday, z.time_zone())?,
-        start_of(next, z.time_zone())?,
-    ))
+    Some((start_of(monday, z.time_zone())?, start_of(next, z.time_zone())?))
 }
 
 fn month_bounds(z: &Zoned) -> Option<(Instant, Instant)> {
     let first = z.date().first_of_month();
     let next = first.checked_add(jiff::Span::new().months(1)).ok()?;
-    Some((
-        start_of(first, z.time_zone())?,
-        start_of(next, z.time_zone())?,
-    ))
+    Some((start_of(first, z.time_zone())?, start_of(next, z.time_zone())?))
 }
 
 fn subday_bounds(z: &Zoned, secs: u64, tz: &TimeZone) -> Option<(Instant, Instant)> {

@@ -1,0 +1,255 @@
+//! The policy file exactly as written: serde types, every field optional
+//! where the file may leave it out, unknown fields refused. Nothing here is
+//! trusted; `validate` turns it into a policy.
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A whole policy file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFile {
+    /// `[policy]`: name, source, defaults.
+    pub policy: Option<Spanned<RawMeta>>,
+    /// `[headers]`: the header profile.
+    pub headers: Option<Spanned<RawHeaders>>,
+    /// `[models."<id>"]`.
+    #[serde(default)]
+    pub models: IndexMap<String, Spanned<RawModel>>,
+    /// `[endpoints]`: `name = "/path"` or `[endpoints.<name>]`.
+    pub endpoints: Option<IndexMap<String, Spanned<RawEndpoint>>>,
+    /// `[tiers.<name>]`.
+    #[serde(default)]
+    pub tiers: IndexMap<String, Spanned<RawTier>>,
+    /// `[groups.<name>]`.
+    #[serde(default)]
+    pub groups: IndexMap<String, Spanned<RawTier>>,
+    /// `[[limits]]`: limits of every tier.
+    #[serde(default)]
+    pub limits: Vec<Spanned<RawLimit>>,
+    /// `[[exemptions]]`.
+    #[serde(default)]
+    pub exemptions: Vec<Spanned<RawExemption>>,
+    /// `[tenants.<id>]`.
+    #[serde(default)]
+    pub tenants: IndexMap<String, Spanned<RawTenant>>,
+}
+
+/// `[policy]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMeta {
+    /// A name for reports.
+    pub name: Option<String>,
+    /// What it describes.
+    pub description: Option<String>,
+    /// Where the numbers come from (a URL or a document name).
+    pub source: Option<OneOrMany>,
+    /// The tier of tenants that name none.
+    pub default_tier: Option<Spanned<String>>,
+    /// How long a reservation may stay unsettled (`15m`).
+    pub lease: Option<Spanned<String>>,
+    /// Default kind of windows of an hour or longer: `calendar` or `rolling`.
+    pub long_windows: Option<Spanned<String>>,
+}
+
+/// `[headers]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaders {
+    /// Header families: `requests`, `tokens`, `requests-day`, …
+    pub families: Option<Spanned<Vec<String>>>,
+    /// `duration`, `seconds`, `epoch` or `none`.
+    pub reset: Option<Spanned<String>>,
+    /// Send IETF `RateLimit` / `RateLimit-Policy`.
+    pub ietf: Option<bool>,
+}
+
+/// `[models."<id>"]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    /// `production`, `preview`, …
+    pub class: Option<String>,
+    /// Who makes it (for tables).
+    pub developer: Option<String>,
+}
+
+/// An endpoint: its path, or a table.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawEndpoint {
+    /// `chat = "/v1/chat/completions"`
+    Path(String),
+    /// `[endpoints.chat]`
+    Table(RawEndpointTable),
+}
+
+/// `[endpoints.<name>]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEndpointTable {
+    /// Request path.
+    pub path: Option<String>,
+}
+
+/// `[tiers.<name>]` or `[groups.<name>]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    /// For people.
+    pub description: Option<String>,
+    /// The tier this one starts from (tiers only).
+    pub extends: Option<Spanned<String>>,
+    /// Only the models in this tier's table (and its parents') are available
+    /// to its tenants; others get "model not found" (tiers only).
+    #[serde(default)]
+    pub listed_models_only: bool,
+    /// Per-model table: `"<model>" = { rpm = 60, rpd = 12000 }`.
+    #[serde(default)]
+    pub models: IndexMap<String, Spanned<IndexMap<String, Spanned<i64>>>>,
+    /// Other limits.
+    #[serde(default)]
+    pub limits: Vec<Spanned<RawLimit>>,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// As a list.
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            Self::One(s) => vec![s.clone()],
+            Self::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// `fact = value` or `fact = [values]`.
+pub type RawCondition = IndexMap<String, OneOrMany>;
+
+/// `unless`: one condition or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawUnless {
+    /// `unless = { … }`
+    One(RawCondition),
+    /// `unless = [{ … }, { … }]`
+    Many(Vec<RawCondition>),
+}
+
+/// `[[limits]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimit {
+    /// Unique within its tier, group, or the top level.
+    pub name: Option<Spanned<String>>,
+    /// For people.
+    pub description: Option<String>,
+    /// `requests`, `tokens`, `input_tokens`, `output_tokens`, `concurrent`.
+    pub metric: Spanned<String>,
+    /// Units per window.
+    pub amount: Spanned<i64>,
+    /// `1m`, `1h`, `1d`, `1mo`, …
+    pub window: Option<Spanned<String>>,
+    /// `rolling` or `calendar`.
+    pub kind: Option<Spanned<String>>,
+    /// Most that may be spent at once (rolling).
+    pub burst: Option<Spanned<i64>>,
+    /// Facts that split the counter.
+    #[serde(default)]
+    pub by: Vec<Spanned<String>>,
+    /// Applies only when all of these hold.
+    pub when: Option<Spanned<RawCondition>>,
+    /// Does not apply when this (or any of these) holds.
+    pub unless: Option<Spanned<RawUnless>>,
+    /// Reported, never denies.
+    #[serde(default)]
+    pub shadow: bool,
+    /// Explicit counter name.
+    pub counter: Option<String>,
+}
+
+/// `[[exemptions]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExemption {
+    /// For reports.
+    pub name: Option<String>,
+    /// Why (e.g. the provider's note).
+    pub description: Option<String>,
+    /// Limit names, or `*` (the default) for all.
+    #[serde(default)]
+    pub limits: Vec<Spanned<String>>,
+    /// When it applies.
+    pub when: Spanned<RawCondition>,
+}
+
+/// `[tenants.<id>]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    /// For people.
+    pub name: Option<String>,
+    /// Tier (default: the policy's default tier).
+    pub tier: Option<Spanned<String>>,
+    /// `production`, `sandbox`, `demo`, `trial`, …
+    pub environment: Option<String>,
+    /// Groups it belongs to.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Labels.
+    #[serde(default)]
+    pub labels: IndexMap<String, String>,
+    /// IANA time zone of its calendar windows.
+    pub time_zone: Option<Spanned<String>>,
+    /// Limit names it is exempt from.
+    #[serde(default)]
+    pub exempt: Vec<Spanned<String>>,
+    /// Granted amounts: `"<limit>" = 2000` or `{ amount = 2000, until = "2026-12-31" }`.
+    #[serde(default)]
+    pub overrides: IndexMap<String, Spanned<RawOverride>>,
+    /// Its API keys.
+    #[serde(default)]
+    pub keys: Vec<Spanned<RawKey>>,
+}
+
+/// An override: an amount, or an amount with an end.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawOverride {
+    /// `"<limit>" = 2000`
+    Amount(i64),
+    /// `"<limit>" = { amount = 2000, until = "2026-12-31" }`
+    Full {
+        /// The amount.
+        amount: i64,
+        /// End (RFC 3339 date or timestamp).
+        until: Option<String>,
+    },
+}
+
+/// `[[tenants.<id>.keys]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    /// A name for the key (not the secret).
+    pub id: Option<String>,
+    /// `sha256:<hex>` of the secret, as `sluice keys generate` prints it.
+    pub hash: Spanned<String>,
+    /// Labels such as `channel = "apex"`.
+    #[serde(default)]
+    pub labels: IndexMap<String, String>,
+    /// Limit names it is exempt from.
+    #[serde(default)]
+    pub exempt: Vec<Spanned<String>>,
+}

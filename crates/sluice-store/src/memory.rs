@@ -1,0 +1,365 @@
+//! The embedded default: counters in this process's memory.
+//!
+//! All of a tenant's counters live in one shard, chosen by the tenant's hash,
+//! so an admission takes exactly one uncontended lock, checks every counter of
+//! its plan and charges all of them or none. Many tenants spread over many
+//! shards; two requests of one tenant serialize on its shard, which is what
+//! "correct to the last request" costs and all it costs.
+//!
+//! Memory is bounded by what matters: a counter that has refilled completely,
+//! or whose calendar slot is over, is indistinguishable from no counter and is
+//! dropped by [`MemoryStore::sweep`] (also run by each shard on its own as it
+//! grows). Reservations are kept until settled, released, or their lease ends;
+//! an expired lease keeps its token charges and frees its concurrency slot.
+
+use std::collections::hash_map::RandomState;
+use std::convert::Infallible;
+use std::future::{Future, ready};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hashbrown::HashMap;
+use parking_lot::Mutex;
+use smallvec::SmallVec;
+
+use sluice_core::counter::{CounterState, settle as settle_counter};
+use sluice_core::{
+    ChargeRecord, Clock, CounterKey, CounterStore, Decision, Instant, Metric, Outcome, Plan,
+    ReservationId, Settlement, Usage, decide, records,
+};
+
+/// A shard sweeps itself when it has grown this much since its last sweep.
+const SWEEP_MIN: usize = 1_024;
+/// A shard sweeps expired leases at least this often (nanoseconds).
+const LEASE_SWEEP_NANOS: u64 = 1_000_000_000;
+
+/// Counter keys are already uniform 128-bit hashes: fold, don't rehash.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct FoldHasher(u64);
+
+impl Hasher for FoldHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(29) ^ u64::from_le_bytes(b))
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 ^= v;
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 ^= (v as u64) ^ ((v >> 64) as u64);
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+pub(crate) struct BuildFold;
+
+impl BuildHasher for BuildFold {
+    type Hasher = FoldHasher;
+    fn build_hasher(&self) -> FoldHasher {
+        FoldHasher(0)
+    }
+}
+
+/// An open reservation.
+#[derive(Clone, Debug)]
+struct Lease {
+    /// The unguessable half of the id.
+    tag: u64,
+    expires: u64,
+    charges: SmallVec<[ChargeRecord; 6]>,
+}
+
+#[derive(Default)]
+struct Shard {
+    counters: HashMap<CounterKey, CounterState, BuildFold>,
+    leases: HashMap<u64, Lease, BuildFold>,
+    sweep_at_len: usize,
+    next_lease_sweep: u64,
+}
+
+impl Shard {
+    fn sweep(&mut self, now: Instant) {
+        self.expire_leases(now);
+        self.counters.retain(|_, s| !s.is_idle(now));
+        self.sweep_at_len = (self.counters.len() * 2).max(SWEEP_MIN);
+        // Give memory back once a burst of tenants has gone quiet.
+        if self.counters.capacity() > 4 * self.counters.len().max(SWEEP_MIN) {
+            self.counters.shrink_to_fit();
+        }
+    }
+
+    fn expire_leases(&mut self, now: Instant) {
+        self.next_lease_sweep = now.0.saturating_add(LEASE_SWEEP_NANOS);
+        let expired: SmallVec<[u64; 8]> =
+            self.leases.iter().filter(|(_, l)| l.expires <= now.0).map(|(&k, _)| k).collect();
+        for k in expired {
+            if let Some(lease) = self.leases.remove(&k) {
+                self.release_concurrency(&lease, now);
+            }
+        }
+    }
+
+    fn release_concurrency(&mut self, lease: &Lease, now: Instant) {
+        for c in lease.charges.iter().filter(|c| c.metric == Metric::Concurrent) {
+            self.apply(c, 0, now);
+        }
+    }
+
+    fn apply(&mut self, c: &ChargeRecord, actual: u64, now: Instant) {
+        let state = self.counters.get(&c.key).copied();
+        match settle_counter(state, c.how, c.charged, actual, now) {
+            Some(s) if !s.is_idle(now) => {
+                self.counters.insert(c.key, s);
+            }
+            _ => {
+                self.counters.remove(&c.key);
+            }
+        }
+    }
+}
+
+/// Cache-line aligned, so that neighbouring shards' locks do not share a line.
+#[repr(align(128))]
+struct Padded(Mutex<Shard>);
+
+/// Sizes of a memory store, for metrics and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Live counters.
+    pub counters: usize,
+    /// Open reservations.
+    pub reservations: usize,
+    /// Bytes held by the counter tables (buckets, control bytes).
+    pub counter_bytes: usize,
+}
+
+/// Counters in process memory. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: Box<[Padded]>,
+    mask: u64,
+    seq: AtomicU64,
+    ids: RandomState,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").field("shards", &self.inner.shards.len()).finish()
+    }
+}
+
+impl MemoryStore {
+    /// A store reading time from `clock`, with a shard count suited to this
+    /// machine.
+    pub fn new(clock: impl Clock + 'static) -> Self {
+        let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
+        Self::with_shards(clock, (cpus * 16).next_power_of_two())
+    }
+
+    /// A store with `shards` shards (rounded up to a power of two).
+    pub fn with_shards(clock: impl Clock + 'static, shards: usize) -> Self {
+        let n = shards.clamp(1, 1 << 16).next_power_of_two();
+        let shards = (0..n).map(|_| Padded(Mutex::new(Shard::default()))).collect();
+        Self {
+            inner: Arc::new(Inner {
+                shards,
+                mask: n as u64 - 1,
+                seq: AtomicU64::new(1),
+                ids: RandomState::new(),
+                clock: Arc::new(clock),
+            }),
+        }
+    }
+
+    fn shard_of(&self, tenant: u64) -> (usize, &Mutex<Shard>) {
+        // The same bits a counter key carries (`CounterKey::tenant_bits`), so
+        // restored counters land in their tenant's shard.
+        let i = ((tenant >> 32) & self.inner.mask) as usize;
+        (i, &self.inner.shards[i].0)
+    }
+
+    fn now(&self) -> Instant {
+        self.inner.clock.now()
+    }
+
+    /// Admits (or denies) a plan, all or nothing. See [`CounterStore::admit`].
+    pub fn admit_now(&self, plan: &Plan) -> Decision {
+        let (index, shard) = self.shard_of(plan.tenant);
+        let mut shard = shard.lock();
+        if plan.now.0 >= shard.next_lease_sweep {
+            shard.expire_leases(plan.now);
+        }
+        let mut states: SmallVec<[Option<CounterState>; 8]> = SmallVec::new();
+        for c in &plan.charges {
+            states.push(shard.counters.get(&c.key).copied());
+        }
+        let mut eval = decide(plan, &states);
+        if eval.decision.is_admitted() {
+            for (c, w) in plan.charges.iter().zip(&eval.writes) {
+                if let Some(s) = w {
+                    shard.counters.insert(c.key, *s);
+                }
+            }
+            let charges = records(plan, &eval);
+            if !charges.is_empty() {
+                let id = self.new_id(index);
+                shard.leases.insert(
+                    id.0 as u64,
+                    Lease {
+                        tag: (id.0 >> 64) as u64,
+                        expires: plan.lease_until.0,
+                        charges: charges.into_iter().collect(),
+                    },
+                );
+                eval.decision.outcome = Outcome::Admitted { reservation: Some(id) };
+            }
+            if shard.counters.len() >= shard.sweep_at_len.max(SWEEP_MIN) {
+                shard.sweep(plan.now);
+            }
+        }
+        eval.decision
+    }
+
+    /// Reports a plan's state without charging. See [`CounterStore::peek`].
+    pub fn peek_now(&self, plan: &Plan) -> Decision {
+        let (_, shard) = self.shard_of(plan.tenant);
+        let states: SmallVec<[Option<CounterState>; 8]> = {
+            let shard = shard.lock();
+            plan.charges.iter().map(|c| shard.counters.get(&c.key).copied()).collect()
+        };
+        decide(&plan.at_zero_cost(), &states).decision
+    }
+
+    fn new_id(&self, shard: usize) -> ReservationId {
+        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
+        let low = (seq << 16) | shard as u64;
+        let tag = self.inner.ids.hash_one(low);
+        ReservationId((u128::from(tag) << 64) | u128::from(low))
+    }
+
+    fn take_lease(&self, id: ReservationId) -> Option<(parking_lot::MutexGuard<'_, Shard>, Lease)> {
+        let low = id.0 as u64;
+        let index = (low & 0xFFFF) as usize;
+        let shard = self.inner.shards.get(index)?;
+        let mut shard = shard.0.lock();
+        match shard.leases.get(&low) {
+            Some(l) if l.tag == (id.0 >> 64) as u64 => {}
+            _ => return None,
+        }
+        let lease = shard.leases.remove(&low)?;
+        Some((shard, lease))
+    }
+
+    /// Settles a reservation. See [`CounterStore::settle`].
+    pub fn settle_now(&self, id: ReservationId, usage: Usage) -> Settlement {
+        let now = self.now();
+        let Some((mut shard, lease)) = self.take_lease(id) else {
+            return Settlement::Unknown;
+        };
+        for c in &lease.charges {
+            shard.apply(c, usage.amount(c.metric), now);
+        }
+        Settlement::Settled
+    }
+
+    /// Ends a reservation without usage. See [`CounterStore::release`].
+    pub fn release_now(&self, id: ReservationId) {
+        let now = self.now();
+        if let Some((mut shard, lease)) = self.take_lease(id) {
+            shard.release_concurrency(&lease, now);
+        }
+    }
+
+    /// Drops idle counters and expires leases in every shard.
+    pub fn sweep(&self) {
+        let now = self.now();
+        for s in self.inner.shards.iter() {
+            s.0.lock().sweep(now);
+        }
+    }
+
+    /// Removes one counter (an administrator's reset).
+    pub fn reset(&self, tenant: u64, key: CounterKey) -> bool {
+        self.shard_of(tenant).1.lock().counters.remove(&key).is_some()
+    }
+
+    /// Current sizes.
+    pub fn stats(&self) -> MemoryStats {
+        let mut st = MemoryStats::default();
+        let entry = std::mem::size_of::<(CounterKey, CounterState)>() + 1;
+        for s in self.inner.shards.iter() {
+            let s = s.0.lock();
+            st.counters += s.counters.len();
+            st.reservations += s.leases.len();
+            if s.counters.capacity() > 0 {
+                // hashbrown: buckets = capacity * 8/7 rounded to a power of two.
+                let buckets = (s.counters.capacity() * 8 / 7).next_power_of_two();
+                st.counter_bytes += buckets * entry + 16;
+            }
+        }
+        st
+    }
+
+    /// Every live counter, for persistence.
+    pub fn snapshot(&self) -> Vec<(CounterKey, CounterState)> {
+        let now = self.now();
+        let mut out = Vec::new();
+        for s in self.inner.shards.iter() {
+            let s = s.0.lock();
+            out.extend(
+                s.counters.iter().filter(|(_, st)| !st.is_idle(now)).map(|(k, st)| (*k, *st)),
+            );
+        }
+        out
+    }
+
+    /// Puts counters back (after a restart). Counters already present are
+    /// kept: what happened since the snapshot wins.
+    pub fn restore(&self, counters: impl IntoIterator<Item = (CounterKey, CounterState)>) {
+        let now = self.now();
+        for (key, state) in counters {
+            if state.is_idle(now) {
+                continue;
+            }
+            let (_, shard) = self.shard_of(u64::from(key.tenant_bits()) << 32);
+            shard.lock().counters.entry(key).or_insert(state);
+        }
+    }
+}
+
+impl CounterStore for MemoryStore {
+    type Error = Infallible;
+
+    fn admit(&self, plan: &Plan) -> impl Future<Output = Result<Decision, Infallible>> + Send {
+        ready(Ok(self.admit_now(plan)))
+    }
+
+    fn peek(&self, plan: &Plan) -> impl Future<Output = Result<Decision, Infallible>> + Send {
+        ready(Ok(self.peek_now(plan)))
+    }
+
+    fn settle(
+        &self,
+        id: ReservationId,
+        usage: Usage,
+    ) -> impl Future<Output = Result<Settlement, Infallible>> + Send {
+        ready(Ok(self.settle_now(id, usage)))
+    }
+
+    fn release(&self, id: ReservationId) {
+        self.release_now(id);
+    }
+}

@@ -1,0 +1,61 @@
+//! The engine's test suite, run on every store: one list of tests, one
+//! instantiation per store (limitador's pattern). A store joins by adding a
+//! module with its factory and one `engine_tests!` line.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+mod scenarios;
+mod suite;
+
+/// Instantiates every engine test for one store factory.
+macro_rules! engine_tests {
+    ($factory:expr) => {
+        engine_tests!(@each $factory;
+            suite::rolling_never_exceeds_its_bound,
+            suite::calendar_never_exceeds_its_limit,
+            suite::gcra_admits_exactly_what_its_model_says,
+            suite::racing_threads_admit_exactly_the_limit,
+            suite::racing_threads_respect_the_bound_over_time,
+            suite::calendar_resets_at_local_midnight_across_dst,
+            suite::refunds_and_debt_land_in_the_right_window,
+            suite::settlement_is_idempotent,
+            suite::denied_request_changes_no_counter,
+            suite::too_large_is_its_own_outcome,
+            suite::unsettled_reservation_expires_and_keeps_its_charge,
+            suite::concurrency_is_released_on_settle_and_release,
+            suite::shadow_limits_never_deny,
+            suite::exemptions_of_tenant_key_and_channel,
+            suite::raised_limit_applies_at_once_and_keeps_counts,
+            suite::reloaded_policy_keeps_counters,
+            suite::tenants_do_not_share_counters,
+            suite::decision_reports_every_limit,
+            scenarios::provider_documents_replay
+        );
+    };
+    (@each $factory:expr; $($module:ident :: $name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                crate::$module::$name(&$factory);
+            }
+        )*
+    };
+}
+
+mod memory {
+    use sluice_core::FakeClock;
+    use sluice_store::MemoryStore;
+
+    use crate::harness::StoreFactory;
+
+    pub struct Memory;
+
+    impl StoreFactory for Memory {
+        type Store = MemoryStore;
+        fn make(&self, clock: FakeClock, _rt: &tokio::runtime::Runtime) -> MemoryStore {
+            MemoryStore::with_shards(clock, 8)
+        }
+    }
+
+    engine_tests!(Memory);
+}

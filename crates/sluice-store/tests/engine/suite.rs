@@ -1,0 +1,621 @@
+//! The engine's rules, as tests that any store must pass. Each test takes a
+//! store factory; `main.rs` instantiates every test for every store.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config as PropConfig, TestRunner};
+use sluice_core::{
+    Clock, Cost, CounterStore, Instant, Outcome, Settlement, TenantSpec, Usage, Verdict,
+};
+
+use crate::harness::{Harness, StoreFactory, denied_by, is_limited, policy, status, tenant};
+
+const NS: u64 = 1_000_000_000;
+
+fn tokens_policy(amount: u64, burst: u64, period: &str, kind: &str) -> String {
+    format!(
+        r#"
+[models.m]
+[[limits]]
+name = "budget"
+metric = "tokens"
+amount = {amount}
+burst = {burst}
+window = "{period}"
+kind = "{kind}"
+"#
+    )
+}
+
+/// Every interval between two admissions holds at most B + N·t/T (the
+/// token-bucket bound of the design, rule 2).
+fn check_rolling_bound(admitted: &[(u64, u64)], amount: u64, burst: u64, period_ns: u64) {
+    let mut sorted = admitted.to_vec();
+    sorted.sort_unstable();
+    for i in 0..sorted.len() {
+        let mut sum: u128 = 0;
+        for j in i..sorted.len() {
+            sum += u128::from(sorted[j].1);
+            let t = u128::from(sorted[j].0 - sorted[i].0);
+            let bound = u128::from(burst) * u128::from(period_ns) + u128::from(amount) * t;
+            assert!(
+                sum * u128::from(period_ns) <= bound,
+                "{sum} admitted in {t} ns, over the bound {burst} + {amount}·t/{period_ns}"
+            );
+        }
+    }
+}
+
+/// Rolling windows: a random walk of costs and pauses never sees more than
+/// the token-bucket bound admitted in any interval.
+pub fn rolling_never_exceeds_its_bound<F: StoreFactory>(f: &F) {
+    let mut runner = TestRunner::new(PropConfig { cases: 48, ..PropConfig::default() });
+    let strategy = (
+        1u64..40,
+        0u64..20,
+        prop::sample::select(vec![1u64, 7, 60]),
+        prop::collection::vec((0u64..3_000, 1u64..6), 1..120),
+    );
+    runner
+        .run(&strategy, |(amount, extra_burst, period_s, steps)| {
+            let burst = amount + extra_burst;
+            let h = Harness::new(
+                f,
+                policy(&tokens_policy(amount, burst, &format!("{period_s}s"), "rolling")),
+                "2026-05-01T00:00:00Z",
+            );
+            let t = h.tenant(&tenant("t"));
+            let mut admitted = Vec::new();
+            for (pause_ms, cost) in steps {
+                h.advance(Duration::from_millis(pause_ms));
+                let now = h.clock.now().0;
+                let d = h.admit(&t, "m", Cost::tokens(cost, 0));
+                if d.is_admitted() {
+                    admitted.push((now, cost));
+                }
+                if cost > burst {
+                    let too_large = matches!(d.outcome, Outcome::TooLarge { .. });
+                    prop_assert!(too_large);
+                }
+            }
+            check_rolling_bound(&admitted, amount, burst, period_s * NS);
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Calendar windows: whatever the walk, no slot admits more than the limit.
+pub fn calendar_never_exceeds_its_limit<F: StoreFactory>(f: &F) {
+    let mut runner = TestRunner::new(PropConfig { cases: 48, ..PropConfig::default() });
+    let strategy = (1u64..30, prop::collection::vec((0u64..20_000, 1u64..5), 1..150));
+    runner
+        .run(&strategy, |(amount, steps)| {
+            let h = Harness::new(
+                f,
+                policy(
+                    &tokens_policy(amount, amount, "1m", "calendar")
+                        .replace("burst = ", "# burst = "),
+                ),
+                "2026-05-01T00:00:00Z",
+            );
+            let t = h.tenant(&tenant("t"));
+            let mut per_slot = std::collections::BTreeMap::<u64, u64>::new();
+            for (pause_ms, cost) in steps {
+                h.advance(Duration::from_millis(pause_ms));
+                let now = h.clock.now().0;
+                let d = h.admit(&t, "m", Cost::tokens(cost, 0));
+                if d.is_admitted() {
+                    *per_slot.entry(now / (60 * NS)).or_default() += cost;
+                } else if let Outcome::Limited { retry_at, .. } = d.outcome {
+                    // Denied only when it really does not fit, and told to
+                    // come back at the next minute.
+                    let used = per_slot.get(&(now / (60 * NS))).copied().unwrap_or(0);
+                    prop_assert!(used + cost > amount);
+                    prop_assert_eq!(retry_at.0, (now / (60 * NS) + 1) * 60 * NS);
+                }
+            }
+            for (slot, used) in per_slot {
+                prop_assert!(used <= amount, "slot {slot}: {used} > {amount}");
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// GCRA admits exactly what a continuous token bucket admits: no rounding,
+/// whatever the amount (1,440 per minute is 41,666,666⅔ ns per request).
+pub fn gcra_admits_exactly_what_its_model_says<F: StoreFactory>(f: &F) {
+    let mut runner = TestRunner::new(PropConfig { cases: 48, ..PropConfig::default() });
+    let strategy = (
+        prop_oneof![
+            1u64..20,
+            prop::sample::select(vec![7u64, 60, 240, 1440, 250_000]),
+            1u64..2_000
+        ],
+        0u64..5,
+        prop::collection::vec((0u64..4_000, 1u64..4), 1..150),
+    );
+    runner
+        .run(&strategy, |(amount, extra, steps)| {
+            let burst = amount + extra;
+            let period = 60 * NS;
+            let h = Harness::new(
+                f,
+                policy(&tokens_policy(amount, burst, "1m", "rolling")),
+                "2026-05-01T00:00:00Z",
+            );
+            let t = h.tenant(&tenant("t"));
+            // The model: level in token·ns, draining amount per ns.
+            let mut level: u128 = 0;
+            let mut last = h.clock.now().0;
+            for (pause_ms, cost) in steps {
+                h.advance(Duration::from_millis(pause_ms));
+                let now = h.clock.now().0;
+                level = level.saturating_sub(u128::from(now - last) * u128::from(amount));
+                last = now;
+                let fits = level + u128::from(cost) * u128::from(period)
+                    <= u128::from(burst) * u128::from(period);
+                let d = h.admit(&t, "m", Cost::tokens(cost, 0));
+                prop_assert_eq!(d.is_admitted(), fits, "at {} cost {}", now, cost);
+                if fits {
+                    level += u128::from(cost) * u128::from(period);
+                }
+                let remaining =
+                    (u128::from(burst) * u128::from(period) - level) / u128::from(period);
+                prop_assert_eq!(u128::from(d.statuses[0].remaining), remaining);
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Many threads racing on one tenant at one instant admit exactly the limit.
+pub fn racing_threads_admit_exactly_the_limit<F: StoreFactory>(f: &F)
+where
+    F::Store: 'static,
+{
+    for (text, limit) in [
+        (
+            "[models.m]\n[[limits]]\nname = \"rpd\"\nmetric = \"requests\"\namount = 50\nwindow = \"1d\"\n",
+            50u64,
+        ),
+        (
+            "[models.m]\n[[limits]]\nname = \"rpm\"\nmetric = \"requests\"\namount = 30\nwindow = \"1m\"\n",
+            30,
+        ),
+    ] {
+        let h = Arc::new(Harness::new(f, policy(text), "2026-05-01T12:00:00Z"));
+        let t = Arc::new(h.tenant(&tenant("racer")));
+        let admitted = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (h, t, admitted) = (h.clone(), t.clone(), admitted.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..40 {
+                        if h.admit(&t, "m", Cost::REQUEST).is_admitted() {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().expect("a racing thread");
+        }
+        assert_eq!(admitted.load(Ordering::Relaxed), limit, "{text}");
+    }
+}
+
+/// Threads racing while the clock moves: the bound still holds for the
+/// whole history, checked by the oracle.
+pub fn racing_threads_respect_the_bound_over_time<F: StoreFactory>(f: &F)
+where
+    F::Store: 'static,
+{
+    let (amount, burst) = (20u64, 20u64);
+    let h = Arc::new(Harness::new(
+        f,
+        policy(&tokens_policy(amount, burst, "10s", "rolling")),
+        "2026-05-01T12:00:00Z",
+    ));
+    let t = Arc::new(h.tenant(&tenant("racer")));
+    let log = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..4)
+        .map(|i| {
+            let (h, t, log) = (h.clone(), t.clone(), log.clone());
+            std::thread::spawn(move || {
+                for n in 0..300u64 {
+                    if i == 0 && n % 3 == 0 {
+                        h.advance(Duration::from_millis(97));
+                    }
+                    let cost = 1 + (n + i) % 3;
+                    let plan_time = h.clock.now();
+                    let req = h.request(&t, None, "chat", "m", Cost::tokens(cost, 0));
+                    let plan = h.policy.plan(&req, plan_time);
+                    let d = h.rt.block_on(h.store.admit(&plan)).expect("store");
+                    if d.is_admitted() {
+                        log.lock().push((plan_time.0, cost));
+                    }
+                }
+            })
+        })
+        .collect();
+    for th in threads {
+        th.join().expect("a racing thread");
+    }
+    let log = log.lock();
+    assert!(log.len() > 20, "the test should admit more than one burst");
+    check_rolling_bound(&log, amount, burst, 10 * NS);
+}
+
+/// A day window resets at the tenant's local midnight, on a 23-hour DST day
+/// too; a UTC tenant's resets at UTC midnight.
+pub fn calendar_resets_at_local_midnight_across_dst<F: StoreFactory>(f: &F) {
+    let text = "[models.m]\n[[limits]]\nname = \"rpd\"\nmetric = \"requests\"\namount = 2\nwindow = \"1d\"\n";
+    // 2026-03-08 is the day US clocks spring forward: in Los Angeles it runs
+    // from 08:00Z to 07:00Z the next day, 23 hours.
+    let h = Harness::new(f, policy(text), "2026-03-08T10:00:00Z");
+    let la =
+        h.tenant(&TenantSpec { time_zone: Some("America/Los_Angeles".into()), ..tenant("la") });
+    let utc = h.tenant(&tenant("utc"));
+    for t in [&la, &utc] {
+        assert!(h.admit(t, "m", Cost::REQUEST).is_admitted());
+        assert!(h.admit(t, "m", Cost::REQUEST).is_admitted());
+    }
+    let d = h.admit(&la, "m", Cost::REQUEST);
+    let Outcome::Limited { retry_at, .. } = d.outcome else { panic!("{d:?}") };
+    assert_eq!(retry_at, sluice_core::FakeClock::at("2026-03-09T07:00:00Z").now());
+    assert_eq!(d.statuses[0].reset, Some(retry_at));
+
+    h.clock.set(sluice_core::FakeClock::at("2026-03-09T00:00:00Z").now());
+    assert!(h.admit(&utc, "m", Cost::REQUEST).is_admitted(), "UTC day is over");
+    h.clock.set(sluice_core::FakeClock::at("2026-03-09T06:59:59.999Z").now());
+    assert!(is_limited(&h.admit(&la, "m", Cost::REQUEST)), "still 2026-03-08 in Los Angeles");
+    h.clock.set(sluice_core::FakeClock::at("2026-03-09T07:00:00Z").now());
+    assert!(h.admit(&la, "m", Cost::REQUEST).is_admitted(), "local midnight");
+}
+
+const TPD: &str = r#"
+[policy]
+lease = "10m"
+[models.m]
+[[limits]]
+name = "tpd"
+metric = "tokens"
+amount = 1000
+window = "1d"
+[[limits]]
+name = "tpm"
+metric = "tokens"
+amount = 1000
+window = "1m"
+"#;
+
+/// Refunds go back to the window that was charged; overage becomes debt;
+/// a refund for a window that is over touches nothing.
+pub fn refunds_and_debt_land_in_the_right_window<F: StoreFactory>(f: &F) {
+    let h = Harness::new(f, policy(TPD), "2026-05-01T23:59:00Z");
+    let t = h.tenant(&tenant("t"));
+    let d = h.admit(&t, "m", Cost::tokens(100, 500));
+    assert_eq!(status(&h.policy, &d, "tpd").remaining, 400);
+    let id = d.reservation().expect("a reservation");
+    assert_eq!(h.settle(id, Usage::tokens(100, 50)), Settlement::Settled);
+    let p = h.peek(&t, "m");
+    assert_eq!(status(&h.policy, &p, "tpd").used, 150, "refund of 450 went back");
+    assert!(status(&h.policy, &p, "tpm").used <= 150);
+
+    // Overage: reserved 100, used 700 -> 550 more, debt in today's window.
+    let id = h.admit(&t, "m", Cost::tokens(50, 50)).reservation().expect("reservation");
+    assert_eq!(h.settle(id, Usage::tokens(300, 400)), Settlement::Settled);
+    let p = h.peek(&t, "m");
+    assert_eq!(status(&h.policy, &p, "tpd").used, 850);
+    let d = h.admit(&t, "m", Cost::tokens(100, 100));
+    assert_eq!(denied_by(&h.policy, &d), "tpd");
+
+    // A reservation from before midnight, settled after it: the refund has
+    // nowhere to go, the new day is untouched.
+    let h = Harness::new(f, policy(TPD), "2026-05-02T23:59:50Z");
+    let t = h.tenant(&tenant("t"));
+    let id = h.admit(&t, "m", Cost::tokens(0, 600)).reservation().expect("reservation");
+    h.advance(Duration::from_secs(20));
+    h.settle(id, Usage::tokens(0, 10));
+    let p = h.peek(&t, "m");
+    assert_eq!(status(&h.policy, &p, "tpd").used, 0, "new day starts empty");
+    assert_eq!(status(&h.policy, &p, "tpd").remaining, 1000);
+}
+
+/// Settling twice has the effect of settling once.
+pub fn settlement_is_idempotent<F: StoreFactory>(f: &F) {
+    let h = Harness::new(f, policy(TPD), "2026-05-01T10:00:00Z");
+    let t = h.tenant(&tenant("t"));
+    let id = h.admit(&t, "m", Cost::tokens(100, 400)).reservation().expect("reservation");
+    assert_eq!(h.settle(id, Usage::tokens(100, 100)), Settlement::Settled);
+    let before = h.peek(&t, "m");
+    assert_eq!(h.settle(id, Usage::tokens(100, 100)), Settlement::Unknown);
+    assert_eq!(h.settle(id, Usage::REFUND), Settlement::Unknown);
+    let after = h.peek(&t, "m");
+    assert_eq!(status(&h.policy, &before, "tpd").used, 200);
+    assert_eq!(status(&h.policy, &after, "tpd").used, 200);
+    // A made-up id is unknown too.
+    let forged = sluice_core::ReservationId(id.0 ^ (1u128 << 100));
+    assert_eq!(h.settle(forged, Usage::REFUND), Settlement::Unknown);
+}
+
+const MULTI: &str = r#"
+[models.a]
+[models.b]
+[tiers.free.models]
+a = { rpm = 10, rpd = 100, tpd = 1000 }
+b = { rpm = 10, rpd = 100, tpd = 1000 }
+[[tiers.free.limits]]
+name = "tokens-all-models"
+metric = "tokens"
+amount = 1500
+window = "1d"
+"#;
+
+/// A request denied by one limit charges none of the others.
+pub fn denied_request_changes_no_counter<F: StoreFactory>(f: &F) {
+    let h = Harness::new(f, policy(MULTI), "2026-05-01T10:00:00Z");
+    let t = h.tenant(&tenant("t"));
+    assert!(h.admit(&t, "a", Cost::tokens(900, 0)).is_admitted());
+    let before_a = h.peek(&t, "a");
+    let before_b = h.peek(&t, "b");
+    // b's own limits would admit 700 tokens; the cross-model budget (600 left) denies.
+    let d = h.admit(&t, "b", Cost::tokens(700, 0));
+    assert_eq!(denied_by(&h.policy, &d), "tokens-all-models");
+    assert_eq!(status(&h.policy, &d, "b/rpm").verdict, Verdict::Fits);
+    assert_eq!(h.peek(&t, "a"), before_a);
+    assert_eq!(h.peek(&t, "b"), before_b);
+    assert_eq!(status(&h.policy, &h.peek(&t, "b"), "b/rpm").used, 0);
+    // And a request that fits still does.
+    assert!(h.admit(&t, "b", Cost::tokens(600, 0)).is_admitted());
+}
+
+/// A cost above a limit's whole capacity is "too large", not "wait", and
+/// charges nothing.
+pub fn too_large_is_its_own_outcome<F: StoreFactory>(f: &F) {
+    let h = Harness::new(f, policy(MULTI), "2026-05-01T10:00:00Z");
+    let t = h.tenant(&tenant("t"));
+    let d = h.admit(&t, "a", Cost::tokens(800, 400));
+    assert!(matches!(d.outcome, Outcome::TooLarge { .. }), "{d:?}");
+    assert_eq!(denied_by(&h.policy, &d), "a/tpd");
+    assert_eq!(status(&h.policy, &h.peek(&t, "a"), "a/rpm").used, 0);
+}
+
+const LEASED: &str = r#"
+[policy]
+lease = "1m"
+[models.m]
+[[limits]]
+name = "tpd"
+metric = "tokens"
+amount = 1000
+window = "1d"
+[[limits]]
+name = "in-flight"
+metric = "concurrent"
+amount = 1
+"#;
+
+/// An unsettled reservation expires after its lease: it keeps its token
+/// charge and gives its concurrency slot back.
+pub fn unsettled_reservation_expires_and_keeps_its_charge<F: StoreFactory>(f: &F) {
+    let h = Harness::new(f, policy(LEASED), "2026-05-01T10:00:00Z");
+    let t = h.tenant(&tenant("t"));
+    let id = h.admit(&t, "m", Cost::tokens(0, 300)).reservation().expect("reservation");
+    let d = h.admit(&t, "m", Cost::tokens(0, 1));
+    assert_eq!(denied_by(&h.policy, &d), "in-flight");
+    h.advance(Duration::from_secs(61));
+    let d = h.admit(&t, "m", Cost::tokens(0, 100));
+    assert!(d.is_admitted(), "the lease expired and freed the slot: {d:?}");
+    assert_eq!(status(&h.policy, &d, "tpd").used, 400, "the expired charge stays");
+    assert_eq!(h.settle(id, Usage::REFUND), Settlement::Unknown, "too late to settle");
+}
+
+/// Concurrency slots come back on settlement and on release (a dropped
+/// request).
+pub fn concurrency_is_released_on_settle_and_release<F: StoreFactory>(f: &F) {
+    let h = Harness::new(f, policy(LEASED), "2026-05-01T10:00:00Z");
+    let t = h.tenant(&tenant("t"));
+    let id = h.admit(&t, "m", Cost::REQUEST).reservation().expect("reservation");
+    assert!(is_limited(&h.admit(&t, "m", Cost::REQUEST)));
+    h.settle(id, Usage::tokens(0, 0));
+    let id = h.admit(&t, "m", Cost::REQUEST).reservation().expect("slot back after settle");
+    h.release(id);
+    // Release may be asynchronous for remote stores: give it a moment.
+    let mut ok = false;
+    for _ in 0..50 {
+        if let Some(id) = h.admit(&t, "m", Cost::REQUEST).reservation() {
+            h.release(id);
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(ok, "slot back after release");
+}
+
+/// Shadow limits are evaluated and reported, and never deny.
+pub fn shadow_limits_never_deny<F: StoreFactory>(f: &F) {
+    let text = r#"
+[models.m]
+[[limits]]
+name = "real"
+metric = "requests"
+amount = 5
+window = "1m"
+[[limits]]
+name = "trial"
+metric = "requests"
+amount = 2
+window = "1m"
+shadow = true
+"#;
+    let h = Harness::new(f, policy(text), "2026-05-01T10:00:00Z");
+    let t = h.tenant(&tenant("t"));
+    for i in 0..5 {
+        let d = h.admit(&t, "m", Cost::REQUEST);
+        assert!(d.is_admitted(), "request {i}");
+        let s = status(&h.policy, &d, "trial");
+        assert!(s.shadow);
+        assert_eq!(s.verdict == Verdict::Fits, i < 2, "request {i}: {s:?}");
+    }
+    assert_eq!(denied_by(&h.policy, &h.admit(&t, "m", Cost::REQUEST)), "real");
+}
+
+/// Exemptions: of a tenant, of a key, and of a channel (a policy rule).
+pub fn exemptions_of_tenant_key_and_channel<F: StoreFactory>(f: &F) {
+    let text = r#"
+[models.m]
+[[limits]]
+name = "rpm"
+metric = "requests"
+amount = 1
+window = "1m"
+[[limits]]
+name = "rpd"
+metric = "requests"
+amount = 100
+window = "1d"
+[[exemptions]]
+name = "internal callers"
+limits = ["rpm"]
+when = { "key.caller" = "internal" }
+"#;
+    let h = Harness::new(f, policy(text), "2026-05-01T10:00:00Z");
+    let vip = h.tenant(&TenantSpec { exempt: vec!["rpm".into()], ..tenant("vip") });
+    let plain = h.tenant(&tenant("plain"));
+    let internal = h.key("svc", &[("caller", "internal")]);
+    let trusted = h
+        .policy
+        .key(&sluice_core::KeySpec {
+            id: "ops".into(),
+            labels: Default::default(),
+            exempt: vec!["*".into()],
+        })
+        .expect("key");
+    for _ in 0..3 {
+        let d = h.admit(&vip, "m", Cost::REQUEST);
+        assert!(d.is_admitted());
+        assert!(d.statuses.iter().all(|s| &*h.policy.limit(s.limit).expect("limit").name != "rpm"));
+        assert!(
+            h.admit_req(&h.request(&plain, Some(&internal), "chat", "m", Cost::REQUEST))
+                .is_admitted()
+        );
+        let d = h.admit_req(&h.request(&plain, Some(&trusted), "chat", "m", Cost::REQUEST));
+        assert!(d.is_admitted() && d.statuses.is_empty(), "{d:?}");
+    }
+    // The plain tenant without the internal key is limited, and what the
+    // exempt key spent on rpd still counts.
+    let d = h.admit(&plain, "m", Cost::REQUEST);
+    assert!(d.is_admitted());
+    assert_eq!(status(&h.policy, &d, "rpd").used, 4);
+    assert_eq!(denied_by(&h.policy, &h.admit(&plain, "m", Cost::REQUEST)), "rpm");
+}
+
+/// A granted increase takes effect at once and keeps what was used.
+pub fn raised_limit_applies_at_once_and_keeps_counts<F: StoreFactory>(f: &F) {
+    let text = r#"
+[models.m]
+[[limits]]
+name = "rpm"
+metric = "requests"
+amount = 5
+window = "1m"
+[[limits]]
+name = "rpd"
+metric = "requests"
+amount = 5
+window = "1d"
+"#;
+    let h = Harness::new(f, policy(text), "2026-05-01T10:00:00Z");
+    let spec = tenant("org");
+    let t = h.tenant(&spec);
+    for _ in 0..5 {
+        assert!(h.admit(&t, "m", Cost::REQUEST).is_admitted());
+    }
+    assert!(is_limited(&h.admit(&t, "m", Cost::REQUEST)));
+    let raised = TenantSpec {
+        overrides: vec![
+            sluice_core::OverrideSpec { limit: "rpm".into(), amount: 20, until: None },
+            sluice_core::OverrideSpec { limit: "rpd".into(), amount: 8, until: None },
+        ],
+        ..spec.clone()
+    };
+    let t = h.tenant(&raised);
+    let d = h.admit(&t, "m", Cost::REQUEST);
+    assert!(d.is_admitted(), "{d:?}");
+    assert_eq!(status(&h.policy, &d, "rpd").used, 6);
+    assert_eq!(status(&h.policy, &d, "rpd").remaining, 2);
+    assert_eq!(status(&h.policy, &d, "rpm").used, 6);
+    assert_eq!(status(&h.policy, &d, "rpm").remaining, 14);
+    // A grant that has ended no longer applies.
+    let ended = TenantSpec {
+        overrides: vec![sluice_core::OverrideSpec {
+            limit: "rpd".into(),
+            amount: 8,
+            until: Some(h.clock.now()),
+        }],
+        ..spec
+    };
+    let t = h.tenant(&ended);
+    assert_eq!(denied_by(&h.policy, &h.admit(&t, "m", Cost::REQUEST)), "rpd");
+}
+
+/// A reloaded policy (same limits, new amounts, a new limit) keeps counters.
+pub fn reloaded_policy_keeps_counters<F: StoreFactory>(f: &F) {
+    let v1 = "[models.m]\n[tiers.free.models]\nm = { rpd = 5, tpm = 1000 }\n";
+    let v2 = "[models.m]\n[models.n]\n[tiers.free.models]\nn = { rpd = 1 }\nm = { rpd = 10, tpm = 1000 }\n[[tiers.free.limits]]\nname = \"rph\"\nmetric = \"requests\"\namount = 100\nwindow = \"1h\"\n";
+    let mut h = Harness::new(f, policy(v1), "2026-05-01T10:00:00Z");
+    let t = h.tenant(&tenant("t"));
+    for _ in 0..3 {
+        assert!(h.admit(&t, "m", Cost::tokens(100, 0)).is_admitted());
+    }
+    h.policy = policy(v2);
+    let t = h.tenant(&tenant("t"));
+    let d = h.admit(&t, "m", Cost::tokens(100, 0));
+    assert!(d.is_admitted());
+    assert_eq!(status(&h.policy, &d, "m/rpd").used, 4);
+    assert_eq!(status(&h.policy, &d, "m/rpd").remaining, 6);
+    assert_eq!(status(&h.policy, &d, "m/tpm").used, 400);
+    assert_eq!(status(&h.policy, &d, "rph").used, 1);
+}
+
+/// One tenant's spending never touches another's counters.
+pub fn tenants_do_not_share_counters<F: StoreFactory>(f: &F) {
+    let h = Harness::new(f, policy(MULTI), "2026-05-01T10:00:00Z");
+    let a = h.tenant(&tenant("org-a"));
+    let b = h.tenant(&tenant("org-b"));
+    for _ in 0..10 {
+        assert!(h.admit(&a, "a", Cost::REQUEST).is_admitted());
+    }
+    assert!(is_limited(&h.admit(&a, "a", Cost::REQUEST)));
+    let d = h.admit(&b, "a", Cost::REQUEST);
+    assert!(d.is_admitted());
+    assert_eq!(status(&h.policy, &d, "a/rpm").used, 1);
+}
+
+/// Admission reports every applicable limit with amount, remaining and reset.
+pub fn decision_reports_every_limit<F: StoreFactory>(f: &F) {
+    let h = Harness::new(f, policy(MULTI), "2026-05-01T10:00:00Z");
+    let t = h.tenant(&tenant("t"));
+    let d = h.admit(&t, "a", Cost::tokens(10, 20));
+    let names: Vec<String> = d
+        .statuses
+        .iter()
+        .map(|s| h.policy.limit(s.limit).expect("limit").name.to_string())
+        .collect();
+    assert_eq!(names, ["a/rpm", "a/rpd", "a/tpd", "tokens-all-models"]);
+    let rpd = status(&h.policy, &d, "a/rpd");
+    assert_eq!((rpd.amount, rpd.used, rpd.remaining, rpd.requested), (100, 1, 99, 1));
+    assert_eq!(rpd.reset, Some(sluice_core::FakeClock::at("2026-05-02T00:00:00Z").now()));
+    let tpd = status(&h.policy, &d, "a/tpd");
+    assert_eq!((tpd.used, tpd.remaining, tpd.requested), (30, 970, 30));
+    let rpm = status(&h.policy, &d, "a/rpm");
+    // One request of ten per minute: back to full six seconds later.
+    assert_eq!(rpm.reset, Some(Instant(h.clock.now().0 + 6 * NS)));
+}
