@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+pub mod gateway;
 pub mod raw;
 pub mod report;
 mod validate;
@@ -50,6 +51,8 @@ pub struct Config {
     pub developers: Vec<(String, String)>,
     /// Tenants written in the file.
     pub tenants: Vec<TenantEntry>,
+    /// The gateway's settings (`[server]`, `[tokens]`, `[upstreams]`).
+    pub gateway: gateway::GatewayConfig,
 }
 
 /// A tenant from the file, with its keys.

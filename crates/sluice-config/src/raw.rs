@@ -34,6 +34,58 @@ pub struct RawFile {
     /// `[tenants.<id>]`.
     #[serde(default)]
     pub tenants: IndexMap<String, Spanned<RawTenant>>,
+    /// `[server]`: the gateway's listener and request handling.
+    pub server: Option<Spanned<RawServer>>,
+    /// `[tokens]`: how token costs are estimated before a request runs.
+    pub tokens: Option<Spanned<RawTokens>>,
+    /// `[upstreams.<name>]`: where requests go.
+    #[serde(default)]
+    pub upstreams: IndexMap<String, Spanned<RawUpstream>>,
+}
+
+/// `[server]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// `host:port` to listen on.
+    pub listen: Option<Spanned<String>>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: Option<Spanned<i64>>,
+    /// What a request costs when the upstream fails: `refund` or `charge`.
+    pub upstream_failure: Option<Spanned<String>>,
+    /// How long in-flight requests may take to finish at shutdown.
+    pub shutdown_grace: Option<Spanned<String>>,
+    /// Waits longer than this get `x-should-retry: false` (default `60s`).
+    pub no_retry_after: Option<Spanned<String>>,
+}
+
+/// `[tokens]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokens {
+    /// Output tokens to reserve when a request sets no `max_tokens`.
+    pub default_output: Option<Spanned<i64>>,
+    /// The most output tokens reserved for one choice, whatever `max_tokens` says.
+    pub max_output: Option<Spanned<i64>>,
+    /// Bytes per token for models without a known tokenizer.
+    pub bytes_per_token: Option<Spanned<f64>>,
+}
+
+/// `[upstreams.<name>]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// Base URL, up to and including `/v1` (e.g. `http://127.0.0.1:8000/v1`).
+    pub base_url: Option<Spanned<String>>,
+    /// The environment variable holding the upstream's own API key.
+    pub api_key_env: Option<Spanned<String>>,
+    /// Time to connect.
+    pub connect_timeout: Option<Spanned<String>>,
+    /// Time until the upstream's response starts.
+    pub timeout: Option<Spanned<String>>,
+    /// Serve from the built-in mock upstream (tests, benchmarks, quickstart).
+    #[serde(default)]
+    pub mock: bool,
 }
 
 /// `[policy]`
@@ -74,6 +126,13 @@ pub struct RawModel {
     pub class: Option<String>,
     /// Who makes it (for tables).
     pub developer: Option<String>,
+    /// The upstream that serves it (default: the only upstream).
+    pub upstream: Option<Spanned<String>>,
+    /// The name sent upstream (default: the model id).
+    pub upstream_model: Option<String>,
+    /// Tokenizer for estimates: `o200k_base`, `cl100k_base` or `bytes`
+    /// (default: guessed from the name, else bytes).
+    pub encoding: Option<Spanned<String>>,
 }
 
 /// An endpoint: its path, or a table.

@@ -299,6 +299,12 @@ impl<'a> Validator<'a> {
             });
         }
 
+        let mut problems = Vec::new();
+        let gateway = crate::gateway::gateway(raw, &mut problems);
+        for (sp, field, message) in problems {
+            self.err(sp, &field, message);
+        }
+
         if !self.errors.is_empty() {
             return Err(self.errors);
         }
@@ -360,6 +366,7 @@ impl<'a> Validator<'a> {
                 .filter_map(|(m, s)| s.get_ref().developer.clone().map(|d| (m.clone(), d)))
                 .collect(),
             tenants,
+            gateway,
         })
     }
 

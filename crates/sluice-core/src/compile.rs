@@ -209,7 +209,7 @@ fn compile_limit(spec: &crate::policy::LimitSpec, p: &mut Policy) -> Result<Limi
     for fact in &spec.by {
         parts.push(match fact {
             Fact::Key => Part::Key,
-            Fact::KeyLabel(l) => Part::KeyLabel(p.key_label_keys.intern(l)),
+            Fact::KeyLabel(l) => Part::KeyLabel(p.key_label_keys.intern(l), name_hash(l)),
             Fact::Endpoint => Part::Endpoint,
             Fact::Model => Part::Model,
             Fact::ModelClass => Part::ModelClass,

@@ -67,7 +67,7 @@ impl Rule {
     }
 }
 
-/// The stored state of one counter. 32 bytes.
+/// The stored state of one counter. 24 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CounterState {
     /// GCRA: theoretical arrival time `tat + rem/amount` (ns since the
@@ -76,9 +76,10 @@ pub enum CounterState {
         /// Whole nanoseconds of the theoretical arrival time.
         tat: u64,
         /// The fraction of a nanosecond beyond `tat`, in 1/amount ns.
-        rem: u64,
-        /// The limit's amount when the state was last moved.
-        amount: u64,
+        rem: u32,
+        /// The limit's amount when the state was last moved (rolling amounts
+        /// are at most `u32::MAX`, see [`crate::window::Window::validate`]).
+        amount: u32,
     },
     /// Usage inside one calendar slot, identified by its end.
     Calendar {
@@ -151,34 +152,72 @@ pub fn check(rule: &Rule, state: Option<&CounterState>, cost: u64, now: Instant)
     }
 }
 
-/// A rolling state's virtual time, exactly: `x = tat·amount + rem`, in units
-/// of ns·amount, so that one unit of cost is exactly `period` of them and no
-/// rounding ever happens. `x - now·amount` is the usage still to drain, times
-/// the period; it is carried over unchanged when the amount changes, so the
-/// tenant keeps the usage it had (not the time) and a raised limit applies at
-/// once. Never below `now·amount` (a bucket cannot be fuller than full).
-fn virtual_time(state: Option<&CounterState>, amount: u64, now: u64) -> u128 {
-    let floor = u128::from(now) * u128::from(amount);
-    match state {
-        Some(&CounterState::Rolling { tat, rem, amount: was }) if was > 0 => {
-            let x_was = u128::from(tat) * u128::from(was) + u128::from(rem);
-            let now_was = u128::from(now) * u128::from(was);
-            if x_was <= now_was {
-                floor
-            } else {
-                // How far ahead of now the state is, `used·period`, does not
-                // depend on the amount: carry it over as it is.
-                floor + (x_was - now_was)
-            }
-        }
-        _ => floor,
+/// Divides, taking the fast 64-bit path when both sides fit (they nearly
+/// always do: a 128-bit division is a slow library call).
+fn div(a: u128, b: u128) -> u128 {
+    match (u64::try_from(a), u64::try_from(b)) {
+        (Ok(a), Ok(b)) if b > 0 => u128::from(a / b),
+        _ if b == 0 => u128::MAX,
+        _ => a / b,
     }
 }
 
-/// Stores a virtual time.
-fn rolling_state(x: u128, amount: u64) -> CounterState {
-    let a = u128::from(amount.max(1));
-    CounterState::Rolling { tat: sat_u64(x / a), rem: sat_u64(x % a), amount }
+fn ceil(a: u128, b: u128) -> u128 {
+    match (u64::try_from(a), u64::try_from(b)) {
+        (Ok(a), Ok(b)) if b > 0 => u128::from(a.div_ceil(b)),
+        _ => ceil_div(a, b),
+    }
+}
+
+/// A theoretical arrival time, exactly: `tat + rem/amount` nanoseconds.
+#[derive(Clone, Copy)]
+struct Tat {
+    tat: u64,
+    rem: u64,
+}
+
+impl Tat {
+    /// How far this TAT runs ahead of `now`, in ns·amount: the usage still
+    /// to drain times the period. It does not depend on the amount.
+    fn ahead(self, now: u64, amount: u64) -> u128 {
+        if self.tat < now {
+            0
+        } else {
+            u128::from(self.tat - now) * u128::from(amount) + u128::from(self.rem)
+        }
+    }
+
+    /// As a stored state (`amount` and `rem < amount` fit in 32 bits: the
+    /// policy refuses larger rolling amounts).
+    fn state(self, amount: u64) -> CounterState {
+        let narrow = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+        CounterState::Rolling { tat: self.tat, rem: narrow(self.rem), amount: narrow(amount) }
+    }
+
+    /// The TAT that runs `ahead` (ns·amount) ahead of `now`.
+    fn at(now: u64, ahead: u128, amount: u64) -> Self {
+        let a = u128::from(amount.max(1));
+        let whole = div(ahead, a);
+        Self { tat: now.saturating_add(sat_u64(whole)), rem: sat_u64(ahead - whole * a) }
+    }
+}
+
+/// A rolling state's TAT under `amount`. A state written under another
+/// amount keeps its usage (how far it runs ahead, in ns·amount), not its time,
+/// so a raised limit applies at once. Never before `now` (a bucket cannot be
+/// fuller than full).
+fn current_tat(state: Option<&CounterState>, amount: u64, now: u64) -> Tat {
+    match state {
+        Some(&CounterState::Rolling { tat, rem, amount: was }) if tat >= now => {
+            let (rem, was) = (u64::from(rem), u64::from(was));
+            if was == amount {
+                Tat { tat, rem }
+            } else {
+                Tat::at(now, Tat { tat, rem }.ahead(now, was), amount)
+            }
+        }
+        _ => Tat { tat: now, rem: 0 },
+    }
 }
 
 fn rolling(
@@ -189,27 +228,32 @@ fn rolling(
     cost: u64,
     now: Instant,
 ) -> Check {
-    let (p, a) = (u128::from(period), u128::from(amount.max(1)));
-    let floor = u128::from(now.0) * a;
-    let cap = u128::from(burst) * p; // the most `x` may run ahead of now
-    let base = virtual_time(state, amount, now.0);
-    let next = base + u128::from(cost) * p;
+    let now = now.0;
+    let amount = amount.max(1);
+    let (p, a) = (u128::from(period), u128::from(amount));
+    let cap = u128::from(burst) * p; // the most a TAT may run ahead of now
+    let base = current_tat(state, amount, now);
+    let step = u128::from(base.rem) + u128::from(cost) * p;
+    let whole = div(step, a);
+    let next = Tat { tat: base.tat.saturating_add(sat_u64(whole)), rem: sat_u64(step - whole * a) };
+    let next_ahead = next.ahead(now, amount);
     let verdict = if cost > burst {
         Verdict::Never
-    } else if next - floor <= cap {
+    } else if next_ahead <= cap {
         Verdict::Fits
     } else {
-        // The earliest t with next - t·amount <= cap.
-        Verdict::WaitUntil(Instant(sat_u64(ceil_div(next - cap, a))))
+        // The earliest t with (next.tat - t)·amount + next.rem <= cap.
+        let slack = cap.saturating_sub(u128::from(next.rem));
+        Verdict::WaitUntil(Instant(next.tat.saturating_sub(sat_u64(div(slack, a)))))
     };
-    let shown = if verdict == Verdict::Fits { next } else { base };
-    let ahead = shown - floor;
+    let (shown, ahead) =
+        if verdict == Verdict::Fits { (next, next_ahead) } else { (base, base.ahead(now, amount)) };
     Check {
         verdict,
-        next: rolling_state(next, amount),
-        used: sat_u64(ceil_div(ahead, p)),
-        remaining: sat_u64(cap.saturating_sub(ahead) / p),
-        reset: Some(Instant(sat_u64(ceil_div(shown, a)))),
+        next: next.state(amount),
+        used: sat_u64(ceil(ahead, p)),
+        remaining: sat_u64(div(cap.saturating_sub(ahead), p)),
+        reset: Some(Instant(shown.tat.saturating_add(u64::from(shown.rem > 0)))),
     }
 }
 
@@ -268,8 +312,8 @@ pub enum ChargedAs {
     Rolling {
         /// Window length in nanoseconds.
         period_nanos: u64,
-        /// The amount at admission.
-        amount: u64,
+        /// The amount at admission (rolling amounts fit in 32 bits).
+        amount: u32,
     },
     /// A calendar counter, in the slot ending at `end`.
     Calendar {
@@ -284,7 +328,10 @@ impl ChargedAs {
     /// How a charge made under `rule` is recorded.
     pub const fn of(rule: &Rule) -> Self {
         match *rule {
-            Rule::Rolling { period_nanos, amount, .. } => Self::Rolling { period_nanos, amount },
+            Rule::Rolling { period_nanos, amount, .. } => Self::Rolling {
+                period_nanos,
+                amount: if amount > u32::MAX as u64 { u32::MAX } else { amount as u32 },
+            },
             Rule::Calendar { slot, .. } => Self::Calendar { end: slot.end.0 },
             Rule::Concurrent { .. } => Self::Concurrent,
         }
@@ -330,18 +377,17 @@ pub fn settle(
             // Settle under the amount the counter now has (it may have been
             // raised since the charge).
             let amount = match state {
-                Some(CounterState::Rolling { amount: a, .. }) if a > 0 => a,
-                _ => amount.max(1),
+                Some(CounterState::Rolling { amount: a, .. }) if a > 0 => u64::from(a),
+                _ => u64::from(amount.max(1)),
             };
             let p = u128::from(period_nanos);
-            let floor = u128::from(now_ns) * u128::from(amount);
-            let x = virtual_time(state.as_ref(), amount, now_ns);
-            let x = if actual >= charged {
-                x + u128::from(actual - charged) * p
+            let ahead = current_tat(state.as_ref(), amount, now_ns).ahead(now_ns, amount);
+            let ahead = if actual >= charged {
+                ahead + u128::from(actual - charged) * p
             } else {
-                x.saturating_sub(u128::from(charged - actual) * p).max(floor)
+                ahead.saturating_sub(u128::from(charged - actual) * p)
             };
-            Some(rolling_state(x, amount))
+            Some(Tat::at(now_ns, ahead, amount).state(amount))
         }
     }
 }
@@ -473,7 +519,7 @@ mod tests {
     }
 
     #[test]
-    fn state_is_32_bytes() {
-        assert!(size_of::<CounterState>() <= 32);
+    fn state_is_24_bytes() {
+        assert!(size_of::<CounterState>() <= 24);
     }
 }

@@ -67,8 +67,8 @@ pub use facts::{
 };
 pub use metric::Metric;
 pub use plan::{
-    ChargeRecord, CounterKey, Decision, Evaluation, LimitStatus, Outcome, Plan, PlannedCharge,
-    ReservationId, Settlement, Usage, decide, records,
+    ChargeRecord, CounterKey, Decision, Evaluation, GroupKey, LimitStatus, Outcome, Plan,
+    PlannedCharge, ReservationId, Settlement, Usage, decide, records,
 };
 pub use policy::{
     ClauseSpec, ConditionSpec, EndpointId, ExemptionSpec, Fact, HeaderFamily, HeaderMetric,

@@ -17,32 +17,61 @@ use crate::policy::{Clause, Condition, LimitId, Part, Policy, Sym};
 use crate::time::Instant;
 use crate::window::WindowKind;
 
-/// A counter's identity: tenant, limit identity and partition, hashed (xxh3,
-/// stable across versions and processes). The top 32 bits are the tenant's, so
-/// that a store can find a counter's tenant shard from the key alone.
+/// A group of counters: one tenant's counters for one partition (e.g. the
+/// tenant and model `m`: its RPM, RPD and TPD of `m`), stored together so
+/// that an admission touches one place per partition, not one per limit. The
+/// top 32 bits are the tenant's (`tenant_hash >> 32`), so a store can find a
+/// group's tenant shard from the key alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CounterKey(pub u128);
+pub struct GroupKey {
+    /// High 64 bits: the tenant's 32 bits, then 32 bits of the group hash.
+    pub hi: u64,
+    /// Low 64 bits of the group hash.
+    pub lo: u64,
+}
 
-impl CounterKey {
-    /// The key for a tenant, a limit identity, and partition values.
-    pub fn new(tenant: u64, identity: u64, parts: &[u64]) -> Self {
-        let mut buf = [0u8; 8 * (2 + crate::compile::MAX_PARTITION_FACTS)];
-        let mut n = 0;
-        for v in [tenant, identity].iter().chain(parts.iter()) {
-            if n + 8 > buf.len() {
-                break;
-            }
-            buf[n..n + 8].copy_from_slice(&v.to_le_bytes());
-            n += 8;
+impl GroupKey {
+    /// The group of `tenant`'s counters for these partition values (each
+    /// tagged with its fact, so equal hashes of different facts differ):
+    /// two independent chains of folded multiplications (the mixing step of
+    /// wyhash and foldhash) over inputs that are already xxh3 hashes. Part of
+    /// the persisted and shared format: never change it.
+    pub fn new(tenant: u64, parts: &[u64]) -> Self {
+        const K: [u64; 4] = [
+            0x243f_6a88_85a3_08d3,
+            0x1319_8a2e_0370_7344,
+            0xa409_3822_299f_31d0,
+            0x082e_fa98_ec4e_6c89,
+        ];
+        fn fold(a: u64, b: u64) -> u64 {
+            let m = u128::from(a) * u128::from(b);
+            (m as u64) ^ ((m >> 64) as u64)
         }
-        let low = xxhash_rust::xxh3::xxh3_128(&buf[..n]) & ((1u128 << 96) - 1);
-        Self((u128::from(tenant >> 32) << 96) | low)
+        let mut h1 = fold(tenant ^ K[0], K[1]);
+        let mut h2 = fold(tenant ^ K[2], K[3]);
+        for (i, &p) in parts.iter().enumerate() {
+            let i = i as u64 + 1;
+            h1 = fold(h1 ^ K[1].wrapping_mul(i), p ^ K[0]);
+            h2 = fold(h2 ^ K[3].wrapping_mul(i), p ^ K[2]);
+        }
+        h1 = fold(h1 ^ K[2], parts.len() as u64 ^ K[3]);
+        Self { hi: (tenant & 0xFFFF_FFFF_0000_0000) | (h1 >> 32), lo: h2 ^ (h1 << 32) }
     }
 
     /// The tenant bits: `tenant_hash >> 32` of the tenant it belongs to.
     pub const fn tenant_bits(self) -> u32 {
-        (self.0 >> 96) as u32
+        (self.hi >> 32) as u32
     }
+}
+
+/// A counter: a group and a limit identity (xxh3 of the limit's counter
+/// identity) within it. Stable across versions, processes and policy reloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CounterKey {
+    /// The group (tenant and partition).
+    pub group: GroupKey,
+    /// The limit identity within the group.
+    pub counter: u64,
 }
 
 /// One counter an admission will charge.
@@ -144,7 +173,8 @@ impl Policy {
             for part in &limit.parts {
                 parts.push(self.part_value(part, req));
             }
-            let key = CounterKey::new(tenant.hash, limit.identity, &parts);
+            let key =
+                CounterKey { group: GroupKey::new(tenant.hash, &parts), counter: limit.identity };
             let charge = PlannedCharge {
                 limit: id,
                 key,
@@ -166,8 +196,14 @@ impl Policy {
         plan
     }
 
+    /// A partition value, tagged with its fact.
     fn part_value(&self, part: &Part, req: &Request<'_>) -> u64 {
-        match part {
+        let (tag, value) = self.part_raw(part, req);
+        value ^ tag.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+
+    fn part_raw(&self, part: &Part, req: &Request<'_>) -> (u64, u64) {
+        let value = match part {
             Part::Model => req.model.hash,
             Part::Endpoint => self.endpoints.get(req.endpoint.index()).map_or(0, |e| e.hash),
             Part::ModelClass => req
@@ -176,11 +212,20 @@ impl Policy {
                 .and_then(|m| self.models[m.index()].class)
                 .map_or(0, |c| crate::policy::name_hash(self.classes.name(c))),
             Part::Key => req.key.map_or(0, |k| k.hash),
-            Part::KeyLabel(l) => req
+            Part::KeyLabel(l, _) => req
                 .key
                 .and_then(|k| k.labels.iter().find(|(key, _, _)| key == l))
                 .map_or(0, |&(_, _, h)| h),
-        }
+        };
+        let tag = match part {
+            Part::Model => 1,
+            Part::Endpoint => 2,
+            Part::ModelClass => 3,
+            Part::Key => 4,
+            // The label's name, hashed: stable across policy reloads.
+            Part::KeyLabel(_, name) => *name,
+        };
+        (tag, value)
     }
 
     fn holds(&self, cond: &Condition, req: &Request<'_>) -> bool {

@@ -503,7 +503,8 @@ pub(crate) type Condition = SmallVec<[Clause; 2]>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Part {
     Key,
-    KeyLabel(Sym),
+    /// The label (interned) and the stable hash of its name.
+    KeyLabel(Sym, u64),
     Endpoint,
     Model,
     ModelClass,

@@ -29,6 +29,11 @@ pub trait CounterStore: Send + Sync + 'static {
         usage: Usage,
     ) -> impl Future<Output = Result<Settlement, Self::Error>> + Send;
 
+    /// Settles without waiting for the answer (the usage is final; a store
+    /// that has to go over the network does it in the background). Safe to
+    /// call from `Drop` and from `poll` functions.
+    fn settle_detached(&self, id: ReservationId, usage: Usage);
+
     /// Ends a reservation without usage figures (the request was dropped):
     /// concurrency is released, token charges stay as estimated. Does not
     /// wait; safe to call from `Drop`.

@@ -152,6 +152,11 @@ pub enum WindowError {
         "a calendar window of {0} does not line up with the calendar; use a period that divides a day (e.g. `1m`, `15m`, `1h`, `6h`), or `1d`, `1w`, `1mo`"
     )]
     Unaligned(Period),
+    /// Rolling amounts are kept in 32 bits.
+    #[error(
+        "a rolling window holds at most 4,294,967,295 units; use a calendar window (`kind = \"calendar\"`) for {0}"
+    )]
+    TooLarge(u64),
     /// Rolling refill needs whole nanoseconds per unit.
     #[error("an amount of {amount} per {period} refills faster than one unit per nanosecond")]
     TooFine {
@@ -177,6 +182,9 @@ impl Window {
     pub fn validate(&self, amount: u64) -> Result<(), WindowError> {
         match (self.kind, self.period) {
             (WindowKind::Rolling, Period::Months(_)) => Err(WindowError::RollingMonths),
+            (WindowKind::Rolling, _) if amount > u64::from(u32::MAX) => {
+                Err(WindowError::TooLarge(amount))
+            }
             (WindowKind::Rolling, p) => {
                 if amount > p.nominal_nanos() {
                     Err(WindowError::TooFine { amount, period: p })
@@ -419,6 +427,7 @@ mod tests {
         let roll = |s: &str| Window::rolling(s.parse().unwrap());
         assert_eq!(roll("1mo").validate(1), Err(WindowError::RollingMonths));
         assert!(roll("1s").validate(NANOS_PER_SEC + 1).is_err());
+        assert_eq!(roll("1d").validate(5_000_000_000), Err(WindowError::TooLarge(5_000_000_000)));
     }
 
     #[test]

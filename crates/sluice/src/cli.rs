@@ -1,5 +1,6 @@
 //! Command-line arguments (and nothing else).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -16,6 +17,15 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the OpenAI-compatible gateway.
+    Serve {
+        /// The policy file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Listen here instead of `server.listen` (port 0: any free port).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
     /// Validate a policy file and print its effective limits per tier and model.
     CheckConfig {
         /// The policy file (TOML).
@@ -24,4 +34,23 @@ pub enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// API keys.
+    Keys {
+        /// What to do with keys.
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+/// `sluice keys …`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print a new secret key and the hash to put in the policy file.
+    Generate {
+        /// Print `secret hash` on one line (for scripts).
+        #[arg(long)]
+        plain: bool,
+    },
+    /// Print the hash of an existing secret read from standard input.
+    Hash,
 }

@@ -2,13 +2,14 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod serve;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, KeysCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -24,6 +25,16 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::CheckConfig { file, quiet } => check_config(&file, quiet),
+        Command::Serve { config, listen } => serve::run(&config, listen),
+        Command::Keys { command: KeysCommand::Generate { plain } } => keys_generate(plain),
+        Command::Keys { command: KeysCommand::Hash } => {
+            let mut secret = String::new();
+            std::io::stdin().read_to_string(&mut secret)?;
+            let secret = secret.trim();
+            anyhow::ensure!(!secret.is_empty(), "give the secret on standard input");
+            writeln!(std::io::stdout(), "{}", sluice_gateway::auth::hash_text(secret))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -49,4 +60,34 @@ fn check_config(file: &std::path::Path, quiet: bool) -> anyhow::Result<ExitCode>
             Ok(ExitCode::from(2))
         }
     }
+}
+
+/// A new key: `sk-sluice-` and 48 hex digits of the operating system's
+/// randomness (192 bits).
+fn keys_generate(plain: bool) -> anyhow::Result<ExitCode> {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let secret: String = "sk-sluice-"
+        .chars()
+        .chain(bytes.iter().flat_map(|b| {
+            let d = b"0123456789abcdef";
+            [char::from(d[usize::from(b >> 4)]), char::from(d[usize::from(b & 15)])]
+        }))
+        .collect();
+    let hash = sluice_gateway::auth::hash_text(&secret);
+    let mut out = std::io::stdout().lock();
+    if plain {
+        writeln!(out, "{secret} {hash}")?;
+    } else {
+        writeln!(out, "secret: {secret}")?;
+        writeln!(out, "hash:   {hash}")?;
+        writeln!(out)?;
+        writeln!(out, "Give the secret to the client; it is shown only now. Put the hash in the")?;
+        writeln!(out, "policy file under the tenant:")?;
+        writeln!(out)?;
+        writeln!(out, "[[tenants.<tenant>.keys]]")?;
+        writeln!(out, "id = \"<a name for this key>\"")?;
+        writeln!(out, "hash = \"{hash}\"")?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,354 @@
+//! The gateway's part of the policy file: `[server]`, `[tokens]`,
+//! `[upstreams]`, and the routing fields of `[models]`. Validated here, with
+//! the same file:line errors as the rest, so `check-config` catches a bad
+//! upstream before `serve` does.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sluice_core::Period;
+use toml::Spanned;
+
+use crate::raw::RawFile;
+
+/// What a request costs when its upstream fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// Nothing: the reservation is refunded (the default).
+    Refund,
+    /// What was reserved.
+    Charge,
+}
+
+/// Which tokenizer estimates a model's prompts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenEncoding {
+    /// tiktoken `o200k_base` (GPT-4o, o-series, GPT-5).
+    O200kBase,
+    /// tiktoken `cl100k_base` (GPT-4, GPT-3.5).
+    Cl100kBase,
+    /// A byte ratio (`tokens.bytes_per_token`).
+    Bytes,
+}
+
+/// `[tokens]`, validated.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TokenSettings {
+    /// Output tokens reserved per choice when a request sets no `max_tokens`.
+    pub default_output: u64,
+    /// The most output tokens reserved per choice.
+    pub max_output: u64,
+    /// Bytes per token for models without a known tokenizer.
+    pub bytes_per_token: f64,
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        Self { default_output: 1_024, max_output: 32_768, bytes_per_token: 4.0 }
+    }
+}
+
+/// Where an upstream is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpstreamTarget {
+    /// An OpenAI-compatible server; requests go to `base_url` + the path
+    /// after `/v1`.
+    Url(String),
+    /// The built-in mock upstream.
+    Mock,
+}
+
+/// `[upstreams.<name>]`, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    /// Its name.
+    pub name: String,
+    /// Where it is.
+    pub target: UpstreamTarget,
+    /// The environment variable holding its API key (read at start).
+    pub api_key_env: Option<String>,
+    /// Time to connect.
+    pub connect_timeout: Duration,
+    /// Time until its response starts.
+    pub timeout: Duration,
+}
+
+/// How one model is served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelRoute {
+    /// The model id clients send.
+    pub model: String,
+    /// Index into [`GatewayConfig::upstreams`] (`None` when the file has no
+    /// upstreams: the policy can be checked, not served).
+    pub upstream: Option<usize>,
+    /// The model name sent upstream.
+    pub upstream_model: Option<String>,
+    /// The tokenizer for estimates (`None`: guessed from the name).
+    pub encoding: Option<TokenEncoding>,
+}
+
+/// The gateway's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GatewayConfig {
+    /// Where to listen (overridable on the command line).
+    pub listen: Option<SocketAddr>,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Cost of a request whose upstream fails.
+    pub upstream_failure: UpstreamFailure,
+    /// Grace for in-flight requests at shutdown.
+    pub shutdown_grace: Duration,
+    /// Waits longer than this tell SDKs not to retry.
+    pub no_retry_after: Duration,
+    /// Token estimates.
+    pub tokens: TokenSettings,
+    /// Upstreams, in file order.
+    pub upstreams: Vec<Upstream>,
+    /// One route per model, in file order.
+    pub routes: Vec<ModelRoute>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            max_body_bytes: 4 * 1024 * 1024,
+            upstream_failure: UpstreamFailure::Refund,
+            shutdown_grace: Duration::from_secs(30),
+            no_retry_after: Duration::from_secs(60),
+            tokens: TokenSettings::default(),
+            upstreams: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// Collects problems as (span, field, message).
+pub(crate) type Problems = Vec<(Option<std::ops::Range<usize>>, String, String)>;
+
+fn duration(v: &Spanned<String>, field: &str, problems: &mut Problems) -> Option<Duration> {
+    match v.get_ref().parse::<Period>() {
+        Ok(Period::Seconds(s)) => Some(Duration::from_secs(s.get())),
+        Ok(Period::Months(_)) => {
+            problems.push((Some(v.span()), field.into(), "give a duration in s, m or h".into()));
+            None
+        }
+        Err(e) => {
+            problems.push((Some(v.span()), field.into(), e.to_string()));
+            None
+        }
+    }
+}
+
+fn positive(v: &Spanned<i64>, field: &str, problems: &mut Problems) -> Option<u64> {
+    match u64::try_from(*v.get_ref()) {
+        Ok(n) if n > 0 => Some(n),
+        _ => {
+            problems.push((
+                Some(v.span()),
+                field.into(),
+                format!("must be a positive whole number, got {}", v.get_ref()),
+            ));
+            None
+        }
+    }
+}
+
+/// Validates the gateway sections of a file.
+pub(crate) fn gateway(raw: &RawFile, problems: &mut Problems) -> GatewayConfig {
+    let mut g = GatewayConfig::default();
+    if let Some(s) = &raw.server {
+        let s = s.get_ref();
+        if let Some(l) = &s.listen {
+            match l.get_ref().parse::<SocketAddr>() {
+                Ok(a) => g.listen = Some(a),
+                Err(_) => problems.push((
+                    Some(l.span()),
+                    "server.listen".into(),
+                    format!("`{}` is not a socket address; write host:port, e.g. `127.0.0.1:8080` or `0.0.0.0:8080`", l.get_ref()),
+                )),
+            }
+        }
+        if let Some(b) = &s.max_body_bytes
+            && let Some(n) = positive(b, "server.max_body_bytes", problems)
+        {
+            g.max_body_bytes = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(f) = &s.upstream_failure {
+            match f.get_ref().as_str() {
+                "refund" => g.upstream_failure = UpstreamFailure::Refund,
+                "charge" => g.upstream_failure = UpstreamFailure::Charge,
+                other => problems.push((
+                    Some(f.span()),
+                    "server.upstream_failure".into(),
+                    format!("`{other}` is not allowed; use `refund` (a failed request costs nothing) or `charge` (it costs what was reserved)"),
+                )),
+            }
+        }
+        if let Some(d) = &s.shutdown_grace
+            && let Some(d) = duration(d, "server.shutdown_grace", problems)
+        {
+            g.shutdown_grace = d;
+        }
+        if let Some(d) = &s.no_retry_after
+            && let Some(d) = duration(d, "server.no_retry_after", problems)
+        {
+            g.no_retry_after = d;
+        }
+    }
+    if let Some(t) = &raw.tokens {
+        let t = t.get_ref();
+        if let Some(v) = &t.default_output
+            && let Some(n) = positive(v, "tokens.default_output", problems)
+        {
+            g.tokens.default_output = n;
+        }
+        if let Some(v) = &t.max_output
+            && let Some(n) = positive(v, "tokens.max_output", problems)
+        {
+            g.tokens.max_output = n;
+        }
+        if let Some(v) = &t.bytes_per_token {
+            let b = *v.get_ref();
+            if b.is_finite() && b > 0.0 {
+                g.tokens.bytes_per_token = b;
+            } else {
+                problems.push((
+                    Some(v.span()),
+                    "tokens.bytes_per_token".into(),
+                    format!("must be a positive number, got {b}"),
+                ));
+            }
+        }
+    }
+    for (name, u) in &raw.upstreams {
+        let field = format!("upstreams.{name}");
+        let r = u.get_ref();
+        let target = match (&r.base_url, r.mock) {
+            (Some(_), true) => {
+                problems.push((
+                    Some(u.span()),
+                    field.clone(),
+                    "give `base_url` or `mock = true`, not both".into(),
+                ));
+                continue;
+            }
+            (None, true) => UpstreamTarget::Mock,
+            (None, false) => {
+                problems.push((
+                    Some(u.span()),
+                    format!("{field}.base_url"),
+                    "an upstream needs `base_url` (e.g. `http://127.0.0.1:8000/v1`), or `mock = true` for the built-in mock".into(),
+                ));
+                continue;
+            }
+            (Some(url), false) => {
+                let text = url.get_ref().trim_end_matches('/');
+                let rest = text.strip_prefix("http://").or_else(|| text.strip_prefix("https://"));
+                match rest {
+                    Some(r)
+                        if !r.is_empty()
+                            && !r.starts_with('/')
+                            && !text.contains(char::is_whitespace) =>
+                    {
+                        UpstreamTarget::Url(text.to_owned())
+                    }
+                    _ => {
+                        problems.push((
+                            Some(url.span()),
+                            format!("{field}.base_url"),
+                            format!("`{}` is not an http:// or https:// URL", url.get_ref()),
+                        ));
+                        continue;
+                    }
+                }
+            }
+        };
+        let connect_timeout = r
+            .connect_timeout
+            .as_ref()
+            .and_then(|d| duration(d, &format!("{field}.connect_timeout"), problems))
+            .unwrap_or(Duration::from_secs(5));
+        let timeout = r
+            .timeout
+            .as_ref()
+            .and_then(|d| duration(d, &format!("{field}.timeout"), problems))
+            .unwrap_or(Duration::from_secs(600));
+        let api_key_env = r.api_key_env.as_ref().map(|e| {
+            let v = e.get_ref();
+            if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                problems.push((
+                    Some(e.span()),
+                    format!("{field}.api_key_env"),
+                    format!("`{v}` is not an environment variable name (letters, digits, _)"),
+                ));
+            }
+            v.clone()
+        });
+        g.upstreams.push(Upstream {
+            name: name.clone(),
+            target,
+            api_key_env,
+            connect_timeout,
+            timeout,
+        });
+    }
+    for (model, m) in &raw.models {
+        let r = m.get_ref();
+        let upstream = match &r.upstream {
+            Some(u) => match raw.upstreams.get_index_of(u.get_ref()) {
+                Some(i) => Some(i),
+                None => {
+                    let names: Vec<String> =
+                        raw.upstreams.keys().map(|k| format!("`{k}`")).collect();
+                    problems.push((
+                        Some(u.span()),
+                        format!("models.{model}.upstream"),
+                        format!(
+                            "upstream `{}` is not defined; {}",
+                            u.get_ref(),
+                            if names.is_empty() {
+                                "none are defined".into()
+                            } else {
+                                format!("defined: {}", names.join(", "))
+                            }
+                        ),
+                    ));
+                    None
+                }
+            },
+            None if raw.upstreams.len() == 1 => Some(0),
+            None if raw.upstreams.is_empty() => None,
+            None => {
+                problems.push((
+                    Some(m.span()),
+                    format!("models.{model}.upstream"),
+                    "there are several upstreams: say which one serves this model (`upstream = \"...\"`)".into(),
+                ));
+                None
+            }
+        };
+        let encoding = r.encoding.as_ref().and_then(|e| match e.get_ref().as_str() {
+            "o200k_base" => Some(TokenEncoding::O200kBase),
+            "cl100k_base" => Some(TokenEncoding::Cl100kBase),
+            "bytes" => Some(TokenEncoding::Bytes),
+            other => {
+                problems.push((
+                    Some(e.span()),
+                    format!("models.{model}.encoding"),
+                    format!(
+                        "`{other}` is not an encoding; use `o200k_base`, `cl100k_base` or `bytes`"
+                    ),
+                ));
+                None
+            }
+        });
+        g.routes.push(ModelRoute {
+            model: model.clone(),
+            upstream,
+            upstream_model: r.upstream_model.clone(),
+            encoding,
+        });
+    }
+    g
+}

@@ -1,0 +1,176 @@
+//! API keys: `Authorization: Bearer <key>` -> a tenant and a key.
+//!
+//! Keys are only ever held as SHA-256 hashes. A presented key is hashed, the
+//! table is indexed by the first eight bytes of the hash, and the whole hash
+//! is then compared in constant time, so the time a lookup takes does not
+//! depend on how much of a stored hash an attacker's guess matches. The secret
+//! itself is never stored, logged, or echoed in an error.
+
+use std::collections::HashMap;
+
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+
+/// A key hash: SHA-256 of the secret.
+pub type KeyHash = [u8; 32];
+
+/// Hashes a secret.
+pub fn hash_secret(secret: &str) -> KeyHash {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// `sha256:<hex>` of a secret, as policy files and the admin API store it.
+pub fn hash_text(secret: &str) -> String {
+    format!("sha256:{}", hex(&hash_secret(secret)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    s
+}
+
+/// Parses `sha256:<64 hex digits>`.
+pub fn parse_hash(text: &str) -> Option<KeyHash> {
+    let hex = text.trim().strip_prefix("sha256:")?;
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in hex.as_bytes().chunks(2).enumerate() {
+        let digit = |c: u8| (c as char).to_digit(16);
+        let (hi, lo) = (digit(pair[0])?, digit(pair[1])?);
+        out[i] = u8::try_from(hi * 16 + lo).ok()?;
+    }
+    Some(out)
+}
+
+/// Compares two hashes without an early exit.
+fn same(a: &KeyHash, b: &KeyHash) -> bool {
+    let mut diff = 0u8;
+    for (x, y) in a.iter().zip(b) {
+        diff |= x ^ y;
+    }
+    std::hint::black_box(diff) == 0
+}
+
+/// Why a request could not be authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    /// No `Authorization: Bearer …` header.
+    Missing,
+    /// A key that is not known (or was revoked).
+    Unknown,
+}
+
+/// Known keys, by hash, to whatever the caller attaches (a tenant index and
+/// key facts).
+#[derive(Debug)]
+pub struct KeyTable<T> {
+    by_prefix: HashMap<u64, Vec<(KeyHash, T)>>,
+    len: usize,
+}
+
+impl<T> Default for KeyTable<T> {
+    fn default() -> Self {
+        Self { by_prefix: HashMap::new(), len: 0 }
+    }
+}
+
+fn prefix(h: &KeyHash) -> u64 {
+    let mut p = [0u8; 8];
+    p.copy_from_slice(&h[..8]);
+    u64::from_le_bytes(p)
+}
+
+impl<T> KeyTable<T> {
+    /// Adds a key; returns `false` if the hash was already there.
+    pub fn insert(&mut self, hash: KeyHash, value: T) -> bool {
+        let bucket = self.by_prefix.entry(prefix(&hash)).or_default();
+        if bucket.iter().any(|(h, _)| same(h, &hash)) {
+            return false;
+        }
+        bucket.push((hash, value));
+        self.len += 1;
+        true
+    }
+
+    /// How many keys.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Looks a presented secret up.
+    pub fn find(&self, secret: &str) -> Option<&T> {
+        let hash = hash_secret(secret);
+        let mut found = None;
+        for (h, v) in self.by_prefix.get(&prefix(&hash))? {
+            if same(h, &hash) {
+                found = Some(v);
+            }
+        }
+        found
+    }
+
+    /// Authenticates a request by its `Authorization` header.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<&T, AuthError> {
+        let secret = bearer(headers).ok_or(AuthError::Missing)?;
+        self.find(secret).ok_or(AuthError::Unknown)
+    }
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_keys_by_hash_only() {
+        let mut t = KeyTable::default();
+        assert!(t.insert(hash_secret("sk-one"), 1));
+        assert!(t.insert(hash_secret("sk-two"), 2));
+        assert!(!t.insert(hash_secret("sk-two"), 3), "one secret, one tenant");
+        assert_eq!(t.find("sk-one"), Some(&1));
+        assert_eq!(t.find("sk-two"), Some(&2));
+        assert_eq!(t.find("sk-three"), None);
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn hash_text_round_trips() {
+        let text = hash_text("test");
+        assert_eq!(text, "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08");
+        assert_eq!(parse_hash(&text), Some(hash_secret("test")));
+        assert_eq!(parse_hash("sha256:zz"), None);
+    }
+
+    #[test]
+    fn bearer_header() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(http::header::AUTHORIZATION, "Bearer sk-abc".parse().unwrap());
+        assert_eq!(bearer(&h), Some("sk-abc"));
+        h.insert(http::header::AUTHORIZATION, "bearer   sk-abc  ".parse().unwrap());
+        assert_eq!(bearer(&h), Some("sk-abc"));
+        h.insert(http::header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+        h.insert(http::header::AUTHORIZATION, "Bearer ".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
+}

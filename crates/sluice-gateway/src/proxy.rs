@@ -1,0 +1,310 @@
+//! One request through the gateway: auth -> facts -> admit -> forward ->
+//! settle. Every early exit happens before admission (so bad input never
+//! charges anyone) or settles what was admitted.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use sluice_config::gateway::UpstreamFailure;
+use sluice_core::{Clock, Cost, CounterStore, Usage};
+use sluice_llm::error::ApiError;
+use sluice_llm::headers::{HeaderOptions, insert_headers, remove_rate_limit_headers};
+use sluice_llm::usage::SseUsageTap;
+use sluice_llm::{RewriteOptions, expected_output, force_include_usage};
+
+use crate::auth::AuthError;
+use crate::body::{Metered, ResponseBody, Settler, Tap, full};
+use crate::runtime::{Endpoint, Route, Runtime};
+use crate::server::Gateway;
+use crate::upstream::SendError;
+
+/// Bodies larger than this are tokenized off the async runtime.
+const INLINE_TOKENIZE_BYTES: usize = 32 * 1024;
+
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus
+/// those the gateway sets itself.
+fn skip_request_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "host"
+            | "authorization"
+            | "content-length"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "x-request-id"
+    )
+}
+
+fn skip_response_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "content-length"
+            | "x-request-id"
+    )
+}
+
+pub(crate) fn error_response(e: &ApiError) -> Response<ResponseBody> {
+    let mut r = Response::new(full(e.body()));
+    *r.status_mut() = e.status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Serves `GET /v1/models`: the models this tenant's tier may use.
+pub(crate) fn models<S: CounterStore>(
+    _gw: &Gateway<S>,
+    rt: &Runtime,
+    headers: &HeaderMap,
+) -> Response<ResponseBody> {
+    let tenant = match rt.keys.authenticate(headers) {
+        Ok(k) => &rt.tenants[k.tenant],
+        Err(e) => return error_response(&auth_error(e)),
+    };
+    let tier = tenant.facts.tier();
+    let data: Vec<serde_json::Value> = rt
+        .policy
+        .models()
+        .filter(|(_, m)| rt.policy.model_allowed(tier, rt.policy.model_ref(&m.name)))
+        .map(|(_, m)| {
+            serde_json::json!({
+                "id": &*m.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": rt.owners.get(&*m.name).map_or("sluice", String::as_str),
+            })
+        })
+        .collect();
+    let body = serde_json::json!({ "object": "list", "data": data });
+    json_response(StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default())
+}
+
+fn auth_error(e: AuthError) -> ApiError {
+    match e {
+        AuthError::Missing => ApiError::missing_api_key(),
+        AuthError::Unknown => ApiError::invalid_api_key(),
+    }
+}
+
+/// Reads a request body, refusing more than `limit` bytes.
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::body_too_large(limit as u64))
+        }
+        Err(_) => Err(ApiError::bad_request("The request body could not be read.", None)),
+    }
+}
+
+/// A proxied request, from the moment its endpoint is known.
+pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
+    gw: &Arc<Gateway<S>>,
+    rt: Arc<Runtime>,
+    endpoint: Endpoint,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
+    if req.method() != Method::POST {
+        let mut r = error_response(&ApiError::unknown_url(req.method().as_str(), req.uri().path()));
+        *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return r;
+    }
+    // Who: 401 before anything is read or counted.
+    let key = match rt.keys.authenticate(req.headers()) {
+        Ok(k) => k,
+        Err(e) => return error_response(&auth_error(e)),
+    };
+    let tenant = &rt.tenants[key.tenant];
+    let (parts, body) = req.into_parts();
+    let body = match read_body(body, rt.settings.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return error_response(&e),
+    };
+    let kind = endpoint.kind;
+    let facts = match sluice_llm::request::parse(kind, &body) {
+        Ok(f) => f,
+        Err(e) => return error_response(&ApiError::from(&e)),
+    };
+    let model = rt.policy.model_ref(&facts.model);
+    let route = match model.id.and_then(|m| rt.routes.get(&m)) {
+        Some(r) if rt.policy.model_allowed(tenant.facts.tier(), model) => r.clone(),
+        _ => return error_response(&ApiError::model_not_found(&facts.model)),
+    };
+    let model_name = facts.model.to_string();
+    let stream = facts.stream && kind.streams_usage();
+    let client_asked_usage = facts.include_usage;
+
+    // What it will cost: the prompt as tokenized, plus the output it may ask for.
+    let tokens = &rt.settings.tokens;
+    let output = if kind.has_output() {
+        expected_output(&facts, tokens.default_output, tokens.max_output)
+    } else {
+        0
+    };
+    let input = if body.len() > INLINE_TOKENIZE_BYTES {
+        let owned = facts.into_owned();
+        let est = gw.estimator.clone();
+        let encoding = route.encoding;
+        tokio::task::spawn_blocking(move || est.input_tokens(&owned, encoding)).await.unwrap_or(0)
+    } else {
+        gw.estimator.input_tokens(&facts, route.encoding)
+    };
+    let cost = Cost::tokens(input, output);
+
+    // Admission: every limit, all or nothing.
+    let now = gw.clock.now();
+    let plan = rt.policy.plan(
+        &sluice_core::Request {
+            tenant: &tenant.facts,
+            key: Some(&key.facts),
+            endpoint: endpoint.id,
+            model,
+            cost,
+        },
+        now,
+    );
+    let decision = match gw.store.admit(&plan).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "counter store failed");
+            return error_response(&ApiError::store_unavailable());
+        }
+    };
+    let opts = HeaderOptions { no_retry_after: rt.settings.no_retry_after };
+    if !decision.is_admitted() {
+        let err =
+            ApiError::rate_limited(&decision, &rt.policy, &model_name, tenant.facts.id(), now)
+                .unwrap_or_else(ApiError::insufficient_quota);
+        let mut r = error_response(&err);
+        insert_headers(r.headers_mut(), &decision, &rt.policy, now, &opts);
+        return r;
+    }
+    let reserved = Usage::tokens(input, output);
+    let failure_usage = match rt.settings.upstream_failure {
+        UpstreamFailure::Refund => Usage::REFUND,
+        UpstreamFailure::Charge => reserved,
+    };
+    let settler = Settler::new(gw.store.clone(), decision.reservation(), input, reserved);
+
+    // Forward.
+    let upstream = &rt.upstreams[route.upstream];
+    let upstream_body = match upstream_body(&body, stream, &route) {
+        Ok(b) => b,
+        Err(e) => {
+            let mut s = settler;
+            s.settle(Usage::REFUND);
+            return error_response(&e);
+        }
+    };
+    let path = parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str());
+    let Some(uri) = upstream.uri(path) else {
+        let mut s = settler;
+        s.settle(failure_usage);
+        return error_response(&ApiError::upstream_error());
+    };
+    let mut up = Request::new(Full::new(upstream_body));
+    *up.method_mut() = Method::POST;
+    *up.uri_mut() = uri;
+    let h = up.headers_mut();
+    for (name, value) in &parts.headers {
+        if !skip_request_header(name) {
+            h.append(name.clone(), value.clone());
+        }
+    }
+    if let Some(auth) = upstream.auth() {
+        h.insert(header::AUTHORIZATION, auth.clone());
+    }
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(HeaderName::from_static("x-request-id"), request_id.clone());
+
+    let response = match upstream.send(up).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
+            let mut s = settler;
+            s.settle(failure_usage);
+            let err = match e {
+                SendError::Timeout(_) => ApiError::upstream_timeout(),
+                SendError::Unreachable(_) => ApiError::upstream_error(),
+            };
+            let mut r = error_response(&err);
+            insert_headers(r.headers_mut(), &decision, &rt.policy, now, &opts);
+            return r;
+        }
+    };
+    let (mut head, upstream_body) = response.into_parts();
+    let ok = head.status.is_success();
+    let is_sse = head
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let tap = if !ok {
+        Tap::None
+    } else if is_sse {
+        Tap::Sse(Box::new(
+            SseUsageTap::new(stream && !client_asked_usage).with_encoding(route.encoding),
+        ))
+    } else {
+        Tap::Json(BytesMut::new())
+    };
+    let settler = if ok { settler } else { settler.with_fixed_usage(failure_usage) };
+    let headers = std::mem::take(&mut head.headers);
+    let mut r = Response::new(Metered::new(upstream_body, tap, settler).boxed());
+    *r.status_mut() = head.status;
+    let out = r.headers_mut();
+    for (name, value) in &headers {
+        if !skip_response_header(name) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    remove_rate_limit_headers(out);
+    insert_headers(out, &decision, &rt.policy, now, &opts);
+    r
+}
+
+/// The body sent upstream: streams ask for usage; a renamed model is renamed.
+fn upstream_body(body: &Bytes, stream: bool, route: &Route) -> Result<Bytes, ApiError> {
+    let mut out = body.clone();
+    if let Some(name) = &route.upstream_model {
+        let mut v: serde_json::Value = serde_json::from_slice(&out)
+            .map_err(|_| ApiError::bad_request("The request body is not valid JSON.", None))?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("model".into(), serde_json::Value::String(name.clone()));
+        }
+        out = serde_json::to_vec(&v).map(Bytes::from).unwrap_or(out);
+    }
+    if stream {
+        let rewritten = force_include_usage(&out, RewriteOptions::default())
+            .map_err(|e| ApiError::bad_request(e.to_string(), Some("stream_options".into())))?;
+        if let std::borrow::Cow::Owned(b) = rewritten.body {
+            out = Bytes::from(b);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,158 @@
+//! The HTTP server: accepts connections, routes requests, and shuts down
+//! gracefully. It takes its listener and a shutdown future as arguments
+//! (mini-redis style), so tests bind port 0 and stop it when they like.
+
+use std::collections::hash_map::RandomState;
+use std::convert::Infallible;
+use std::future::Future;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use sluice_core::{Clock, CounterStore};
+use sluice_llm::Estimator;
+use sluice_llm::error::ApiError;
+use tokio::net::TcpListener;
+
+use crate::body::{ResponseBody, full};
+use crate::proxy::{error_response, models, proxy};
+use crate::runtime::Runtime;
+
+/// The gateway: what every request shares.
+pub struct Gateway<S> {
+    runtime: ArcSwap<Runtime>,
+    /// The counter store.
+    pub store: S,
+    /// Where time comes from.
+    pub clock: Arc<dyn Clock>,
+    /// Token estimates (tokenizers load once).
+    pub estimator: Arc<Estimator>,
+    ids: RandomState,
+    seq: AtomicU64,
+}
+
+impl<S: CounterStore + Clone + Unpin> Gateway<S> {
+    /// A gateway serving `runtime` with `store`.
+    pub fn new(runtime: Runtime, store: S, clock: Arc<dyn Clock>) -> Arc<Self> {
+        let estimator = Arc::new(Estimator::new());
+        // Load the tokenizers now, not on the first request.
+        for route in runtime.routes.values() {
+            estimator.preload(route.encoding);
+        }
+        Arc::new(Self {
+            runtime: ArcSwap::from_pointee(runtime),
+            store,
+            clock,
+            estimator,
+            ids: RandomState::new(),
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    /// The runtime now being served.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Serves `runtime` from now on (requests under way keep the old one).
+    pub fn replace_runtime(&self, runtime: Runtime) {
+        self.runtime.store(Arc::new(runtime));
+    }
+
+    fn request_id(&self) -> HeaderValue {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let a = self.ids.hash_one(n);
+        let b = self.ids.hash_one(!n);
+        let id = format!("req_{a:016x}{b:016x}");
+        HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("req_0"))
+    }
+
+    /// Handles one request.
+    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<ResponseBody> {
+        let request_id = self.request_id();
+        let rt = self.runtime();
+        let path = req.uri().path();
+        let mut resp = if let Some(endpoint) = rt.endpoints.get(path).cloned() {
+            proxy(self, rt, endpoint, req, &request_id).await
+        } else {
+            match (req.method(), path) {
+                (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+                (&Method::GET, "/readyz") => text(StatusCode::OK, "ready\n"),
+                (&Method::GET, "/v1/models") => models(self, &rt, req.headers()),
+                (m, p) => error_response(&ApiError::unknown_url(m.as_str(), p)),
+            }
+        };
+        resp.headers_mut().insert(HeaderName::from_static("x-request-id"), request_id);
+        resp
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on `listener` until `shutdown` completes,
+/// then stops accepting, lets requests in flight finish (and settle) for up
+/// to `grace`, and returns.
+pub async fn serve<S>(
+    listener: TcpListener,
+    gateway: Arc<Gateway<S>>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) -> std::io::Result<()>
+where
+    S: CounterStore + Clone + Unpin,
+{
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait, go on.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let gw = gateway.clone();
+                let service = service_fn(move |req| {
+                    let gw = gw.clone();
+                    async move { Ok::<_, Infallible>(gw.handle(req).await) }
+                });
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn.into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!(?grace, "requests still in flight after the shutdown grace; stopping anyway");
+        }
+    }
+    Ok(())
+}

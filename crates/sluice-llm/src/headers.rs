@@ -1,0 +1,286 @@
+//! Rate-limit headers, as OpenAI-compatible clients read them.
+//!
+//! Every response carries the state at admission: for each header family of
+//! the policy's [`HeaderProfile`] (`requests`, `tokens`, `requests-day`, …),
+//! the limit of that family with the least remaining, as
+//! `x-ratelimit-{limit,remaining,reset}-<suffix>`. A denial adds what the
+//! official SDKs act on: `retry-after-ms` and `retry-after` for a wait, and
+//! `x-should-retry: false` where retrying soon cannot help (a long wait, or a
+//! request that can never fit). The IETF `RateLimit-Policy` / `RateLimit`
+//! fields are added when the profile asks for them, for request limits only
+//! (the draft registers no token unit).
+//!
+//! [`HeaderProfile`]: sluice_core::HeaderProfile
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use sluice_core::{
+    Decision, HeaderFamily, HeaderMetric, HeaderSpan, Instant, LimitStatus, Metric, Outcome,
+    Policy, ResetFormat,
+};
+
+use crate::duration::{millis_ceil, write_go_duration};
+
+/// `retry-after-ms`: the wait in integer milliseconds (OpenAI SDKs read it
+/// first).
+pub const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
+/// `x-should-retry`: `false` tells the official SDKs not to retry.
+pub const X_SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
+/// The IETF `RateLimit-Policy` field.
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// The IETF `RateLimit` field.
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// How denials are signalled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeaderOptions {
+    /// Waits longer than this also get `x-should-retry: false`: the SDKs
+    /// would otherwise retry within seconds (Node, Python ≤ 2.51) and fail
+    /// again.
+    pub no_retry_after: Duration,
+}
+
+impl Default for HeaderOptions {
+    fn default() -> Self {
+        Self { no_retry_after: Duration::from_secs(60) }
+    }
+}
+
+macro_rules! family_names {
+    ($m:literal, $s:literal) => {
+        [
+            HeaderName::from_static(concat!("x-ratelimit-limit-", $m, $s)),
+            HeaderName::from_static(concat!("x-ratelimit-remaining-", $m, $s)),
+            HeaderName::from_static(concat!("x-ratelimit-reset-", $m, $s)),
+        ]
+    };
+    ($m:literal) => {
+        [
+            family_names!($m, ""),
+            family_names!($m, "-hour"),
+            family_names!($m, "-day"),
+            family_names!($m, "-month"),
+        ]
+    };
+}
+
+/// `[metric][span] -> [limit, remaining, reset]`, built at compile time.
+static NAMES: [[[HeaderName; 3]; 4]; 4] = [
+    family_names!("requests"),
+    family_names!("tokens"),
+    family_names!("input-tokens"),
+    family_names!("output-tokens"),
+];
+
+/// The `limit`, `remaining` and `reset` header names of a family.
+pub fn family_header_names(family: HeaderFamily) -> &'static [HeaderName; 3] {
+    let m = match family.metric {
+        HeaderMetric::Requests => 0,
+        HeaderMetric::Tokens => 1,
+        HeaderMetric::InputTokens => 2,
+        HeaderMetric::OutputTokens => 3,
+    };
+    let s = match family.span {
+        HeaderSpan::Minute => 0,
+        HeaderSpan::Hour => 1,
+        HeaderSpan::Day => 2,
+        HeaderSpan::Month => 3,
+    };
+    &NAMES[m][s]
+}
+
+/// Calls `emit` with each rate-limit header for `decision`, in a stable
+/// order: the families of the profile, then the IETF fields, then the retry
+/// headers of a denial.
+pub fn for_each_header(
+    decision: &Decision,
+    policy: &Policy,
+    now: Instant,
+    opts: &HeaderOptions,
+    mut emit: impl FnMut(&HeaderName, HeaderValue),
+) {
+    let profile = policy.headers();
+    let mut buf = String::with_capacity(32);
+    for &family in &profile.families {
+        let Some(status) = shown(decision, policy, family) else {
+            continue;
+        };
+        let [limit, remaining, reset] = family_header_names(family);
+        emit(limit, HeaderValue::from(status.amount));
+        emit(remaining, HeaderValue::from(status.remaining));
+        let Some(at) = status.reset else { continue };
+        buf.clear();
+        if write_reset(&mut buf, profile.reset, at, now)
+            && let Ok(v) = HeaderValue::from_str(&buf)
+        {
+            emit(reset, v);
+        }
+    }
+    if profile.ietf {
+        ietf(decision, policy, now, &mut emit);
+    }
+    match decision.outcome {
+        Outcome::Admitted { .. } => {}
+        Outcome::Limited { retry_at, .. } => {
+            let wait = retry_at.since(now);
+            let ms = millis_ceil(wait).max(1);
+            emit(&RETRY_AFTER_MS, HeaderValue::from(ms));
+            emit(&RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000)));
+            if wait > opts.no_retry_after {
+                emit(&X_SHOULD_RETRY, HeaderValue::from_static("false"));
+            }
+        }
+        Outcome::TooLarge { .. } => {
+            emit(&X_SHOULD_RETRY, HeaderValue::from_static("false"));
+        }
+    }
+}
+
+/// Sets the rate-limit headers for `decision` on `map`, replacing any value
+/// already there under the same name (e.g. an upstream's own
+/// `x-ratelimit-*`).
+pub fn insert_headers(
+    map: &mut HeaderMap,
+    decision: &Decision,
+    policy: &Policy,
+    now: Instant,
+    opts: &HeaderOptions,
+) {
+    for_each_header(decision, policy, now, opts, |name, value| {
+        map.insert(name.clone(), value);
+    });
+}
+
+/// The rate-limit headers for `decision`, in the order of
+/// [`for_each_header`].
+pub fn render_headers(
+    decision: &Decision,
+    policy: &Policy,
+    now: Instant,
+    opts: &HeaderOptions,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out = Vec::with_capacity(12);
+    for_each_header(decision, policy, now, opts, |name, value| {
+        out.push((name.clone(), value));
+    });
+    out
+}
+
+/// Removes every header this module may set (and the variants upstreams
+/// send), so that a proxied response shows Sluice's limits only.
+pub fn remove_rate_limit_headers(map: &mut HeaderMap) {
+    let doomed: Vec<HeaderName> = map
+        .keys()
+        .filter(|k| {
+            let k = k.as_str();
+            k.starts_with("x-ratelimit-")
+                || k.starts_with("ratelimit")
+                || k == "retry-after"
+                || k == "retry-after-ms"
+                || k == "x-should-retry"
+        })
+        .cloned()
+        .collect();
+    for k in doomed {
+        map.remove(k);
+    }
+}
+
+/// The status a family shows: the non-shadow limit of the family with the
+/// least remaining (ties: the one that resets last).
+fn shown<'d>(
+    decision: &'d Decision,
+    policy: &Policy,
+    family: HeaderFamily,
+) -> Option<&'d LimitStatus> {
+    decision
+        .statuses
+        .iter()
+        .filter(|s| !s.shadow)
+        .filter(|s| {
+            policy.limit(s.limit).is_some_and(|l| family.shows(l.metric, l.window.as_ref()))
+        })
+        .min_by_key(|s| (s.remaining, std::cmp::Reverse(s.reset)))
+}
+
+/// Writes the reset of a status; `false` when the format omits it.
+fn write_reset(buf: &mut String, format: ResetFormat, at: Instant, now: Instant) -> bool {
+    let wait = at.since(now);
+    match format {
+        ResetFormat::Omit => return false,
+        ResetFormat::Duration => {
+            let _ = write_go_duration(buf, millis_ceil(wait).saturating_mul(1_000_000));
+        }
+        ResetFormat::Seconds => {
+            // Milliseconds as a decimal, trailing zeros trimmed: `33011.38`.
+            let ms = millis_ceil(wait);
+            let (secs, frac) = (ms / 1000, ms % 1000);
+            let _ = match frac {
+                0 => write!(buf, "{secs}"),
+                f if f % 100 == 0 => write!(buf, "{secs}.{}", f / 100),
+                f if f % 10 == 0 => write!(buf, "{secs}.{:02}", f / 10),
+                f => write!(buf, "{secs}.{f:03}"),
+            };
+        }
+        ResetFormat::Epoch => {
+            let _ = write!(buf, "{}", at.as_nanos().div_ceil(1_000_000_000));
+        }
+    }
+    true
+}
+
+/// Emits `RateLimit-Policy` and `RateLimit`, one list item per request
+/// limit.
+fn ietf(
+    decision: &Decision,
+    policy: &Policy,
+    now: Instant,
+    emit: &mut impl FnMut(&HeaderName, HeaderValue),
+) {
+    let mut policies = String::new();
+    let mut states = String::new();
+    for s in decision.statuses.iter().filter(|s| !s.shadow && s.metric == Metric::Requests) {
+        let Some(limit) = policy.limit(s.limit) else {
+            continue;
+        };
+        let Some(window) = limit.window else { continue };
+        if !policies.is_empty() {
+            policies.push_str(", ");
+            states.push_str(", ");
+        }
+        sf_string(&mut policies, &limit.name);
+        let _ = write!(policies, ";q={};w={}", s.amount, window.period.nominal_secs());
+        sf_string(&mut states, &limit.name);
+        let t = s.reset.map_or(0, |r| millis_ceil(r.since(now)).div_ceil(1000));
+        let _ = write!(states, ";r={};t={t}", s.remaining);
+    }
+    if policies.is_empty() {
+        return;
+    }
+    if let (Ok(p), Ok(r)) = (HeaderValue::from_str(&policies), HeaderValue::from_str(&states)) {
+        emit(&RATELIMIT_POLICY, p);
+        emit(&RATELIMIT, r);
+    }
+}
+
+/// Writes `s` as an RFC 9651 sf-string: printable ASCII, with `"` and `\`
+/// escaped; anything else becomes `_`.
+fn sf_string(buf: &mut String, s: &str) {
+    buf.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                buf.push('\\');
+                buf.push(c);
+            }
+            ' '..='~' => buf.push(c),
+            _ => buf.push('_'),
+        }
+    }
+    buf.push('"');
+}
+
+#[cfg(test)]
+mod tests;
