@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 pub struct ConfigError {
     /// The file.
     pub file: PathBuf,
-    /// 1-based line.
+    /// 1-based line (0: the file as a whole, e.g. it cannot be read).
     pub line: usize,
-    /// 1-based column.
+    /// 1-based column, in characters (0 with line 0).
     pub column: usize,
     /// The field, as a dotted path (`tiers.free.models.DeepSeek-V3.1.rpm`).
     pub field: String,
@@ -21,7 +21,12 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        if self.line == 0 {
+            // No position: a problem with the file as a whole.
+            write!(f, "{}: ", self.file.display())?;
+        } else {
+            write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        }
         if !self.field.is_empty() {
             write!(f, "{}: ", self.field)?;
         }
@@ -86,7 +91,9 @@ impl<'a> Locator<'a> {
         let offset = offset.min(self.text.len());
         let before = self.text.get(..offset).unwrap_or("");
         let line = before.matches('\n').count() + 1;
-        let col = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+        // Columns count characters, as editors do, not bytes.
+        let line_start = before.rfind('\n').map_or(0, |nl| nl + 1);
+        let col = before[line_start..].chars().count() + 1;
         (line, col)
     }
 

@@ -124,6 +124,19 @@ fn toml_message(m: &str) -> String {
         return "an endpoint is a path (`chat = \"/v1/chat/completions\"`) or a table with `path`"
             .into();
     }
+    for (expected, what) in [
+        ("expected i64", "a whole number"),
+        ("expected u64", "a whole number"),
+        ("expected f64", "a number"),
+        ("expected a string", "a string (in quotes)"),
+        ("expected a boolean", "true or false"),
+    ] {
+        if let Some(rest) = m.strip_prefix("invalid type: ")
+            && let Some(got) = rest.strip_suffix(expected)
+        {
+            return format!("expected {what}, got {}", got.trim_end().trim_end_matches(','));
+        }
+    }
     if let Some(rest) = m.strip_prefix("invalid value: integer `")
         && rest.contains("expected u64")
     {

@@ -302,7 +302,7 @@ pub enum RawOverride {
 #[serde(deny_unknown_fields)]
 pub struct RawKey {
     /// A name for the key (not the secret).
-    pub id: Option<String>,
+    pub id: Option<Spanned<String>>,
     /// `sha256:<hex>` of the secret, as `sluice keys generate` prints it.
     pub hash: Spanned<String>,
     /// Labels such as `channel = "apex"`.

@@ -43,10 +43,17 @@ pub(crate) struct Validator<'a> {
     loc: Locator<'a>,
     errors: Vec<ConfigError>,
     long_windows: WindowKind,
+    key_ids: HashSet<String>,
+    key_hashes: HashSet<String>,
 }
 
 fn span<T>(s: &Spanned<T>) -> Option<Range<usize>> {
     Some(s.span())
+}
+
+/// Where a limit's name is written (the limit itself if it has none).
+fn name_span(l: &Spanned<RawLimit>) -> Option<Range<usize>> {
+    l.get_ref().name.as_ref().map_or_else(|| span(l), span)
 }
 
 fn list(names: impl IntoIterator<Item = impl AsRef<str>>) -> String {
@@ -81,7 +88,13 @@ fn cell(key: &str) -> Option<(Metric, Option<Period>)> {
 
 impl<'a> Validator<'a> {
     pub(crate) fn new(loc: Locator<'a>) -> Self {
-        Self { loc, errors: Vec::new(), long_windows: WindowKind::Calendar }
+        Self {
+            loc,
+            errors: Vec::new(),
+            long_windows: WindowKind::Calendar,
+            key_ids: HashSet::new(),
+            key_hashes: HashSet::new(),
+        }
     }
 
     fn err(&mut self, span: Option<Range<usize>>, field: &str, message: impl Into<String>) {
@@ -260,13 +273,13 @@ impl<'a> Validator<'a> {
         }
         for (i, l) in raw.limits.iter().enumerate() {
             if let Some(spec) = self.limit(&format!("limits[{i}]"), l, Scope::Global, &names) {
-                limits.push((span(l), spec));
+                limits.push((name_span(l), format!("limits[{i}].name"), spec));
             }
         }
-        for (sp, spec) in limits {
+        for (sp, field, spec) in limits {
             let taken = scoped_names.entry(spec.scope.clone()).or_default();
             if !taken.insert(spec.name.clone()) {
-                self.err(sp, "name", format!("limit `{}` is defined twice in {}; names must be unique within a tier, a group, or the top level", spec.name, spec.scope));
+                self.err(sp, &field, format!("limit `{}` is defined twice in {}; names must be unique within a tier, a group, or the top level", spec.name, spec.scope));
                 continue;
             }
             b.limit(spec);
@@ -299,6 +312,15 @@ impl<'a> Validator<'a> {
             });
         }
 
+        // Tenants are checked against the names of the file, so their
+        // problems are reported with the policy's.
+        let mut tenants = IndexMap::new();
+        for (id, t) in &raw.tenants {
+            if let Some(entry) = self.tenant(id, t, &names, &all_limit_names) {
+                tenants.insert(id.clone(), entry);
+            }
+        }
+
         let mut problems = Vec::new();
         let gateway = crate::gateway::gateway(raw, &mut problems);
         for (sp, field, message) in problems {
@@ -316,9 +338,9 @@ impl<'a> Validator<'a> {
             }
         };
 
-        let mut tenants = Vec::new();
         for (id, t) in &raw.tenants {
-            if let Some(entry) = self.tenant(id, t, &names, &all_limit_names) {
+            if let Some(entry) = tenants.get(id) {
+                let entry: &TenantEntry = entry;
                 if let Err(e) = policy.tenant(&entry.spec) {
                     self.err(span(t), &format!("tenants.{id}"), e.to_string());
                 }
@@ -327,29 +349,9 @@ impl<'a> Validator<'a> {
                         self.err(span(t), &format!("tenants.{id}.keys"), e.to_string());
                     }
                 }
-                tenants.push(entry);
             }
         }
-        let mut key_ids = HashSet::new();
-        let mut hashes = HashSet::new();
-        for t in &tenants {
-            for k in &t.keys {
-                if !key_ids.insert(k.spec.id.clone()) {
-                    self.err(
-                        None,
-                        &format!("tenants.{}.keys", t.spec.id),
-                        format!("key id `{}` is used twice", k.spec.id),
-                    );
-                }
-                if !hashes.insert(k.hash.clone()) {
-                    self.err(
-                        None,
-                        &format!("tenants.{}.keys", t.spec.id),
-                        "the same key hash appears twice: one secret can belong to one tenant only",
-                    );
-                }
-            }
-        }
+        let tenants: Vec<TenantEntry> = tenants.into_values().collect();
         if !self.errors.is_empty() {
             return Err(self.errors);
         }
@@ -398,23 +400,34 @@ impl<'a> Validator<'a> {
         p
     }
 
+    /// Reports each tier on a cycle of `extends`, at its `extends` value.
     fn check_cycles(&mut self, tiers: &IndexMap<String, Spanned<RawTier>>) {
-        for (name, t) in tiers {
-            let mut seen = HashSet::new();
-            let mut at = Some(name.clone());
+        let parent = |n: &str| tiers.get(n).and_then(|t| t.get_ref().extends.as_ref());
+        for name in tiers.keys() {
+            let mut path = vec![name.clone()];
+            let mut at = parent(name).map(|e| e.get_ref().clone());
             while let Some(n) = at {
-                if !seen.insert(n.clone()) {
-                    self.err(
-                        span(t),
-                        &format!("tiers.{name}.extends"),
-                        format!("tier `{name}` extends itself through `extends`"),
-                    );
+                if n == *name {
+                    path.push(n);
+                    if let Some(e) = parent(name) {
+                        self.err(
+                            span(e),
+                            &format!("tiers.{name}.extends"),
+                            format!(
+                                "tier `{name}` extends itself through `extends` ({})",
+                                path.join(" -> ")
+                            ),
+                        );
+                    }
                     break;
                 }
-                at = tiers
-                    .get(&n)
-                    .and_then(|t| t.get_ref().extends.as_ref())
-                    .map(|e| e.get_ref().clone());
+                if path.contains(&n) {
+                    // Leads into a cycle it is not part of: the cycle's
+                    // own tiers are reported.
+                    break;
+                }
+                path.push(n.clone());
+                at = parent(&n).map(|e| e.get_ref().clone());
             }
         }
     }
@@ -425,7 +438,7 @@ impl<'a> Validator<'a> {
         tier: &Spanned<RawTier>,
         scope: &Scope,
         names: &Names,
-        out: &mut Vec<(Option<Range<usize>>, LimitSpec)>,
+        out: &mut Vec<(Option<Range<usize>>, String, LimitSpec)>,
     ) {
         let t = tier.get_ref();
         for (model, cells) in &t.models {
@@ -457,6 +470,7 @@ impl<'a> Validator<'a> {
                 }
                 out.push((
                     span(value),
+                    cf.clone(),
                     LimitSpec {
                         name: format!("{model}/{key}"),
                         scope: scope.clone(),
@@ -477,7 +491,7 @@ impl<'a> Validator<'a> {
         for (i, l) in t.limits.iter().enumerate() {
             if let Some(spec) = self.limit(&format!("{field}.limits[{i}]"), l, scope.clone(), names)
             {
-                out.push((span(l), spec));
+                out.push((name_span(l), format!("{field}.limits[{i}].name"), spec));
             }
         }
     }
@@ -792,9 +806,29 @@ impl<'a> Validator<'a> {
                 self.err(span(&kr.hash), &format!("{kf}.hash"), "a key hash is `sha256:` and 64 hex digits, as `sluice keys generate` prints it (the secret itself never goes in the file)");
             }
             let exempt = check_names(self, &kr.exempt, &format!("{kf}.exempt"));
+            if ok && !self.key_hashes.insert(hash.clone()) {
+                self.err(
+                    span(&kr.hash),
+                    &format!("{kf}.hash"),
+                    "the same key hash appears twice: one secret can belong to one tenant and one key only",
+                );
+            }
+            let key_id = kr
+                .id
+                .as_ref()
+                .map_or_else(|| format!("{id}-key-{}", i + 1), |k| k.get_ref().clone());
+            if !self.key_ids.insert(key_id.clone()) {
+                self.err(
+                    kr.id.as_ref().map_or_else(|| span(k), span),
+                    &format!("{kf}.id"),
+                    format!(
+                        "key id `{key_id}` is used twice; key ids must be unique across tenants"
+                    ),
+                );
+            }
             keys.push(KeyEntry {
                 spec: KeySpec {
-                    id: kr.id.clone().unwrap_or_else(|| format!("{id}-key-{}", i + 1)),
+                    id: key_id,
                     labels: kr.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                     exempt,
                 },

@@ -1,0 +1,375 @@
+//! `sluice serve` end to end: the real binary in front of the mock upstream,
+//! over loopback HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+const KEY_A1: &str = "sk-test-team-a-1";
+const KEY_A2: &str = "sk-test-team-a-2";
+const KEY_B: &str = "sk-test-team-b";
+
+fn tenant(id: &str, extra: &str, keys: &[(&str, &str)]) -> String {
+    let mut s = format!("\n[tenants.{id}]\n{extra}\n");
+    for (n, (secret, labels)) in keys.iter().enumerate() {
+        s.push_str(&format!(
+            "[[tenants.{id}.keys]]\nid = \"{id}-{n}\"\nhash = \"{}\"\nlabels = {{ {labels} }}\n",
+            key_hash(secret)
+        ));
+    }
+    s
+}
+
+/// A policy for token accounting: output tokens per day (reserve = max_tokens
+/// exactly, actual = completion tokens), so settlement shows in the headers
+/// to the token.
+fn output_policy(mock: &sluice_mock::MockServer) -> String {
+    format!(
+        r#"
+[headers]
+families = ["requests-day", "output-tokens-day"]
+reset = "seconds"
+
+[models."m"]
+
+[[limits]]
+name = "otpd"
+metric = "output_tokens"
+amount = 1000000
+window = "1d"
+
+[[limits]]
+name = "rpd"
+metric = "requests"
+amount = 1000
+window = "1d"
+{}{}"#,
+        upstream_section(mock),
+        tenant("t", "", &[(KEY_A1, "")])
+    )
+}
+
+const OTPD: &str = "x-ratelimit-remaining-output-tokens-day";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llama_api_headers_and_a_429_with_retry_headers() {
+    let mock = mock().await;
+    let policy = format!(
+        "{}{}{}{}",
+        example("llama-api.toml"),
+        upstream_section(&mock),
+        tenant("team-a", "", &[(KEY_A1, ""), (KEY_A2, "")]),
+        tenant("team-b", "", &[(KEY_B, "")]),
+    );
+    let s = Sluice::start(&policy, &[("UPSTREAM_KEY", "upstream-secret")]);
+    let c = client();
+    let url = format!("{}/v1/chat/completions", s.url);
+    let model = "Llama-3.3-70B-Instruct";
+    // Two keys of one team share 10 RPM.
+    for i in 0..10 {
+        let key = if i % 2 == 0 { KEY_A1 } else { KEY_A2 };
+        let r = post(&c, &url, Some(key), &chat(model, 20), &[]).await;
+        assert_eq!(r.status(), 200, "request {i}");
+        assert_eq!(num(&r, "x-ratelimit-limit-requests"), 10);
+        assert_eq!(num(&r, "x-ratelimit-remaining-requests"), 9 - i);
+        assert_eq!(num(&r, "x-ratelimit-limit-tokens"), 250_000);
+        assert!(num(&r, "x-ratelimit-remaining-tokens") < 250_000);
+        // The Llama API sends no reset headers, nor day families.
+        assert!(!has(&r, "x-ratelimit-reset-requests") && !has(&r, "x-ratelimit-reset-tokens"));
+        assert!(!has(&r, "x-ratelimit-limit-requests-day"));
+        assert!(has(&r, "x-request-id"));
+    }
+    for key in [KEY_A1, KEY_A2] {
+        let r = post(&c, &url, Some(key), &chat(model, 20), &[]).await;
+        assert_eq!(r.status(), 429);
+        assert_eq!(num(&r, "x-ratelimit-remaining-requests"), 0);
+        let ms = num(&r, "retry-after-ms");
+        assert!((1..=6_000).contains(&ms), "one request refills in 6 s: {ms}");
+        assert_eq!(num(&r, "retry-after"), (ms + 999) / 1000);
+        assert!(!has(&r, "x-should-retry"), "a short wait: the SDK may retry");
+        let body: serde_json::Value = r.json().await.unwrap();
+        let msg = body["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.starts_with(&format!(
+                "Rate limit reached for {model} in organization team-a on requests per min (RPM): Limit 10, Used 10, Requested 1. Please try again in "
+            )),
+            "{msg}"
+        );
+        assert_eq!(body["error"]["type"], "requests");
+        assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+        assert!(body["error"]["param"].is_null());
+    }
+    // Another team is untouched.
+    let r = post(&c, &url, Some(KEY_B), &chat(model, 20), &[]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(num(&r, "x-ratelimit-remaining-requests"), 9);
+    // The upstream saw its own key, never the client's.
+    let last = mock.stats.last_request().expect("a request upstream");
+    assert_eq!(last.headers["authorization"], "Bearer upstream-secret");
+    assert_eq!(mock.stats.requests(), 11, "denied requests never reach the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sambanova_day_limit_headers_and_no_retry() {
+    let mock = mock().await;
+    let policy = format!(
+        "{}{}{}",
+        example("sambanova-cloud.toml"),
+        upstream_section(&mock),
+        tenant("acct", "tier = \"free\"", &[(KEY_A1, "")]),
+    );
+    let s = Sluice::start(&policy, &[("UPSTREAM_KEY", "k")]);
+    let c = client();
+    let url = format!("{}/v1/chat/completions", s.url);
+    // The free tier may not use MiniMax-M2.7: not found, and nothing counted.
+    let r = post(&c, &url, Some(KEY_A1), &chat("MiniMax-M2.7", 10), &[]).await;
+    assert_eq!(r.status(), 404);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "model_not_found");
+    for i in 0..20 {
+        let r = post(&c, &url, Some(KEY_A1), &chat("DeepSeek-V3.1", 10), &[]).await;
+        assert_eq!(r.status(), 200, "request {i}");
+        assert_eq!(num(&r, "x-ratelimit-limit-requests-day"), 20);
+        assert_eq!(num(&r, "x-ratelimit-remaining-requests-day"), 19 - i);
+        assert_eq!(num(&r, "x-ratelimit-limit-tokens-day"), 200_000);
+        // Reset as seconds until reset ("time until reset"), a decimal.
+        let reset: f64 =
+            r.headers()["x-ratelimit-reset-requests-day"].to_str().unwrap().parse().unwrap();
+        assert!(reset > 0.0 && reset <= 86_400.0, "{reset}");
+        // No token-per-minute family in this profile.
+        assert!(!has(&r, "x-ratelimit-limit-tokens"));
+    }
+    let r = post(&c, &url, Some(KEY_A1), &chat("DeepSeek-V3.1", 10), &[]).await;
+    assert_eq!(r.status(), 429);
+    // The RPM (20, refilling) is also spent; the day decides: a long wait,
+    // so the SDKs are told not to retry blindly.
+    assert_eq!(r.headers()["x-should-retry"], "false");
+    assert!(num(&r, "retry-after") > 0);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("on requests per day (RPD): Limit 20, Used 20, Requested 1."), "{msg}");
+    // Another model still admits.
+    let r = post(&c, &url, Some(KEY_A1), &chat("gpt-oss-120b", 10), &[]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(num(&r, "x-ratelimit-remaining-requests-day"), 19);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn salesforce_sandbox_apex_hourly_and_epoch_resets() {
+    let mock = mock().await;
+    let policy = format!(
+        "{}{}{}",
+        example("salesforce-models-api.toml").replace("reset = \"duration\"", "reset = \"epoch\""),
+        upstream_section(&mock),
+        tenant(
+            "sandbox-org",
+            "environment = \"sandbox\"",
+            &[(KEY_A1, "channel = \"apex\""), (KEY_A2, "channel = \"rest\"")]
+        ),
+    );
+    let s = Sluice::start(&policy, &[("UPSTREAM_KEY", "k")]);
+    let c = client();
+    let url = format!("{}/v1/chat/completions", s.url);
+    let model = "sfdc_ai__DefaultGPT4Omni";
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    for _ in 0..200 {
+        let r = post(&c, &url, Some(KEY_A1), &chat(model, 5), &[]).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(num(&r, "x-ratelimit-limit-requests-hour"), 200);
+        // Epoch reset: the end of the current hour.
+        let reset = num(&r, "x-ratelimit-reset-requests-hour") as u64;
+        assert!(reset > now && reset <= now + 3_601 && reset.is_multiple_of(3_600), "{reset}");
+        assert!(
+            !has(&r, "x-ratelimit-limit-requests"),
+            "no per-minute limit for Apex in a sandbox"
+        );
+    }
+    let r = post(&c, &url, Some(KEY_A1), &chat(model, 5), &[]).await;
+    assert_eq!(r.status(), 429);
+    // REST calls of the same org keep the production limit.
+    let r = post(&c, &url, Some(KEY_A2), &chat(model, 5), &[]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(num(&r, "x-ratelimit-limit-requests"), 500);
+    assert_eq!(num(&r, "x-ratelimit-remaining-requests"), 499);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_is_settled_from_its_final_usage_chunk() {
+    let mock = mock().await;
+    let s = Sluice::start(&output_policy(&mock), &[("UPSTREAM_KEY", "k")]);
+    let c = client();
+    let url = format!("{}/v1/chat/completions", s.url);
+    let mut body = chat("m", 500);
+    body["stream"] = json!(true);
+    // The upstream generates 7 tokens, not the 500 reserved.
+    let r = post(&c, &url, Some(KEY_A1), &body, &[("x-mock-completion-tokens", "7")]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    assert_eq!(num(&r, OTPD), 1_000_000 - 500, "headers show the reservation");
+    let text = r.text().await.unwrap();
+    assert!(text.contains("data: [DONE]"));
+    // The client did not ask for usage: the usage chunk is stripped…
+    assert!(!text.contains("\"choices\":[]"), "{text}");
+    // …though the gateway asked the upstream for it.
+    let up = mock.stats.last_request().unwrap();
+    let sent: serde_json::Value = serde_json::from_slice(&up.body).unwrap();
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+    // The next request sees 7 output tokens used, not 500.
+    let r = post(&c, &url, Some(KEY_A1), &chat("m", 100), &[]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(num(&r, OTPD), 1_000_000 - 7 - 100);
+    r.text().await.unwrap();
+
+    // A client that asks for usage gets the chunk.
+    let mut body = chat("m", 3);
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({ "include_usage": true });
+    let r = post(&c, &url, Some(KEY_A1), &body, &[]).await;
+    let text = r.text().await.unwrap();
+    assert!(text.contains("\"choices\":[]") && text.contains("\"completion_tokens\":3"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_stream_is_charged_only_for_what_was_generated() {
+    let mock = mock().await;
+    let s = Sluice::start(&output_policy(&mock), &[("UPSTREAM_KEY", "k")]);
+    let c = client();
+    let url = format!("{}/v1/chat/completions", s.url);
+    let mut body = chat("m", 1000);
+    body["stream"] = json!(true);
+    let mut r = post(&c, &url, Some(KEY_A1), &body, &[("x-mock-chunk-delay-ms", "20")]).await;
+    assert_eq!(r.status(), 200);
+    let mut seen = 0;
+    while seen < 5 {
+        let chunk = r.chunk().await.unwrap().expect("more of the stream");
+        seen += String::from_utf8_lossy(&chunk).matches("tok ").count();
+    }
+    drop(r);
+    // The gateway cancels the upstream request.
+    assert!(
+        mock.stats.wait_until(Duration::from_secs(5), |s| s.streams_cancelled() == 1).await,
+        "the upstream stream was not cancelled"
+    );
+    let sent = mock.stats.chunks_sent_in_cancelled_streams() as i64;
+    assert!(sent < 1000);
+    let r = post(&c, &url, Some(KEY_A1), &chat("m", 10), &[]).await;
+    let charged = 1_000_000 - 10 - num(&r, OTPD);
+    // What passed through the gateway: at least what the client saw, at most
+    // what the upstream sent; never the 1,000 reserved.
+    assert!((seen as i64..=sent).contains(&charged), "charged {charged}, saw {seen}, sent {sent}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_and_failed_upstreams_change_no_counter() {
+    let mock = mock().await;
+    let policy = format!(
+        r#"
+[server]
+max_body_bytes = 2048
+
+[headers]
+families = ["requests-day"]
+
+[models."m"]
+upstream = "up"
+[models."down"]
+upstream = "dead"
+
+[[limits]]
+name = "rpd"
+metric = "requests"
+amount = 100
+window = "1d"
+
+[upstreams.dead]
+base_url = "http://127.0.0.1:9/v1"
+connect_timeout = "1s"
+{}{}"#,
+        upstream_section(&mock),
+        tenant("t", "", &[(KEY_A1, "")])
+    );
+    let s = Sluice::start(&policy, &[("UPSTREAM_KEY", "k")]);
+    let c = client();
+    let url = format!("{}/v1/chat/completions", s.url);
+    let code = |r: &reqwest::Response| r.status().as_u16();
+
+    let r = post(&c, &url, None, &chat("m", 5), &[]).await;
+    assert_eq!(code(&r), 401);
+    let r = post(&c, &url, Some("sk-nobody"), &chat("m", 5), &[]).await;
+    assert_eq!(code(&r), 401);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(!body.to_string().contains("sk-nobody"), "the key is never echoed");
+    let r = c.post(&url).bearer_auth(KEY_A1).body("{not json").send().await.unwrap();
+    assert_eq!(code(&r), 400);
+    let r = post(&c, &url, Some(KEY_A1), &json!({"messages": []}), &[]).await;
+    assert_eq!(code(&r), 400);
+    let r = post(&c, &url, Some(KEY_A1), &chat("no-such-model", 5), &[]).await;
+    assert_eq!(code(&r), 404);
+    let r = post(&c, &format!("{}/v1/nothing", s.url), Some(KEY_A1), &chat("m", 5), &[]).await;
+    assert_eq!(code(&r), 404);
+    let big = json!({"model": "m", "messages": [{"role": "user", "content": "x".repeat(5000)}]});
+    let r = post(&c, &url, Some(KEY_A1), &big, &[]).await;
+    assert_eq!(code(&r), 413);
+    // Admitted, then the upstream fails: refunded.
+    let r = post(&c, &url, Some(KEY_A1), &chat("down", 5), &[]).await;
+    assert_eq!(code(&r), 502);
+    let r = post(&c, &url, Some(KEY_A1), &chat("m", 5), &[("x-mock-hang", "1")]).await;
+    assert_eq!(code(&r), 504);
+    let r = post(&c, &url, Some(KEY_A1), &chat("m", 5), &[("x-mock-status", "500")]).await;
+    assert_eq!(code(&r), 500, "an upstream error passes through");
+    r.text().await.unwrap();
+    // Only now is a request counted: the first of the day.
+    let r = post(&c, &url, Some(KEY_A1), &chat("m", 5), &[]).await;
+    assert_eq!(code(&r), 200);
+    assert_eq!(num(&r, "x-ratelimit-remaining-requests-day"), 99);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_lists_what_the_tier_may_use() {
+    let mock = mock().await;
+    let policy = format!(
+        "{}{}{}",
+        example("sambanova-cloud.toml"),
+        upstream_section(&mock),
+        tenant("acct", "tier = \"free\"", &[(KEY_A1, "")]),
+    );
+    let s = Sluice::start(&policy, &[("UPSTREAM_KEY", "k")]);
+    let r = client().get(format!("{}/v1/models", s.url)).bearer_auth(KEY_A1).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let ids: Vec<&str> =
+        body["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&"DeepSeek-V3.1") && !ids.contains(&"MiniMax-M2.7"), "{ids:?}");
+    let r = client().get(format!("{}/v1/models", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client().get(format!("{}/healthz", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_a_stream_in_flight_finish() {
+    let mock = mock().await;
+    let s = Sluice::start(&output_policy(&mock), &[("UPSTREAM_KEY", "k")]);
+    let c = client();
+    let url = format!("{}/v1/chat/completions", s.url);
+    let mut body = chat("m", 20);
+    body["stream"] = json!(true);
+    let mut r = post(&c, &url, Some(KEY_A1), &body, &[("x-mock-chunk-delay-ms", "50")]).await;
+    assert_eq!(r.status(), 200);
+    let first = r.chunk().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    let stopper = tokio::task::spawn_blocking(move || s.terminate());
+    let mut text = String::from_utf8_lossy(&first).into_owned();
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains("data: [DONE]"), "the stream was cut: {text}");
+    assert_eq!(text.matches("tok ").count(), 20);
+    let (status, _stderr) = stopper.await.unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(mock.stats.streams_completed(), 1);
+}

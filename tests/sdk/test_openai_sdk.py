@@ -1,0 +1,109 @@
+"""The official openai Python SDK as a real client of `sluice serve`.
+
+Run by crates/sluice/tests/sdk.rs, which starts the mock upstream and sluice
+and passes their addresses and keys in the environment. Each test prints
+what it checked; any failure exits non-zero.
+"""
+
+import os
+import sys
+import time
+
+import openai
+
+# The SDK's own HTTP library: httpx2 in openai >= 3, httpx before.
+try:
+    import httpx2 as httpx
+except ImportError:
+    import httpx
+
+BASE = os.environ["SLUICE_URL"] + "/v1"
+DAY_KEY = os.environ["SLUICE_DAY_KEY"]
+SHORT_KEY = os.environ["SLUICE_SHORT_KEY"]
+STREAM_KEY = os.environ["SLUICE_STREAM_KEY"]
+MESSAGES = [{"role": "user", "content": "Say something."}]
+
+
+def client(key, sent):
+    """A client that records every HTTP request it sends (retries included)."""
+    http = httpx.Client(event_hooks={"request": [sent.append]})
+    return openai.OpenAI(base_url=BASE, api_key=key, http_client=http, max_retries=2)
+
+
+def test_day_limit_raises_rate_limit_error_without_retrying():
+    sent = []
+    c = client(DAY_KEY, sent)
+    c.chat.completions.create(model="day-model", messages=MESSAGES, max_tokens=5)
+    started = time.monotonic()
+    try:
+        c.chat.completions.create(model="day-model", messages=MESSAGES, max_tokens=5)
+    except openai.RateLimitError as e:
+        assert e.status_code == 429, e.status_code
+        assert e.code == "rate_limit_exceeded", e.code
+        assert e.type == "requests", e.type
+        assert "on requests per day (RPD): Limit 1, Used 1, Requested 1." in e.message, e.message
+        assert e.response.headers["x-should-retry"] == "false"
+        assert e.response.headers.get("x-request-id", "").startswith("req_")
+    else:
+        raise AssertionError("the second request of the day was admitted")
+    elapsed = time.monotonic() - started
+    assert len(sent) == 2, f"the SDK retried a day limit: {len(sent)} requests"
+    assert elapsed < 1.0, f"the SDK waited {elapsed:.2f}s before giving up"
+    print(f"day limit: RateLimitError after {len(sent)} requests, no retry")
+
+
+def test_short_window_retries_after_retry_after_ms_and_succeeds():
+    sent = []
+    c = client(SHORT_KEY, sent)
+    c.chat.completions.create(model="short-model", messages=MESSAGES, max_tokens=5)
+    started = time.monotonic()
+    r = c.chat.completions.create(model="short-model", messages=MESSAGES, max_tokens=5)
+    elapsed = time.monotonic() - started
+    assert r.choices[0].message.content.startswith("tok"), r
+    assert len(sent) == 3, f"expected one 429 and one retry, saw {len(sent)} requests"
+    # One request per second: the SDK waited what retry-after-ms said.
+    assert 0.5 <= elapsed < 5.0, f"retried after {elapsed:.2f}s"
+    print(f"short window: retried once after {elapsed:.2f}s and succeeded")
+
+
+def test_stream_works_unchanged_and_is_counted():
+    c = openai.OpenAI(base_url=BASE, api_key=STREAM_KEY)
+    text, usage = "", None
+    stream = c.chat.completions.create(
+        model="stream-model",
+        messages=MESSAGES,
+        max_tokens=9,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+        if chunk.usage:
+            usage = chunk.usage
+    assert text == "tok " * 9, repr(text)
+    assert usage is not None and usage.completion_tokens == 9, usage
+
+    # Without include_usage the SDK sees no usage chunk at all.
+    chunks = list(
+        c.chat.completions.create(model="stream-model", messages=MESSAGES, max_tokens=4, stream=True)
+    )
+    assert all(ch.usage is None for ch in chunks), chunks
+    assert sum(len(ch.choices) == 0 for ch in chunks) == 0, "a usage chunk leaked"
+
+    # Counted: 9 + 4 output tokens settled; this request reserves 1 more.
+    raw = c.chat.completions.with_raw_response.create(
+        model="stream-model", messages=MESSAGES, max_tokens=1
+    )
+    remaining = int(raw.headers["x-ratelimit-remaining-output-tokens-day"])
+    assert remaining == 1_000_000 - 9 - 4 - 1, remaining
+    print(f"stream: {len(text.split())} tokens received, counted exactly (remaining {remaining})")
+
+
+if __name__ == "__main__":
+    print(f"openai {openai.__version__} against {BASE}")
+    tests = [v for k, v in sorted(globals().items()) if k.startswith("test_")]
+    for t in tests:
+        t()
+    print(f"{len(tests)} SDK tests passed")
+    sys.exit(0)
