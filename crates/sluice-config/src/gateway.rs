@@ -87,6 +87,72 @@ pub struct ModelRoute {
     pub encoding: Option<TokenEncoding>,
 }
 
+/// Where counters live: `[store]`.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum StoreConfig {
+    /// In this process (the embedded default).
+    #[default]
+    Memory,
+    /// Redis or Valkey, shared by every instance.
+    Redis(RedisConfig),
+}
+
+/// How to reach Redis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// One server.
+    Standalone(String),
+    /// Sentinels and the master's name.
+    Sentinel {
+        /// Sentinel URLs.
+        sentinels: Vec<String>,
+        /// The master's name.
+        master: String,
+    },
+    /// Cluster seed nodes.
+    Cluster(Vec<String>),
+}
+
+/// What to do when the store fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreFailure {
+    /// Admit without counting.
+    Open,
+    /// Refuse with 503.
+    Closed,
+    /// Count in memory meanwhile.
+    Local,
+}
+
+/// `[store]` with `kind = "redis"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// Where.
+    pub topology: RedisTopology,
+    /// Key prefix.
+    pub namespace: String,
+    /// Timeout of one call.
+    pub timeout: Duration,
+    /// On failure.
+    pub on_failure: StoreFailure,
+    /// Probe interval while degraded.
+    pub probe_interval: Duration,
+    /// Instances sharing limits (local fallback share).
+    pub instances: u64,
+}
+
+/// Parses `50ms`, `2s`, `1m`, `1h`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let t = text.trim();
+    if let Some(ms) = t.strip_suffix("ms") {
+        return ms.trim().parse::<u64>().ok().map(Duration::from_millis);
+    }
+    match t.parse::<Period>().ok()? {
+        Period::Seconds(s) => Some(Duration::from_secs(s.get())),
+        Period::Months(_) => None,
+    }
+}
+
 /// The gateway's settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GatewayConfig {
@@ -106,6 +172,8 @@ pub struct GatewayConfig {
     pub upstreams: Vec<Upstream>,
     /// One route per model, in file order.
     pub routes: Vec<ModelRoute>,
+    /// Where counters live.
+    pub store: StoreConfig,
 }
 
 impl Default for GatewayConfig {
@@ -119,6 +187,7 @@ impl Default for GatewayConfig {
             tokens: TokenSettings::default(),
             upstreams: Vec::new(),
             routes: Vec::new(),
+            store: StoreConfig::Memory,
         }
     }
 }
@@ -127,17 +196,124 @@ impl Default for GatewayConfig {
 pub(crate) type Problems = Vec<(Option<std::ops::Range<usize>>, String, String)>;
 
 fn duration(v: &Spanned<String>, field: &str, problems: &mut Problems) -> Option<Duration> {
-    match v.get_ref().parse::<Period>() {
-        Ok(Period::Seconds(s)) => Some(Duration::from_secs(s.get())),
-        Ok(Period::Months(_)) => {
-            problems.push((Some(v.span()), field.into(), "give a duration in s, m or h".into()));
-            None
+    let d = parse_duration(v.get_ref());
+    if d.is_none() {
+        problems.push((
+            Some(v.span()),
+            field.into(),
+            format!("`{}` is not a duration; write e.g. `50ms`, `2s`, `1m`, `1h`", v.get_ref()),
+        ));
+    }
+    d
+}
+
+fn store(raw: &RawFile, problems: &mut Problems) -> StoreConfig {
+    let Some(s) = &raw.store else { return StoreConfig::Memory };
+    let sp = Some(s.span());
+    let r = s.get_ref();
+    match r.kind.as_ref().map(|k| k.get_ref().as_str()) {
+        None | Some("memory") => {
+            if r.url.is_some() || r.cluster.is_some() || r.sentinels.is_some() {
+                problems.push((
+                    sp,
+                    "store.kind".into(),
+                    "Redis settings are given: add `kind = \"redis\"`".into(),
+                ));
+            }
+            return StoreConfig::Memory;
         }
-        Err(e) => {
-            problems.push((Some(v.span()), field.into(), e.to_string()));
-            None
+        Some("redis") => {}
+        Some(other) => {
+            let span = r.kind.as_ref().map(Spanned::span);
+            problems.push((
+                span,
+                "store.kind".into(),
+                format!("`{other}` is not a store; use `memory` or `redis`"),
+            ));
+            return StoreConfig::Memory;
         }
     }
+    let urls_ok = |v: &[String]| {
+        v.iter().all(|u| {
+            u.starts_with("redis://")
+                || u.starts_with("rediss://")
+                || u.starts_with("valkey://")
+                || u.starts_with("redis+unix://")
+                || u.starts_with("unix://")
+        })
+    };
+    let topology = match (&r.url, &r.cluster, &r.sentinels) {
+        (Some(u), None, None) if urls_ok(std::slice::from_ref(u.get_ref())) => {
+            RedisTopology::Standalone(u.get_ref().clone())
+        }
+        (None, Some(c), None) if !c.get_ref().is_empty() && urls_ok(c.get_ref()) => {
+            RedisTopology::Cluster(c.get_ref().clone())
+        }
+        (None, None, Some(se)) if !se.get_ref().is_empty() && urls_ok(se.get_ref()) => {
+            let Some(master) = &r.master else {
+                problems.push((
+                    Some(se.span()),
+                    "store.master".into(),
+                    "with `sentinels`, name the master: `master = \"mymaster\"`".into(),
+                ));
+                return StoreConfig::Memory;
+            };
+            RedisTopology::Sentinel {
+                sentinels: se.get_ref().clone(),
+                master: master.get_ref().clone(),
+            }
+        }
+        (None, None, None) => {
+            problems.push((sp, "store".into(), "a redis store needs `url` (one server), `cluster` (seed nodes) or `sentinels` and `master`".into()));
+            return StoreConfig::Memory;
+        }
+        _ => {
+            problems.push((
+                sp,
+                "store".into(),
+                "give exactly one of `url`, `cluster`, `sentinels`, with redis:// URLs".into(),
+            ));
+            return StoreConfig::Memory;
+        }
+    };
+    let timeout = r
+        .timeout
+        .as_ref()
+        .and_then(|d| duration(d, "store.timeout", problems))
+        .unwrap_or(Duration::from_millis(50));
+    let probe_interval = r
+        .probe_interval
+        .as_ref()
+        .and_then(|d| duration(d, "store.probe_interval", problems))
+        .unwrap_or(Duration::from_secs(1));
+    let on_failure = match r.on_failure.as_ref().map(|f| (f.span(), f.get_ref().as_str())) {
+        None | Some((_, "local")) => StoreFailure::Local,
+        Some((_, "open")) => StoreFailure::Open,
+        Some((_, "closed")) => StoreFailure::Closed,
+        Some((span, other)) => {
+            problems.push((Some(span), "store.on_failure".into(), format!("`{other}` is not allowed; use `open` (admit, count nothing), `closed` (refuse with 503) or `local` (count in memory until the store is back)")));
+            StoreFailure::Local
+        }
+    };
+    let instances =
+        r.instances.as_ref().and_then(|i| positive(i, "store.instances", problems)).unwrap_or(1);
+    let namespace =
+        r.namespace.as_ref().map_or_else(|| "sluice".to_owned(), |n| n.get_ref().clone());
+    if namespace.is_empty() || namespace.contains(['{', '}', ' ']) {
+        problems.push((
+            r.namespace.as_ref().map(Spanned::span),
+            "store.namespace".into(),
+            "a namespace is a non-empty word without braces or spaces".into(),
+        ));
+    }
+    StoreConfig::Redis(RedisConfig {
+        topology,
+        namespace,
+        timeout,
+        on_failure,
+        probe_interval,
+        instances,
+    })
 }
 
 fn positive(v: &Spanned<i64>, field: &str, problems: &mut Problems) -> Option<u64> {
@@ -156,7 +332,7 @@ fn positive(v: &Spanned<i64>, field: &str, problems: &mut Problems) -> Option<u6
 
 /// Validates the gateway sections of a file.
 pub(crate) fn gateway(raw: &RawFile, problems: &mut Problems) -> GatewayConfig {
-    let mut g = GatewayConfig::default();
+    let mut g = GatewayConfig { store: store(raw, problems), ..GatewayConfig::default() };
     if let Some(s) = &raw.server {
         let s = s.get_ref();
         if let Some(l) = &s.listen {

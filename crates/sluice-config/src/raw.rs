@@ -41,6 +41,34 @@ pub struct RawFile {
     /// `[upstreams.<name>]`: where requests go.
     #[serde(default)]
     pub upstreams: IndexMap<String, Spanned<RawUpstream>>,
+    /// `[store]`: where counters live.
+    pub store: Option<Spanned<RawStore>>,
+}
+
+/// `[store]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// `memory` (default) or `redis`.
+    pub kind: Option<Spanned<String>>,
+    /// A standalone server: `redis://host:port/db`.
+    pub url: Option<Spanned<String>>,
+    /// Cluster seed nodes.
+    pub cluster: Option<Spanned<Vec<String>>>,
+    /// Sentinels (with `master`).
+    pub sentinels: Option<Spanned<Vec<String>>>,
+    /// The master's name known to the sentinels.
+    pub master: Option<Spanned<String>>,
+    /// Prefix of every key (several deployments sharing one Redis).
+    pub namespace: Option<Spanned<String>>,
+    /// The most one call may take (`50ms`).
+    pub timeout: Option<Spanned<String>>,
+    /// `open`, `closed` or `local`.
+    pub on_failure: Option<Spanned<String>>,
+    /// While degraded, how often to try the store again (`1s`).
+    pub probe_interval: Option<Spanned<String>>,
+    /// With `on_failure = "local"`: how many instances share the limits.
+    pub instances: Option<Spanned<i64>>,
 }
 
 /// `[server]`

@@ -1,12 +1,24 @@
-//! Every TOML example in docs/CONFIG.md is a complete policy that loads.
+//! Every TOML example in the docs is a complete policy that loads.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
 
 #[test]
 fn every_toml_block_in_the_config_reference_loads() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/CONFIG.md");
-    let text = std::fs::read_to_string(&path).expect("docs/CONFIG.md");
+    assert!(check("CONFIG.md") >= 6);
+}
+
+#[test]
+fn every_toml_block_in_the_other_docs_loads() {
+    for doc in ["HEADERS.md", "ARCHITECTURE.md", "TESTING.md", "BENCHMARKS.md", "DEPLOYMENT.md"] {
+        check(doc);
+    }
+}
+
+/// Loads every ```toml block of docs/<doc>; returns how many there were.
+fn check(doc: &str) -> usize {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs").join(doc);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut blocks = 0;
     let mut in_block = false;
     let mut block = String::new();
@@ -16,7 +28,7 @@ fn every_toml_block_in_the_config_reference_loads() {
             if line.trim_start().starts_with("```") {
                 in_block = false;
                 blocks += 1;
-                let name = format!("docs/CONFIG.md (block at line {start})");
+                let name = format!("docs/{doc} (block at line {start})");
                 if let Err(e) = sluice_config::parse(&block, &name) {
                     panic!("{e}\n--- the block ---\n{block}");
                 }
@@ -30,5 +42,5 @@ fn every_toml_block_in_the_config_reference_loads() {
             start = n + 1;
         }
     }
-    assert!(blocks >= 6, "found only {blocks} toml blocks");
+    blocks
 }

@@ -38,6 +38,9 @@ pub enum Rule {
     Calendar {
         /// The slot the admission falls in.
         slot: Slot,
+        /// The end of the slot after it: a store whose clock has already
+        /// passed `slot.end` (a server's clock, slightly ahead) counts there.
+        next_end: Instant,
         /// Units per slot.
         amount: u64,
     },
@@ -147,7 +150,7 @@ pub fn check(rule: &Rule, state: Option<&CounterState>, cost: u64, now: Instant)
         Rule::Rolling { period_nanos, amount, burst } => {
             rolling(period_nanos, amount, burst, state, cost, now)
         }
-        Rule::Calendar { slot, amount } => calendar(slot, amount, state, cost),
+        Rule::Calendar { slot, amount, .. } => calendar(slot, amount, state, cost),
         Rule::Concurrent { amount } => concurrent(amount, state, cost, now),
     }
 }
@@ -454,15 +457,18 @@ mod tests {
     #[test]
     fn calendar_counts_within_slot_and_resets_at_end() {
         let slot = Slot { start: Instant(0), end: Instant(100) };
-        let rule = Rule::Calendar { slot, amount: 2 };
+        let rule = Rule::Calendar { slot, next_end: Instant(200), amount: 2 };
         let mut s = None;
         assert_eq!(run(&rule, &mut s, 1, Instant(1)).verdict, Verdict::Fits);
         assert_eq!(run(&rule, &mut s, 1, Instant(2)).verdict, Verdict::Fits);
         let c = run(&rule, &mut s, 1, Instant(3));
         assert_eq!(c.verdict, Verdict::WaitUntil(Instant(100)));
         assert_eq!((c.used, c.remaining), (2, 0));
-        let next =
-            Rule::Calendar { slot: Slot { start: Instant(100), end: Instant(200) }, amount: 2 };
+        let next = Rule::Calendar {
+            slot: Slot { start: Instant(100), end: Instant(200) },
+            next_end: Instant(300),
+            amount: 2,
+        };
         assert_eq!(run(&next, &mut s, 2, Instant(100)).verdict, Verdict::Fits);
         assert_eq!(check(&next, None, 3, Instant(100)).verdict, Verdict::Never);
     }

@@ -167,7 +167,10 @@ impl Policy {
                         }
                     }),
                 },
-                Some(w) => Rule::Calendar { slot: w.slot(now, tenant.zone.as_ref()), amount },
+                Some(w) => {
+                    let (slot, next_end) = w.slot_and_next(now, tenant.zone.as_ref());
+                    Rule::Calendar { slot, next_end, amount }
+                }
             };
             let mut parts: SmallVec<[u64; 4]> = SmallVec::new();
             for part in &limit.parts {
@@ -261,9 +264,10 @@ pub struct LimitStatus {
     pub metric: Metric,
     /// Its amount (after overrides).
     pub amount: u64,
-    /// Used: after this request if admitted, before it otherwise.
+    /// Used: after this request if it was admitted, before it otherwise
+    /// (a denied request charges nothing, whichever limit denied it).
     pub used: u64,
-    /// Remaining: after this request if admitted, before it otherwise.
+    /// Remaining: after this request if it was admitted, before it otherwise.
     pub remaining: u64,
     /// What this request asked of it.
     pub requested: u64,
@@ -421,7 +425,7 @@ pub struct Evaluation {
 /// Decides a plan given each charge's current counter state (`states[i]` for
 /// `plan.charges[i]`). Pure: the caller provides atomicity.
 pub fn decide(plan: &Plan, states: &[Option<CounterState>]) -> Evaluation {
-    let mut statuses = SmallVec::new();
+    let mut statuses: SmallVec<[LimitStatus; 8]> = SmallVec::new();
     let mut writes = SmallVec::new();
     let mut never: Option<usize> = None;
     let mut wait: Option<(usize, Instant)> = None;
@@ -465,6 +469,19 @@ pub fn decide(plan: &Plan, states: &[Option<CounterState>]) -> Evaluation {
     };
     if !matches!(outcome, Outcome::Admitted { .. }) {
         writes.iter_mut().for_each(|w| *w = None);
+        // Nothing was charged: limits that would have fit report their state
+        // as it is, not as it would have been after this request.
+        for (i, st) in statuses.iter_mut().enumerate() {
+            if st.verdict == Verdict::Fits
+                && let Some(c) = plan.charges.get(i)
+            {
+                let state = states.get(i).copied().flatten();
+                let now = check(&c.rule, state.as_ref(), 0, plan.now);
+                st.used = now.used;
+                st.remaining = now.remaining;
+                st.reset = now.reset;
+            }
+        }
     }
     Evaluation { decision: Decision { outcome, statuses }, writes }
 }

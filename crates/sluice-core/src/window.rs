@@ -215,10 +215,22 @@ impl Window {
                 end: now,
             };
         }
-        match (self.period, tz) {
-            (Period::Seconds(s), None) if s.get() <= DAY => utc_slot(now, s.get()),
-            (Period::Seconds(s), None) if s.get() == WEEK => utc_week(now),
-            (_, zone) => zoned_slot_cached(now, self.period, zone),
+        self.slot_and_next(now, tz).0
+    }
+
+    /// The calendar slot containing `now`, and the end of the slot after it.
+    pub fn slot_and_next(&self, now: Instant, tz: Option<&Zone>) -> (Slot, Instant) {
+        match (self.kind, self.period, tz) {
+            (WindowKind::Rolling, _, _) => (self.slot(now, tz), now),
+            (_, Period::Seconds(s), None) if s.get() <= DAY => {
+                let slot = utc_slot(now, s.get());
+                (slot, Instant(slot.end.0.saturating_add(s.get() * NANOS_PER_SEC)))
+            }
+            (_, Period::Seconds(s), None) if s.get() == WEEK => {
+                let slot = utc_week(now);
+                (slot, Instant(slot.end.0.saturating_add(WEEK * NANOS_PER_SEC)))
+            }
+            (_, period, zone) => zoned_slot_cached(now, period, zone),
         }
     }
 }
@@ -291,32 +303,38 @@ fn utc_week(now: Instant) -> Slot {
     Slot { start: Instant(start.min(now.0)), end: Instant(start.saturating_add(len)) }
 }
 
+/// A zone id, a period, a slot and the end of the slot after it.
+type CachedSlot = (u64, Period, Slot, Instant);
+
 thread_local! {
     /// Recently computed zoned slots: calendar arithmetic in a time zone costs
     /// hundreds of nanoseconds, and the answer is the same for every request
     /// until the slot ends.
-    static SLOTS: RefCell<[Option<(u64, Period, Slot)>; 8]> = const { RefCell::new([None; 8]) };
+    static SLOTS: RefCell<[Option<CachedSlot>; 8]> = const { RefCell::new([None; 8]) };
 }
 
-fn zoned_slot_cached(now: Instant, period: Period, zone: Option<&Zone>) -> Slot {
+fn zoned_slot_cached(now: Instant, period: Period, zone: Option<&Zone>) -> (Slot, Instant) {
     let zone_id = zone.map_or(0, |z| z.id);
     let hit = SLOTS.with(|c| {
         c.borrow()
             .iter()
             .flatten()
-            .find(|(z, p, s)| *z == zone_id && *p == period && s.contains(now))
-            .map(|(_, _, s)| *s)
+            .find(|(z, p, s, _)| *z == zone_id && *p == period && s.contains(now))
+            .map(|(_, _, s, next)| (*s, *next))
     });
-    if let Some(s) = hit {
-        return s;
+    if let Some(found) = hit {
+        return found;
     }
-    let slot = zoned_slot(now, period, zone.map_or(&TimeZone::UTC, |z| &z.tz));
+    let utc = TimeZone::UTC;
+    let tz = zone.map_or(&utc, |z| &z.tz);
+    let slot = zoned_slot(now, period, tz);
+    let next = zoned_slot(slot.end, period, tz).end;
     SLOTS.with(|c| {
         let mut c = c.borrow_mut();
         let i = (zone_id as usize ^ period.nominal_secs() as usize) % c.len();
-        c[i] = Some((zone_id, period, slot));
+        c[i] = Some((zone_id, period, slot, next));
     });
-    slot
+    (slot, next)
 }
 
 /// The calendar slot containing `now` in `tz`, computed from the civil
@@ -461,6 +479,23 @@ mod tests {
         // And the autumn change gives 25 hours.
         let s = w.slot(at("2026-11-01T20:00:00Z"), Some(&la));
         assert_eq!(s.end.since(s.start).as_secs(), 25 * 3600);
+    }
+
+    #[test]
+    fn the_next_slot_follows_the_calendar() {
+        let la = Zone::get("America/Los_Angeles").unwrap();
+        let day = Window::calendar("1d".parse().unwrap());
+        // The slot after 2026-03-07 (24 h) is the 23-hour DST day.
+        let (slot, next) = day.slot_and_next(at("2026-03-07T20:00:00Z"), Some(&la));
+        assert_eq!(slot.end, at("2026-03-08T08:00:00Z"));
+        assert_eq!(next, at("2026-03-09T07:00:00Z"));
+        let month = Window::calendar("1mo".parse().unwrap());
+        let (slot, next) = month.slot_and_next(at("2026-01-15T00:00:00Z"), None);
+        assert_eq!(slot.end, at("2026-02-01T00:00:00Z"));
+        assert_eq!(next, at("2026-03-01T00:00:00Z"));
+        let minute = Window::calendar("1m".parse().unwrap());
+        let (slot, next) = minute.slot_and_next(at("2026-01-15T00:00:30Z"), None);
+        assert_eq!((slot.end, next), (at("2026-01-15T00:01:00Z"), at("2026-01-15T00:02:00Z")));
     }
 
     #[test]

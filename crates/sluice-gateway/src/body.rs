@@ -174,24 +174,35 @@ impl<S: CounterStore + Unpin> Body for Metered<S> {
                         Ok(data) => data,
                         Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
                     };
-                    match &mut this.tap {
+                    // A body with a length is over with its last frame: hyper
+                    // may never poll for the end, so settle now.
+                    let last = this.inner.is_end_stream();
+                    let out = match &mut this.tap {
                         Tap::Json(buf) => {
                             if buf.len() + frame.len() <= JSON_KEEP {
                                 buf.extend_from_slice(&frame);
                             }
-                            return Poll::Ready(Some(Ok(Frame::data(frame))));
+                            frame
                         }
-                        Tap::None => return Poll::Ready(Some(Ok(Frame::data(frame)))),
+                        Tap::None => frame,
                         Tap::Sse(tap) => {
                             let mut out = BytesMut::with_capacity(frame.len());
                             tap.push(&frame, &mut out);
-                            if !out.is_empty() {
-                                return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+                            if last {
+                                tap.finish(&mut out);
                             }
-                            // Everything was held back (an incomplete event,
-                            // or the stripped usage chunk): read on.
+                            out.freeze()
                         }
+                    };
+                    if last {
+                        this.finish(true);
                     }
+                    if out.is_empty() && !last {
+                        // Everything was held back (an incomplete event, or
+                        // the stripped usage chunk): read on.
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(out))));
                 }
                 Poll::Ready(None) => {
                     let mut tail = BytesMut::new();

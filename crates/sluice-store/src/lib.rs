@@ -2,6 +2,10 @@
 //! process), and shared stores for many instances.
 #![forbid(unsafe_code)]
 
+pub mod guarded;
 pub mod memory;
+pub mod redis;
 
+pub use guarded::{GuardOptions, Guarded, OnFailure, Unavailable};
 pub use memory::{MemoryStats, MemoryStore};
+pub use redis::{RedisStore, RedisStoreError, TimeSource, Topology};

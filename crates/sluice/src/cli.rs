@@ -34,6 +34,22 @@ pub enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Run the built-in mock OpenAI-compatible upstream (for tests,
+    /// benchmarks and demos): deterministic token counts, JSON and SSE.
+    MockUpstream {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+        /// Milliseconds before each response starts.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Milliseconds between stream chunks.
+        #[arg(long, default_value_t = 0)]
+        chunk_delay_ms: u64,
+        /// Completion tokens when a request sets no max_tokens.
+        #[arg(long, default_value_t = 16)]
+        tokens: u64,
+    },
     /// API keys.
     Keys {
         /// What to do with keys.

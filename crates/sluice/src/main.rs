@@ -26,6 +26,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::CheckConfig { file, quiet } => check_config(&file, quiet),
         Command::Serve { config, listen } => serve::run(&config, listen),
+        Command::MockUpstream { listen, latency_ms, chunk_delay_ms, tokens } => {
+            serve::mock_upstream(listen, latency_ms, chunk_delay_ms, tokens)
+        }
         Command::Keys { command: KeysCommand::Generate { plain } } => keys_generate(plain),
         Command::Keys { command: KeysCommand::Hash } => {
             let mut secret = String::new();

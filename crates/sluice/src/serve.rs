@@ -9,10 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sluice_config::gateway::UpstreamTarget;
-use sluice_core::SystemClock;
+use sluice_config::gateway::{RedisTopology, StoreConfig, StoreFailure, UpstreamTarget};
+use sluice_core::{CounterStore, SystemClock};
 use sluice_gateway::{Gateway, Runtime};
-use sluice_store::MemoryStore;
+use sluice_store::{
+    GuardOptions, Guarded, MemoryStore, OnFailure, RedisStore, TimeSource, Topology,
+};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
@@ -57,9 +59,54 @@ async fn serve(config: sluice_config::Config, listen: Option<SocketAddr>) -> any
         "the policy has no [upstreams]: say where requests go (see docs/CONFIG.md)"
     );
     let runtime = Runtime::build(&config, &|name| mock_urls.get(name).cloned())?;
-    let store = MemoryStore::new(SystemClock);
-    let gateway = Gateway::new(runtime, store.clone(), Arc::new(SystemClock));
+    match &config.gateway.store {
+        StoreConfig::Memory => {
+            let store = MemoryStore::new(SystemClock);
+            let sweep = store.clone();
+            run_gateway(&config, listen, runtime, store, move || sweep.sweep()).await?;
+        }
+        StoreConfig::Redis(r) => {
+            let topology = match &r.topology {
+                RedisTopology::Standalone(url) => Topology::Standalone(url.clone()),
+                RedisTopology::Cluster(nodes) => Topology::Cluster(nodes.clone()),
+                RedisTopology::Sentinel { sentinels, master } => {
+                    Topology::Sentinel { sentinels: sentinels.clone(), master: master.clone() }
+                }
+            };
+            let redis = RedisStore::connect_in(&topology, TimeSource::Server, &r.namespace)
+                .await
+                .with_context(|| format!("connecting to redis ({topology:?})"))?;
+            tracing::info!(?topology, namespace = %r.namespace, "counters in redis");
+            let store = Guarded::new(
+                redis,
+                GuardOptions {
+                    timeout: r.timeout,
+                    on_failure: match r.on_failure {
+                        StoreFailure::Open => OnFailure::Open,
+                        StoreFailure::Closed => OnFailure::Closed,
+                        StoreFailure::Local => OnFailure::Local,
+                    },
+                    probe_interval: r.probe_interval,
+                    instances: r.instances,
+                },
+            );
+            let sweep = store.clone();
+            run_gateway(&config, listen, runtime, store, move || sweep.local().sweep()).await?;
+        }
+    }
+    drop(mocks);
+    tracing::info!("stopped");
+    Ok(())
+}
 
+async fn run_gateway<S: CounterStore + Clone + Unpin>(
+    config: &sluice_config::Config,
+    listen: Option<SocketAddr>,
+    runtime: Runtime,
+    store: S,
+    sweep: impl Fn() + Send + 'static,
+) -> anyhow::Result<()> {
+    let gateway = Gateway::new(runtime, store, Arc::new(SystemClock));
     let addr = match listen.or(config.gateway.listen) {
         Some(a) => a,
         None => DEFAULT_LISTEN.parse()?,
@@ -76,15 +123,38 @@ async fn serve(config: sluice_config::Config, listen: Option<SocketAddr>) -> any
         let mut tick = tokio::time::interval(Duration::from_secs(10));
         loop {
             tick.tick().await;
-            store.sweep();
+            sweep();
         }
     });
     sluice_gateway::serve(listener, gateway, shutdown_signal(), config.gateway.shutdown_grace)
         .await?;
     sweeper.abort();
-    drop(mocks);
-    tracing::info!("stopped");
     Ok(())
+}
+
+/// `sluice mock-upstream`.
+pub fn mock_upstream(
+    listen: SocketAddr,
+    latency_ms: u64,
+    chunk_delay_ms: u64,
+    tokens: u64,
+) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        println!("mock upstream listening on http://{}/v1", listener.local_addr()?);
+        let config = sluice_mock::MockConfig {
+            latency: Duration::from_millis(latency_ms),
+            chunk_delay: Duration::from_millis(chunk_delay_ms),
+            default_completion_tokens: tokens,
+            ..Default::default()
+        };
+        sluice_mock::serve(listener, config, shutdown_signal()).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn shutdown_signal() {

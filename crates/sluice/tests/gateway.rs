@@ -219,9 +219,15 @@ async fn a_stream_is_settled_from_its_final_usage_chunk() {
     let sent: serde_json::Value = serde_json::from_slice(&up.body).unwrap();
     assert_eq!(sent["stream_options"]["include_usage"], true);
     // The next request sees 7 output tokens used, not 500.
-    let r = post(&c, &url, Some(KEY_A1), &chat("m", 100), &[]).await;
+    let r =
+        post(&c, &url, Some(KEY_A1), &chat("m", 100), &[("x-mock-completion-tokens", "30")]).await;
     assert_eq!(r.status(), 200);
     assert_eq!(num(&r, OTPD), 1_000_000 - 7 - 100);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["usage"]["completion_tokens"], 30);
+    // A JSON response is settled from its `usage`: 30, not the 100 reserved.
+    let r = post(&c, &url, Some(KEY_A1), &chat("m", 1), &[]).await;
+    assert_eq!(num(&r, OTPD), 1_000_000 - 7 - 30 - 1);
     r.text().await.unwrap();
 
     // A client that asks for usage gets the chunk.

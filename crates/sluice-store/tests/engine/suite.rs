@@ -368,6 +368,11 @@ pub fn denied_request_changes_no_counter<F: StoreFactory>(f: &F) {
     let d = h.admit(&t, "b", Cost::tokens(700, 0));
     assert_eq!(denied_by(&h.policy, &d), "tokens-all-models");
     assert_eq!(status(&h.policy, &d, "b/rpm").verdict, Verdict::Fits);
+    // The denial reports the state as it is: nothing was charged, not even
+    // by the limits that would have fit.
+    let rpm = status(&h.policy, &d, "b/rpm");
+    assert_eq!((rpm.used, rpm.remaining), (0, 10));
+    assert_eq!(status(&h.policy, &d, "b/tpd").remaining, 1000);
     assert_eq!(h.peek(&t, "a"), before_a);
     assert_eq!(h.peek(&t, "b"), before_b);
     assert_eq!(status(&h.policy, &h.peek(&t, "b"), "b/rpm").used, 0);

@@ -1,0 +1,286 @@
+//! What happens when the shared store does not answer: a policy, not an
+//! accident.
+//!
+//! [`Guarded`] puts a tight timeout on every call to a shared store and, when
+//! it fails or is too slow, does what the operator chose: admit without
+//! counting (`Open`), refuse with 503 (`Closed`, distinct from a 429), or
+//! count in this process's memory (`Local`, optionally with a share of each
+//! limit: `amount / instances`, so that N instances together stay near the
+//! limit). While the store is down, requests do not each wait for the
+//! timeout: one probe goes to the store per `probe_interval`, the rest go
+//! straight to the fallback; the first probe that succeeds ends the outage,
+//! with no restart. Transitions are logged (`store degraded` / `store
+//! recovered`) and visible through [`Guarded::is_degraded`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use sluice_core::{
+    Clock, CounterStore, Decision, Outcome, Plan, ReservationId, Rule, Settlement, SystemClock,
+    Usage,
+};
+use smallvec::SmallVec;
+
+use crate::memory::MemoryStore;
+use crate::redis::is_redis_id;
+
+/// What to do when the shared store fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Admit, counting nothing (availability first).
+    Open,
+    /// Refuse with 503 (limits first).
+    Closed,
+    /// Count in this process's memory until the store is back.
+    Local,
+}
+
+/// How a [`Guarded`] store behaves.
+#[derive(Clone, Copy, Debug)]
+pub struct GuardOptions {
+    /// The most a call may take.
+    pub timeout: Duration,
+    /// What to do when it fails.
+    pub on_failure: OnFailure,
+    /// While degraded, how often one request tries the store again.
+    pub probe_interval: Duration,
+    /// With `Local`: each instance enforces `amount / instances` (at least 1).
+    pub instances: u64,
+}
+
+impl Default for GuardOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_millis(50),
+            on_failure: OnFailure::Local,
+            probe_interval: Duration::from_secs(1),
+            instances: 1,
+        }
+    }
+}
+
+/// Why a guarded call failed (only with `OnFailure::Closed`).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the shared counter store is unavailable: {0}")]
+pub struct Unavailable(pub String);
+
+struct Inner<S> {
+    store: S,
+    local: MemoryStore,
+    options: GuardOptions,
+    degraded: AtomicBool,
+    next_probe_ms: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// A shared store with a timeout and a failure policy.
+pub struct Guarded<S> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S> Clone for Guarded<S> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone() }
+    }
+}
+
+impl<S> std::fmt::Debug for Guarded<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guarded")
+            .field("options", &self.inner.options)
+            .field("degraded", &self.inner.degraded.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+fn wall_ms() -> u64 {
+    SystemClock.now().as_millis()
+}
+
+impl<S: CounterStore> Guarded<S> {
+    /// Guards `store`.
+    pub fn new(store: S, options: GuardOptions) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                local: MemoryStore::new(SystemClock),
+                options,
+                degraded: AtomicBool::new(false),
+                next_probe_ms: AtomicU64::new(0),
+                failures: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Whether the shared store is failing now.
+    pub fn is_degraded(&self) -> bool {
+        self.inner.degraded.load(Ordering::Relaxed)
+    }
+
+    /// Calls that failed or timed out so far.
+    pub fn failures(&self) -> u64 {
+        self.inner.failures.load(Ordering::Relaxed)
+    }
+
+    /// The store guarded.
+    pub fn store(&self) -> &S {
+        &self.inner.store
+    }
+
+    /// The in-process fallback (for sweeping).
+    pub fn local(&self) -> &MemoryStore {
+        &self.inner.local
+    }
+
+    /// Whether this call should skip the store (degraded, and not the probe).
+    fn skip(&self) -> bool {
+        if !self.is_degraded() {
+            return false;
+        }
+        let now = wall_ms();
+        let next = self.inner.next_probe_ms.load(Ordering::Relaxed);
+        if now < next {
+            return true;
+        }
+        // One caller wins the probe; the others keep using the fallback.
+        let probe = now + self.inner.options.probe_interval.as_millis() as u64;
+        self.inner
+            .next_probe_ms
+            .compare_exchange(next, probe, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    }
+
+    fn failed(&self, why: &str) {
+        self.inner.failures.fetch_add(1, Ordering::Relaxed);
+        let probe = wall_ms() + self.inner.options.probe_interval.as_millis() as u64;
+        self.inner.next_probe_ms.store(probe, Ordering::Relaxed);
+        if !self.inner.degraded.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                reason = why,
+                on_failure = ?self.inner.options.on_failure,
+                "store degraded: the shared counter store is unavailable"
+            );
+        }
+    }
+
+    fn succeeded(&self) {
+        if self.inner.degraded.swap(false, Ordering::Relaxed) {
+            tracing::warn!("store recovered: the shared counter store answers again");
+        }
+    }
+
+    /// The plan with each amount cut to this instance's share.
+    fn local_plan(&self, plan: &Plan) -> Plan {
+        let n = self.inner.options.instances.max(1);
+        if n == 1 {
+            return plan.clone();
+        }
+        let share = |a: u64| a.div_ceil(n).max(1);
+        let mut p = plan.clone();
+        for c in &mut p.charges {
+            c.rule = match c.rule {
+                Rule::Rolling { period_nanos, amount, burst } => {
+                    Rule::Rolling { period_nanos, amount: share(amount), burst: share(burst) }
+                }
+                Rule::Calendar { slot, next_end, amount } => {
+                    Rule::Calendar { slot, next_end, amount: share(amount) }
+                }
+                Rule::Concurrent { amount } => Rule::Concurrent { amount: share(amount) },
+            };
+        }
+        p
+    }
+
+    fn fallback(&self, plan: &Plan, peek: bool) -> Result<Decision, Unavailable> {
+        match self.inner.options.on_failure {
+            OnFailure::Open => Ok(Decision {
+                outcome: Outcome::Admitted { reservation: None },
+                statuses: SmallVec::new(),
+            }),
+            OnFailure::Closed => Err(Unavailable("no answer from the shared store".into())),
+            OnFailure::Local => {
+                let p = self.local_plan(plan);
+                Ok(if peek {
+                    self.inner.local.peek_now(&p)
+                } else {
+                    self.inner.local.admit_now(&p)
+                })
+            }
+        }
+    }
+
+    async fn guarded_admit(&self, plan: &Plan, peek: bool) -> Result<Decision, Unavailable> {
+        if self.skip() {
+            return self.fallback(plan, peek);
+        }
+        let call = async {
+            if peek {
+                self.inner.store.peek(plan).await
+            } else {
+                self.inner.store.admit(plan).await
+            }
+        };
+        match tokio::time::timeout(self.inner.options.timeout, call).await {
+            Ok(Ok(d)) => {
+                self.succeeded();
+                Ok(d)
+            }
+            Ok(Err(e)) => {
+                self.failed(&e.to_string());
+                self.fallback(plan, peek)
+            }
+            Err(_) => {
+                self.failed(&format!("no answer within {:?}", self.inner.options.timeout));
+                self.fallback(plan, peek)
+            }
+        }
+    }
+}
+
+impl<S: CounterStore + Clone> CounterStore for Guarded<S> {
+    type Error = Unavailable;
+
+    async fn admit(&self, plan: &Plan) -> Result<Decision, Unavailable> {
+        self.guarded_admit(plan, false).await
+    }
+
+    async fn peek(&self, plan: &Plan) -> Result<Decision, Unavailable> {
+        self.guarded_admit(plan, true).await
+    }
+
+    async fn settle(&self, id: ReservationId, usage: Usage) -> Result<Settlement, Unavailable> {
+        if !is_redis_id(id) {
+            return Ok(self.inner.local.settle_now(id, usage));
+        }
+        match tokio::time::timeout(self.inner.options.timeout, self.inner.store.settle(id, usage))
+            .await
+        {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => {
+                self.failed(&e.to_string());
+                Err(Unavailable(e.to_string()))
+            }
+            Err(_) => {
+                self.failed("settlement timed out");
+                Err(Unavailable("settlement timed out".into()))
+            }
+        }
+    }
+
+    fn settle_detached(&self, id: ReservationId, usage: Usage) {
+        if is_redis_id(id) {
+            self.inner.store.settle_detached(id, usage);
+        } else {
+            self.inner.local.settle_now(id, usage);
+        }
+    }
+
+    fn release(&self, id: ReservationId) {
+        if is_redis_id(id) {
+            self.inner.store.release(id);
+        } else {
+            self.inner.local.release_now(id);
+        }
+    }
+}

@@ -1,0 +1,445 @@
+//! Counters shared by many Sluice instances, in Redis or Valkey
+//! (standalone, Sentinel or Cluster).
+//!
+//! One admission is **one** round trip: `EVALSHA` of the versioned script
+//! `admit.lua`, which checks every charge of the plan and applies all of
+//! them or none, server-side, with the engine's arithmetic (in milliseconds)
+//! and, by default, the server's clock (`TIME`). Settlement is one more
+//! script (`settle.lua`), idempotent because it deletes the lease it reads.
+//! Every key of a tenant carries the tenant's hash tag, so a whole admission
+//! lands on one Cluster slot. Nothing is left without a TTL.
+//!
+//! Key layout (`<t>` is the tenant's 64-bit hash in hex):
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `sluice:{<t>}:g:<group>` | hash | one field per counter of a group: `r:<ahead>:<at>` (rolling) or `c:<slot end>:<used>` (calendar) |
+//! | `sluice:{<t>}:n:<group><counter>` | sorted set | requests in flight: lease ids scored by lease expiry |
+//! | `sluice:{<t>}:l:<id>` | string | an open reservation: its charges, until settled or expired |
+
+use std::collections::hash_map::RandomState;
+use std::fmt::Write as _;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelServerType};
+use redis::{RedisError, Script};
+use sluice_core::{
+    Clock, CounterStore, Decision, Instant, LimitStatus, Metric, Outcome, Plan, ReservationId,
+    Rule, Settlement, Usage, Verdict,
+};
+use smallvec::SmallVec;
+
+/// The admission script (see its header for KEYS and ARGV).
+pub const ADMIT_LUA: &str = include_str!("admit.lua");
+/// The settlement script (see its header for KEYS and ARGV).
+pub const SETTLE_LUA: &str = include_str!("settle.lua");
+
+/// Where the Redis servers are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// One server (or a proxy in front of several): `redis://host:port/db`.
+    Standalone(String),
+    /// Sentinels that know the master of `master`.
+    Sentinel {
+        /// Sentinel URLs (`redis://host:26379`).
+        sentinels: Vec<String>,
+        /// The monitored master's name.
+        master: String,
+    },
+    /// Cluster seed nodes.
+    Cluster(Vec<String>),
+}
+
+/// Whose clock windows follow.
+#[derive(Clone)]
+pub enum TimeSource {
+    /// The Redis server's `TIME` (one clock per shard): production.
+    Server,
+    /// A clock of this process, passed to the scripts (tests with a fake
+    /// clock).
+    Client(Arc<dyn Clock>),
+}
+
+impl std::fmt::Debug for TimeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Server => "Server",
+            Self::Client(_) => "Client",
+        })
+    }
+}
+
+/// Why Redis could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisStoreError {
+    /// A connection or command error.
+    #[error("redis: {0}")]
+    Redis(#[from] RedisError),
+    /// The script answered something else than expected.
+    #[error("redis: unexpected reply from the admission script ({0})")]
+    Reply(String),
+}
+
+impl RedisStoreError {
+    /// Whether a retry could succeed (the server is down, restarting,
+    /// failing over), as opposed to a bug.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+                    || e.is_cluster_error()
+            }
+            Self::Reply(_) => false,
+        }
+    }
+}
+
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+    Sentinel(Box<SentinelConn>),
+}
+
+struct SentinelConn {
+    client: tokio::sync::Mutex<SentinelClient>,
+    conn: Mutex<Option<MultiplexedConnection>>,
+}
+
+struct Inner {
+    namespace: String,
+    conn: Conn,
+    admit: Script,
+    settle: Script,
+    time: TimeSource,
+    ids: RandomState,
+    seq: AtomicU64,
+    runtime: tokio::runtime::Handle,
+}
+
+/// A Redis-backed counter store. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").field("time", &self.inner.time).finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects, with keys under `sluice:`. Must be called inside a tokio
+    /// runtime; detached settlements run on it.
+    pub async fn connect(topology: &Topology, time: TimeSource) -> Result<Self, RedisStoreError> {
+        Self::connect_in(topology, time, "sluice").await
+    }
+
+    /// Connects, with keys under `<namespace>:` (several deployments, or
+    /// tests, sharing one Redis).
+    pub async fn connect_in(
+        topology: &Topology,
+        time: TimeSource,
+        namespace: &str,
+    ) -> Result<Self, RedisStoreError> {
+        let conn = match topology {
+            Topology::Standalone(url) => {
+                let client = redis::Client::open(url.as_str())?;
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_number_of_retries(1);
+                Conn::Single(ConnectionManager::new_with_config(client, config).await?)
+            }
+            Topology::Cluster(nodes) => {
+                let client = redis::cluster::ClusterClient::builder(nodes.clone())
+                    .connection_timeout(Duration::from_secs(2))
+                    .build()?;
+                Conn::Cluster(client.get_async_connection().await?)
+            }
+            Topology::Sentinel { sentinels, master } => {
+                let mut client = SentinelClient::build(
+                    sentinels.clone(),
+                    master.clone(),
+                    None,
+                    SentinelServerType::Master,
+                )?;
+                let c = client.get_async_connection().await?;
+                Conn::Sentinel(Box::new(SentinelConn {
+                    client: tokio::sync::Mutex::new(client),
+                    conn: Mutex::new(Some(c)),
+                }))
+            }
+        };
+        let store = Self {
+            inner: Arc::new(Inner {
+                namespace: namespace.to_owned(),
+                conn,
+                admit: Script::new(ADMIT_LUA),
+                settle: Script::new(SETTLE_LUA),
+                time,
+                ids: RandomState::new(),
+                seq: AtomicU64::new(1),
+                runtime: tokio::runtime::Handle::current(),
+            }),
+        };
+        // Load the scripts now, so that admissions are one EVALSHA from the
+        // start. (A cluster's nodes learn them on first use: EVALSHA answers
+        // NOSCRIPT once per node, and the script is sent then.)
+        store.load_scripts().await?;
+        Ok(store)
+    }
+
+    async fn load_scripts(&self) -> Result<(), RedisStoreError> {
+        let mut conn: Option<MultiplexedConnection> = None;
+        match &self.inner.conn {
+            Conn::Single(c) => {
+                for script in [ADMIT_LUA, SETTLE_LUA] {
+                    let _: String = redis::cmd("SCRIPT")
+                        .arg("LOAD")
+                        .arg(script)
+                        .query_async(&mut c.clone())
+                        .await?;
+                }
+            }
+            Conn::Sentinel(s) => conn = s.conn.lock().clone(),
+            Conn::Cluster(_) => {}
+        }
+        if let Some(mut c) = conn {
+            for script in [ADMIT_LUA, SETTLE_LUA] {
+                let _: String =
+                    redis::cmd("SCRIPT").arg("LOAD").arg(script).query_async(&mut c).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn time_arg(&self) -> String {
+        match &self.inner.time {
+            TimeSource::Server => "s".to_owned(),
+            TimeSource::Client(c) => c.now().as_millis().to_string(),
+        }
+    }
+
+    async fn run(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<redis::Value, RedisStoreError> {
+        match &self.inner.conn {
+            Conn::Single(c) => Ok(inv.invoke_async(&mut c.clone()).await?),
+            Conn::Cluster(c) => Ok(inv.invoke_async(&mut c.clone()).await?),
+            Conn::Sentinel(s) => {
+                let (client, conn) = (&s.client, &s.conn);
+                let current = conn.lock().clone();
+                let mut c = match current {
+                    Some(c) => c,
+                    None => {
+                        let c = client.lock().await.get_async_connection().await?;
+                        *conn.lock() = Some(c.clone());
+                        c
+                    }
+                };
+                let result = inv.invoke_async(&mut c).await;
+                if let Err(e) = &result
+                    && (e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal())
+                {
+                    // The master may have moved: ask the sentinels next time.
+                    *conn.lock() = None;
+                }
+                Ok(result?)
+            }
+        }
+    }
+
+    fn lease_id(&self, tenant: u64) -> (ReservationId, String) {
+        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
+        // The top bit marks ids of a Redis store (memory ids never set it).
+        let random = self.inner.ids.hash_one(seq) | (1 << 63);
+        (ReservationId((u128::from(tenant) << 64) | u128::from(random)), format!("{random:016x}"))
+    }
+
+    async fn admit_or_peek(&self, plan: &Plan, peek: bool) -> Result<Decision, RedisStoreError> {
+        if plan.charges.is_empty() {
+            // No limit applies: nothing to ask.
+            return Ok(Decision {
+                outcome: Outcome::Admitted { reservation: None },
+                statuses: SmallVec::new(),
+            });
+        }
+        let tag = format!("{}:{{{:016x}}}", self.inner.namespace, plan.tenant);
+        let (id, lease) = self.lease_id(plan.tenant);
+        let mut keys: SmallVec<[String; 8]> = SmallVec::new();
+        keys.push(format!("{tag}:l:{lease}"));
+        let lease_ms = plan.lease_until.0.saturating_sub(plan.now.0) / 1_000_000;
+        let mut inv = self.inner.admit.prepare_invoke();
+        inv.arg(self.time_arg()).arg(lease_ms.max(1)).arg(if peek { "p" } else { "a" });
+        inv.arg(&lease).arg(plan.charges.len());
+        let mut buf = String::new();
+        for c in &plan.charges {
+            buf.clear();
+            let key = match c.rule {
+                Rule::Concurrent { .. } => {
+                    let _ = write!(
+                        buf,
+                        "{tag}:n:{:016x}{:016x}{:016x}",
+                        c.key.group.hi, c.key.group.lo, c.key.counter
+                    );
+                    buf.clone()
+                }
+                _ => {
+                    let _ = write!(buf, "{tag}:g:{:016x}{:016x}", c.key.group.hi, c.key.group.lo);
+                    buf.clone()
+                }
+            };
+            let index = match keys.iter().position(|k| *k == key) {
+                Some(i) => i + 1,
+                None => {
+                    keys.push(key);
+                    keys.len()
+                }
+            };
+            let cost = if peek { 0 } else { c.cost };
+            inv.arg(index).arg(format!("{:016x}", c.key.counter));
+            match c.rule {
+                Rule::Rolling { period_nanos, amount, burst } => {
+                    inv.arg("r")
+                        .arg(cost)
+                        .arg(amount)
+                        .arg(burst)
+                        .arg(period_nanos / 1_000_000)
+                        .arg(0);
+                }
+                Rule::Calendar { slot, next_end, amount } => {
+                    inv.arg("c")
+                        .arg(cost)
+                        .arg(amount)
+                        .arg(slot.start.as_millis())
+                        .arg(slot.end.as_millis())
+                        .arg(next_end.as_millis());
+                }
+                Rule::Concurrent { amount } => {
+                    inv.arg("n").arg(cost).arg(amount).arg(0).arg(0).arg(0);
+                }
+            }
+            inv.arg(if c.shadow { "s" } else { "-" }).arg(c.metric.as_str());
+        }
+        for k in &keys {
+            inv.key(k);
+        }
+        let reply = self.run(&inv).await?;
+        let nums: Vec<i64> =
+            redis::from_redis_value(reply).map_err(|e| RedisStoreError::Reply(e.to_string()))?;
+        decision(plan, &nums, (!peek).then_some(id), peek)
+            .ok_or_else(|| RedisStoreError::Reply(format!("{nums:?}")))
+    }
+
+    async fn settle_inner(
+        &self,
+        id: ReservationId,
+        usage: Usage,
+        release: bool,
+    ) -> Result<Settlement, RedisStoreError> {
+        let tenant = (id.0 >> 64) as u64;
+        let random = id.0 as u64;
+        let lease = format!("{random:016x}");
+        let mut inv = self.inner.settle.prepare_invoke();
+        inv.key(format!("{}:{{{tenant:016x}}}:l:{lease}", self.inner.namespace));
+        inv.arg(self.time_arg())
+            .arg(if release { "release" } else { "settle" })
+            .arg(&lease)
+            .arg(usage.requests)
+            .arg(usage.input_tokens)
+            .arg(usage.output_tokens);
+        let reply = self.run(&inv).await?;
+        let done: i64 =
+            redis::from_redis_value(reply).map_err(|e| RedisStoreError::Reply(e.to_string()))?;
+        Ok(if done == 1 { Settlement::Settled } else { Settlement::Unknown })
+    }
+
+    fn detached(&self, id: ReservationId, usage: Usage, release: bool) {
+        let store = self.clone();
+        self.inner.runtime.spawn(async move {
+            let call = store.settle_inner(id, usage, release);
+            match tokio::time::timeout(Duration::from_secs(5), call).await {
+                Ok(Ok(_)) => {}
+                // The lease expires on its own and keeps its charge.
+                Ok(Err(e)) => tracing::warn!(error = %e, "settling a reservation in redis failed"),
+                Err(_) => tracing::warn!("settling a reservation in redis timed out"),
+            }
+        });
+    }
+}
+
+/// Reads the admission script's reply into a decision.
+fn decision(plan: &Plan, nums: &[i64], id: Option<ReservationId>, peek: bool) -> Option<Decision> {
+    let (head, rest) = nums.split_at_checked(4)?;
+    let u = |v: i64| u64::try_from(v).unwrap_or(0);
+    let ms = |v: i64| Instant::from_millis(u(v));
+    let mut statuses = SmallVec::new();
+    for (c, r) in plan.charges.iter().zip(rest.chunks_exact(5)) {
+        let verdict = match r[0] {
+            0 => Verdict::Fits,
+            1 => Verdict::WaitUntil(ms(r[4])),
+            _ => Verdict::Never,
+        };
+        statuses.push(LimitStatus {
+            limit: c.limit,
+            metric: c.metric,
+            amount: c.rule.amount(),
+            used: u(r[1]),
+            remaining: u(r[2]),
+            requested: if peek { 0 } else { c.cost },
+            reset: (r[3] >= 0 && c.metric != Metric::Concurrent).then(|| ms(r[3])),
+            verdict,
+            shadow: c.shadow,
+        });
+    }
+    if statuses.len() != plan.charges.len() {
+        return None;
+    }
+    let denied = usize::try_from(head[1]).ok()?.checked_sub(1);
+    let outcome = match (head[0], denied) {
+        (0, _) => Outcome::Admitted { reservation: id },
+        (1, Some(limit)) => Outcome::Limited { limit, retry_at: ms(head[2]) },
+        (2, Some(limit)) => Outcome::TooLarge { limit },
+        _ => return None,
+    };
+    Some(Decision { outcome, statuses })
+}
+
+impl CounterStore for RedisStore {
+    type Error = RedisStoreError;
+
+    async fn admit(&self, plan: &Plan) -> Result<Decision, RedisStoreError> {
+        self.admit_or_peek(plan, false).await
+    }
+
+    async fn peek(&self, plan: &Plan) -> Result<Decision, RedisStoreError> {
+        self.admit_or_peek(plan, true).await
+    }
+
+    async fn settle(&self, id: ReservationId, usage: Usage) -> Result<Settlement, RedisStoreError> {
+        self.settle_inner(id, usage, false).await
+    }
+
+    fn settle_detached(&self, id: ReservationId, usage: Usage) {
+        self.detached(id, usage, false);
+    }
+
+    fn release(&self, id: ReservationId) {
+        self.detached(id, Usage::REFUND, true);
+    }
+}
+
+/// Whether a reservation id was issued by a Redis store.
+pub const fn is_redis_id(id: ReservationId) -> bool {
+    (id.0 as u64) & (1 << 63) != 0
+}

@@ -1,0 +1,87 @@
+-- sluice_settle v1: settles (or releases) one reservation, once.
+--
+-- KEYS[1]  the lease, sluice:{<tenant>}:l:<id>: a line "exp:<expiry ms>",
+--          then one line per charge,
+--          "key|field|kind|charged|extra|amount|metric" where extra is the
+--          period in ms (rolling) or the end of the slot charged (calendar),
+--          amount the limit's amount at admission. Every
+--          key in it carries the same hash tag as the lease.
+--
+-- ARGV[1]  "s" for the server's TIME, or a client time in ms
+-- ARGV[2]  "settle" (apply the real usage) or "release" (free concurrency
+--          only; token charges stay as reserved)
+-- ARGV[3]  the lease id (its member in concurrency sets)
+-- ARGV[4]  requests used (1, or 0 to refund the request)
+-- ARGV[5]  input tokens used
+-- ARGV[6]  output tokens used
+--
+-- Returns 1 if settled now, 0 if there was nothing to settle (already
+-- settled, released, expired, or never issued).
+
+local lease = redis.call("GET", KEYS[1])
+if not lease then return 0 end
+redis.call("DEL", KEYS[1])
+
+local now
+if ARGV[1] == "s" then
+  local t = redis.call("TIME")
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+else
+  now = tonumber(ARGV[1])
+end
+-- Expired (its key's TTL runs on the server's clock; this on the clock in
+-- use): the charge stays as reserved; concurrency has expired by score.
+local expires = tonumber(string.match(lease, "^exp:(%d+)"))
+if expires and now >= expires then return 0 end
+local release = ARGV[2] == "release"
+local lease_id = ARGV[3]
+local requests, input, output = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+
+local function actual(metric)
+  if metric == "requests" then return requests end
+  if metric == "tokens" then return input + output end
+  if metric == "input_tokens" then return input end
+  if metric == "output_tokens" then return output end
+  return 0
+end
+
+for line in string.gmatch(lease, "[^\n]+") do
+  local key, field, kind, charged, extra, amount, metric =
+    string.match(line, "^([^|]+)|([^|]+)|(%a)|(%d+)|(%d+)|(%d+)|(%a[%a_]*)$")
+  charged, extra, amount = tonumber(charged), tonumber(extra), tonumber(amount)
+  if kind == "n" then
+    redis.call("ZREM", key, lease_id)
+  elseif key and not release then
+    local delta = actual(metric) - charged
+    local s = redis.call("HGET", key, field)
+    if kind == "r" then
+      local period = extra
+      local ahead, at = 0, now
+      if s then
+        local a, t = string.match(s, "^r:(%d+):(%d+)$")
+        a, t = tonumber(a), tonumber(t)
+        if a then
+          ahead = a
+          if now > t then ahead = a - (now - t) * amount end
+          if ahead < 0 then ahead = 0 end
+        end
+      end
+      ahead = ahead + delta * period
+      if ahead < 0 then ahead = 0 end
+      redis.call("HSET", key, field, "r:" .. string.format("%d", ahead) .. ":" .. string.format("%d", now))
+      local ttl = math.floor((ahead + amount - 1) / amount) + 1000
+      if redis.call("PTTL", key) < ttl then redis.call("PEXPIRE", key, ttl) end
+    elseif kind == "c" and s then
+      local e, u = string.match(s, "^c:(%d+):(%d+)$")
+      e, u = tonumber(e), tonumber(u)
+      -- Refunds go back to the slot charged (lost if it is over); overage
+      -- is debt, carried into the slot now counting.
+      if e == extra or (e and e > extra and delta > 0) then
+        u = u + delta
+        if u < 0 then u = 0 end
+        redis.call("HSET", key, field, "c:" .. string.format("%d", e) .. ":" .. string.format("%d", u))
+      end
+    end
+  end
+end
+return 1

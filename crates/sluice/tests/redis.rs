@@ -1,0 +1,264 @@
+//! Many instances on one Redis: three `sluice serve` processes share their
+//! counters, and a Redis that dies and comes back is handled as configured.
+//! Real `redis-server` processes (standalone, a three-master cluster,
+//! sentinels), real HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use sluice_testkit::{RedisCluster, RedisSentinels, RedisServer};
+
+const KEY: &str = "sk-redis-test";
+
+fn policy(store: &str, limits: &str, mock: &sluice_mock::MockServer) -> String {
+    format!(
+        r#"
+[headers]
+families = ["requests", "requests-day", "output-tokens-day"]
+
+[models."m"]
+{limits}
+{store}
+{}
+[tenants.t]
+[[tenants.t.keys]]
+hash = "{}"
+"#,
+        upstream_section(mock),
+        key_hash(KEY)
+    )
+}
+
+/// Sends `total` requests over `clients` concurrent clients spread across
+/// the instances; returns the status of each with its output tokens.
+async fn load(
+    urls: &[String],
+    total: u64,
+    clients: usize,
+    body: serde_json::Value,
+) -> Vec<(u16, u64)> {
+    let next = Arc::new(AtomicU64::new(0));
+    let urls: Arc<Vec<String>> = Arc::new(urls.to_vec());
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (next, urls, body) = (next.clone(), urls.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let http = client();
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let url = format!("{}/v1/chat/completions", urls[(i as usize + c) % urls.len()]);
+                let r = post(&http, &url, Some(KEY), &body, &[]).await;
+                let status = r.status().as_u16();
+                let v: serde_json::Value = r.json().await.unwrap_or_default();
+                out.push((status, v["usage"]["completion_tokens"].as_u64().unwrap_or(0)));
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+/// Three instances, many clients, one tenant: the day's budgets are met
+/// exactly, not N times over. Returns how many requests were admitted by the
+/// rolling part.
+async fn three_instances_admit_exactly_the_limit(store: &str) -> u64 {
+    let mock = mock().await;
+    let limits = r#"
+[[limits]]
+name = "rpd"
+metric = "requests"
+amount = 400
+window = "1d"
+
+[[limits]]
+name = "otpd"
+metric = "output_tokens"
+amount = 15000
+window = "1d"
+"#;
+    let text = policy(store, limits, &mock);
+    let instances: Vec<Sluice> =
+        (0..3).map(|_| Sluice::start(&text, &[("UPSTREAM_KEY", "k")])).collect();
+    let urls: Vec<String> = instances.iter().map(|s| s.url.clone()).collect();
+    // Each request reserves (and, settled, uses) 100 output tokens: the
+    // token budget admits exactly 150.
+    let results = load(&urls, 400, 24, chat("m", 100)).await;
+    let ok: Vec<_> = results.iter().filter(|(s, _)| *s == 200).collect();
+    let denied = results.iter().filter(|(s, _)| *s == 429).count();
+    assert_eq!(ok.len() + denied, 400, "every request answered 200 or 429: {results:?}");
+    assert_eq!(ok.len(), 150, "admitted across three instances");
+    assert_eq!(ok.iter().map(|(_, t)| t).sum::<u64>(), 15_000, "tokens used");
+    assert_eq!(mock.stats.requests(), 150, "only admitted requests reached the upstream");
+    // A rolling limit too: 60 a minute, burst 60, shared.
+    let mock2 = sluice_mock::spawn(Default::default()).await.unwrap();
+    let rolling = policy(
+        &store.replace("namespace = \"", "namespace = \"rolling-"),
+        "[[limits]]\nname = \"rpm\"\nmetric = \"requests\"\namount = 60\nwindow = \"1m\"\n",
+        &mock2,
+    );
+    let instances: Vec<Sluice> =
+        (0..3).map(|_| Sluice::start(&rolling, &[("UPSTREAM_KEY", "k")])).collect();
+    let urls: Vec<String> = instances.iter().map(|s| s.url.clone()).collect();
+    let started = Instant::now();
+    let results = load(&urls, 200, 24, chat("m", 5)).await;
+    let secs = started.elapsed().as_secs_f64();
+    let ok = results.iter().filter(|(s, _)| *s == 200).count() as f64;
+    // The token-bucket bound over the test's duration: B + N·t/T.
+    assert!(ok >= 60.0 && ok <= 60.0 + (60.0 * secs / 60.0).ceil(), "{ok} admitted in {secs:.2}s");
+    ok as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_one_redis_admit_exactly_the_limit() {
+    let redis = RedisServer::start();
+    let store = format!(
+        "[store]\nkind = \"redis\"\nurl = \"{}\"\nnamespace = \"accuracy\"\ntimeout = \"500ms\"\non_failure = \"closed\"\n",
+        redis.url()
+    );
+    let rolling_admitted = three_instances_admit_exactly_the_limit(&store).await;
+    // One admission is one command: EVALSHA; one settlement, one more.
+    // (Commands the scripts run inside are counted by Redis too; the client
+    // itself sends nothing but EVALSHA, and EVAL/SCRIPT LOAD the first time
+    // a server sees a script.)
+    let stats = redis.command("INFO commandstats");
+    let stat = |cmd: &str, field: &str| -> u64 {
+        stats
+            .lines()
+            .find(|l| l.starts_with(&format!("cmdstat_{cmd}:")))
+            .and_then(|l| l.split(&format!("{field}=")).nth(1))
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let evalsha_ok = stat("evalsha", "calls") - stat("evalsha", "failed_calls");
+    let admissions = 400 + 200;
+    let settlements = 150 + rolling_admitted;
+    assert_eq!(
+        evalsha_ok,
+        admissions + settlements,
+        "one EVALSHA per admission and per settlement:\n{stats}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_a_redis_cluster_admit_exactly_the_limit() {
+    let cluster = RedisCluster::start();
+    let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let store = format!(
+        "[store]\nkind = \"redis\"\ncluster = [{}]\nnamespace = \"accuracy\"\ntimeout = \"500ms\"\non_failure = \"closed\"\n",
+        nodes.join(", ")
+    );
+    three_instances_admit_exactly_the_limit(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_finds_the_master() {
+    let sentinels = RedisSentinels::start();
+    let mock = mock().await;
+    let urls: Vec<String> = sentinels.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let store = format!(
+        "[store]\nkind = \"redis\"\nsentinels = [{}]\nmaster = \"{}\"\ntimeout = \"500ms\"\n",
+        urls.join(", "),
+        sentinels.name
+    );
+    let text = policy(&store, "[tiers.default.models]\nm = { rpd = 3 }\n", &mock);
+    let s = Sluice::start(&text, &[("UPSTREAM_KEY", "k")]);
+    let c = client();
+    let url = format!("{}/v1/chat/completions", s.url);
+    for left in [2, 1, 0] {
+        let r = post(&c, &url, Some(KEY), &chat("m", 5), &[]).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(num(&r, "x-ratelimit-remaining-requests-day"), left);
+    }
+    assert_eq!(post(&c, &url, Some(KEY), &chat("m", 5), &[]).await.status(), 429);
+    // The counters are in the master the sentinels named.
+    assert!(sentinels.master.command("DBSIZE").starts_with(':'));
+    assert_ne!(sentinels.master.command("DBSIZE").trim(), ":0");
+}
+
+/// Sends `n` requests one after another; returns statuses and the slowest.
+async fn burst(url: &str, n: usize) -> (Vec<u16>, Duration) {
+    let c = client();
+    let mut statuses = Vec::new();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            post(&c, url, Some(KEY), &chat("m", 5), &[]),
+        )
+        .await
+        .expect("no request may hang");
+        slowest = slowest.max(t.elapsed());
+        statuses.push(r.status().as_u16());
+    }
+    (statuses, slowest)
+}
+
+async fn chaos(on_failure: &str) -> (Vec<u16>, Vec<u16>, Vec<u16>, Duration) {
+    let mut redis = RedisServer::start();
+    let mock = mock().await;
+    let store = format!(
+        "[store]\nkind = \"redis\"\nurl = \"{}\"\ntimeout = \"50ms\"\non_failure = \"{on_failure}\"\nprobe_interval = \"200ms\"\n",
+        redis.url()
+    );
+    let text = policy(
+        &store,
+        "[tiers.default.models]\nm = { rpd = 1000 }\n[[limits]]\nname = \"rph\"\nmetric = \"requests\"\namount = 5\nwindow = \"1h\"\n",
+        &mock,
+    );
+    let s = Sluice::start(&text, &[("UPSTREAM_KEY", "k")]);
+    let url = format!("{}/v1/chat/completions", s.url);
+    let (before, _) = burst(&url, 3).await;
+    redis.kill();
+    let (during, slowest) = burst(&url, 8).await;
+    redis.restart();
+    // Recovery without a restart: the next probe finds Redis again.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (after, _) = burst(&url, 7).await;
+    // The process is still alive and well.
+    assert_eq!(client().get(format!("{}/healthz", s.url)).send().await.unwrap().status(), 200);
+    (before, during, after, slowest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_fail_closed_answers_503_then_recovers() {
+    let (before, during, after, slowest) = chaos("closed").await;
+    assert_eq!(before, [200, 200, 200]);
+    assert!(during.iter().all(|&s| s == 503), "{during:?}");
+    assert!(slowest < Duration::from_secs(1), "a dead Redis must not stall requests: {slowest:?}");
+    // Redis came back empty: 5 an hour again, enforced.
+    assert_eq!(after, [200, 200, 200, 200, 200, 429, 429], "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_fail_open_admits_then_recovers() {
+    let (before, during, after, slowest) = chaos("open").await;
+    assert_eq!(before, [200, 200, 200]);
+    assert!(during.iter().all(|&s| s == 200), "{during:?}");
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    assert_eq!(after, [200, 200, 200, 200, 200, 429, 429], "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_fail_local_counts_in_memory_then_recovers() {
+    let (before, during, after, slowest) = chaos("local").await;
+    assert_eq!(before, [200, 200, 200]);
+    // This instance's own count: 5 an hour, from zero.
+    assert_eq!(during, [200, 200, 200, 200, 200, 429, 429, 429], "{during:?}");
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    assert_eq!(after, [200, 200, 200, 200, 200, 429, 429], "{after:?}");
+}
