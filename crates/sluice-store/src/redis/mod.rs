@@ -18,7 +18,6 @@
 //! | `sluice:{<t>}:l:<id>` | string | an open reservation: its charges, until settled or expired |
 
 use std::collections::hash_map::RandomState;
-use std::fmt::Write as _;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -266,38 +265,27 @@ impl RedisStore {
         (ReservationId((u128::from(tenant) << 64) | u128::from(random)), format!("{random:016x}"))
     }
 
-    async fn admit_or_peek(&self, plan: &Plan, peek: bool) -> Result<Decision, RedisStoreError> {
-        if plan.charges.is_empty() {
-            // No limit applies: nothing to ask.
-            return Ok(Decision {
-                outcome: Outcome::Admitted { reservation: None },
-                statuses: SmallVec::new(),
-            });
-        }
+    /// The KEYS and ARGV of the admission script for `plan`, and the
+    /// reservation id it would create.
+    fn admission_call(&self, plan: &Plan, peek: bool) -> (Vec<String>, Vec<String>, ReservationId) {
         let tag = format!("{}:{{{:016x}}}", self.inner.namespace, plan.tenant);
         let (id, lease) = self.lease_id(plan.tenant);
-        let mut keys: SmallVec<[String; 8]> = SmallVec::new();
+        let mut keys = Vec::with_capacity(4);
         keys.push(format!("{tag}:l:{lease}"));
         let lease_ms = plan.lease_until.0.saturating_sub(plan.now.0) / 1_000_000;
-        let mut inv = self.inner.admit.prepare_invoke();
-        inv.arg(self.time_arg()).arg(lease_ms.max(1)).arg(if peek { "p" } else { "a" });
-        inv.arg(&lease).arg(plan.charges.len());
-        let mut buf = String::new();
+        let mut args = Vec::with_capacity(5 + 10 * plan.charges.len());
+        args.push(self.time_arg());
+        args.push(lease_ms.max(1).to_string());
+        args.push(if peek { "p" } else { "a" }.to_owned());
+        args.push(lease);
+        args.push(plan.charges.len().to_string());
         for c in &plan.charges {
-            buf.clear();
             let key = match c.rule {
-                Rule::Concurrent { .. } => {
-                    let _ = write!(
-                        buf,
-                        "{tag}:n:{:016x}{:016x}{:016x}",
-                        c.key.group.hi, c.key.group.lo, c.key.counter
-                    );
-                    buf.clone()
-                }
-                _ => {
-                    let _ = write!(buf, "{tag}:g:{:016x}{:016x}", c.key.group.hi, c.key.group.lo);
-                    buf.clone()
-                }
+                Rule::Concurrent { .. } => format!(
+                    "{tag}:n:{:016x}{:016x}{:016x}",
+                    c.key.group.hi, c.key.group.lo, c.key.counter
+                ),
+                _ => format!("{tag}:g:{:016x}{:016x}", c.key.group.hi, c.key.group.lo),
             };
             let index = match keys.iter().position(|k| *k == key) {
                 Some(i) => i + 1,
@@ -307,32 +295,55 @@ impl RedisStore {
                 }
             };
             let cost = if peek { 0 } else { c.cost };
-            inv.arg(index).arg(format!("{:016x}", c.key.counter));
-            match c.rule {
-                Rule::Rolling { period_nanos, amount, burst } => {
-                    inv.arg("r")
-                        .arg(cost)
-                        .arg(amount)
-                        .arg(burst)
-                        .arg(period_nanos / 1_000_000)
-                        .arg(0);
+            args.push(index.to_string());
+            args.push(format!("{:016x}", c.key.counter));
+            let (kind, p1, p2, p3) = match c.rule {
+                Rule::Rolling { period_nanos, amount: _, burst } => {
+                    ("r", burst, period_nanos / 1_000_000, 0)
                 }
-                Rule::Calendar { slot, next_end, amount } => {
-                    inv.arg("c")
-                        .arg(cost)
-                        .arg(amount)
-                        .arg(slot.start.as_millis())
-                        .arg(slot.end.as_millis())
-                        .arg(next_end.as_millis());
+                Rule::Calendar { slot, next_end, .. } => {
+                    ("c", slot.start.as_millis(), slot.end.as_millis(), next_end.as_millis())
                 }
-                Rule::Concurrent { amount } => {
-                    inv.arg("n").arg(cost).arg(amount).arg(0).arg(0).arg(0);
-                }
-            }
-            inv.arg(if c.shadow { "s" } else { "-" }).arg(c.metric.as_str());
+                Rule::Concurrent { .. } => ("n", 0, 0, 0),
+            };
+            args.push(kind.to_owned());
+            args.push(cost.to_string());
+            args.push(c.rule.amount().to_string());
+            args.push(p1.to_string());
+            args.push(p2.to_string());
+            args.push(p3.to_string());
+            args.push(if c.shadow { "s" } else { "-" }.to_owned());
+            args.push(c.metric.as_str().to_owned());
         }
+        (keys, args, id)
+    }
+
+    /// The admission of `plan` as one Redis command line (`EVALSHA <sha>
+    /// <numkeys> <keys…> <args…>`), for benchmarks and debugging.
+    pub fn admission_command(&self, plan: &Plan) -> Vec<String> {
+        let (keys, args, _) = self.admission_call(plan, false);
+        let mut cmd = vec!["EVALSHA".to_owned(), self.inner.admit.get_hash().to_owned()];
+        cmd.push(keys.len().to_string());
+        cmd.extend(keys);
+        cmd.extend(args);
+        cmd
+    }
+
+    async fn admit_or_peek(&self, plan: &Plan, peek: bool) -> Result<Decision, RedisStoreError> {
+        if plan.charges.is_empty() {
+            // No limit applies: nothing to ask.
+            return Ok(Decision {
+                outcome: Outcome::Admitted { reservation: None },
+                statuses: SmallVec::new(),
+            });
+        }
+        let (keys, args, id) = self.admission_call(plan, peek);
+        let mut inv = self.inner.admit.prepare_invoke();
         for k in &keys {
             inv.key(k);
+        }
+        for a in &args {
+            inv.arg(a);
         }
         let reply = self.run(&inv).await?;
         let nums: Vec<i64> =
