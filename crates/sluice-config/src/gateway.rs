@@ -174,6 +174,21 @@ pub struct GatewayConfig {
     pub routes: Vec<ModelRoute>,
     /// Where counters live.
     pub store: StoreConfig,
+    /// The admin API, if it is to be served.
+    pub admin: Option<AdminConfig>,
+    /// The data file (relative to the policy file's folder unless absolute).
+    pub data_path: Option<std::path::PathBuf>,
+    /// How often counters are saved to the data file.
+    pub save_every: Duration,
+}
+
+/// `[admin]`, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// The environment variable holding its bearer token.
+    pub token_env: String,
 }
 
 impl Default for GatewayConfig {
@@ -188,6 +203,9 @@ impl Default for GatewayConfig {
             upstreams: Vec::new(),
             routes: Vec::new(),
             store: StoreConfig::Memory,
+            admin: None,
+            data_path: None,
+            save_every: Duration::from_secs(5),
         }
     }
 }
@@ -333,6 +351,50 @@ fn positive(v: &Spanned<i64>, field: &str, problems: &mut Problems) -> Option<u6
 /// Validates the gateway sections of a file.
 pub(crate) fn gateway(raw: &RawFile, problems: &mut Problems) -> GatewayConfig {
     let mut g = GatewayConfig { store: store(raw, problems), ..GatewayConfig::default() };
+    if let Some(a) = &raw.admin {
+        let a = a.get_ref();
+        let listen = match &a.listen {
+            Some(l) => {
+                match l.get_ref().parse::<SocketAddr>() {
+                    Ok(addr) => Some(addr),
+                    Err(_) => {
+                        problems.push((Some(l.span()), "admin.listen".into(), format!("`{}` is not a socket address; write host:port, e.g. `127.0.0.1:8090`", l.get_ref())));
+                        None
+                    }
+                }
+            }
+            None => "127.0.0.1:8090".parse().ok(),
+        };
+        let token_env = a
+            .token_env
+            .as_ref()
+            .map_or_else(|| "SLUICE_ADMIN_TOKEN".to_owned(), |t| t.get_ref().clone());
+        if token_env.is_empty() || !token_env.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            problems.push((
+                a.token_env.as_ref().map(Spanned::span),
+                "admin.token_env".into(),
+                format!("`{token_env}` is not an environment variable name"),
+            ));
+        }
+        if let Some(listen) = listen {
+            g.admin = Some(AdminConfig { listen, token_env });
+        }
+    }
+    if let Some(d) = &raw.data {
+        let d = d.get_ref();
+        if let Some(p) = &d.path {
+            if p.get_ref().trim().is_empty() {
+                problems.push((Some(p.span()), "data.path".into(), "give a file name".into()));
+            }
+            g.data_path = Some(std::path::PathBuf::from(p.get_ref()));
+        }
+        if let Some(e) = &d.save_every
+            && let Some(every) = duration(e, "data.save_every", problems)
+        {
+            g.save_every = every;
+        }
+    }
     if let Some(s) = &raw.server {
         let s = s.get_ref();
         if let Some(l) = &s.listen {

@@ -21,6 +21,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod decisions;
 mod error;
 pub mod gateway;
 pub mod raw;
@@ -53,6 +54,8 @@ pub struct Config {
     pub tenants: Vec<TenantEntry>,
     /// The gateway's settings (`[server]`, `[tokens]`, `[upstreams]`).
     pub gateway: gateway::GatewayConfig,
+    /// The decision service (`[decisions]`), when the file has one.
+    pub decisions: Option<decisions::DecisionsConfig>,
 }
 
 /// A tenant from the file, with its keys.

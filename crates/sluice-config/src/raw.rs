@@ -43,6 +43,32 @@ pub struct RawFile {
     pub upstreams: IndexMap<String, Spanned<RawUpstream>>,
     /// `[store]`: where counters live.
     pub store: Option<Spanned<RawStore>>,
+    /// `[decisions]`: the decision service (Envoy RLS v3, JSON check/settle).
+    pub decisions: Option<Spanned<crate::decisions::RawDecisions>>,
+    /// `[admin]`: the admin API.
+    pub admin: Option<Spanned<RawAdmin>>,
+    /// `[data]`: the embedded data file.
+    pub data: Option<Spanned<RawData>>,
+}
+
+/// `[admin]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// `host:port` of the admin API.
+    pub listen: Option<Spanned<String>>,
+    /// The environment variable holding the admin API's bearer token.
+    pub token_env: Option<Spanned<String>>,
+}
+
+/// `[data]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawData {
+    /// The data file (tenants, keys, saved counters).
+    pub path: Option<Spanned<String>>,
+    /// How often counters are saved (`5s`).
+    pub save_every: Option<Spanned<String>>,
 }
 
 /// `[store]`

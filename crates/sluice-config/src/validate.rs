@@ -323,6 +323,7 @@ impl<'a> Validator<'a> {
 
         let mut problems = Vec::new();
         let gateway = crate::gateway::gateway(raw, &mut problems);
+        let decisions = crate::decisions::decisions(raw, &names.endpoints, &mut problems);
         for (sp, field, message) in problems {
             self.err(sp, &field, message);
         }
@@ -369,6 +370,7 @@ impl<'a> Validator<'a> {
                 .collect(),
             tenants,
             gateway,
+            decisions,
         })
     }
 

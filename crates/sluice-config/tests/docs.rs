@@ -10,7 +10,14 @@ fn every_toml_block_in_the_config_reference_loads() {
 
 #[test]
 fn every_toml_block_in_the_other_docs_loads() {
-    for doc in ["HEADERS.md", "ARCHITECTURE.md", "TESTING.md", "BENCHMARKS.md", "DEPLOYMENT.md"] {
+    for doc in [
+        "HEADERS.md",
+        "ARCHITECTURE.md",
+        "TESTING.md",
+        "BENCHMARKS.md",
+        "DEPLOYMENT.md",
+        "ADMIN.md",
+    ] {
         check(doc);
     }
 }

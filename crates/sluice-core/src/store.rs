@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use crate::plan::{Decision, Plan, ReservationId, Settlement, Usage};
+use crate::plan::{CounterKey, Decision, Plan, ReservationId, Settlement, Usage};
 
 /// Shared counters with all-or-nothing admission.
 ///
@@ -38,4 +38,13 @@ pub trait CounterStore: Send + Sync + 'static {
     /// concurrency is released, token charges stay as estimated. Does not
     /// wait; safe to call from `Drop`.
     fn release(&self, id: ReservationId);
+
+    /// Forgets one counter of the tenant whose hash is `tenant` (an
+    /// administrator's reset): the limit starts over. Whether there was
+    /// anything to forget.
+    fn reset(
+        &self,
+        tenant: u64,
+        key: CounterKey,
+    ) -> impl Future<Output = Result<bool, Self::Error>> + Send;
 }

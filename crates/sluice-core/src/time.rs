@@ -51,6 +51,24 @@ impl Instant {
         Self(self.0.saturating_add(duration_nanos(d)))
     }
 
+    /// Parses an RFC 3339 timestamp (`2026-12-31T23:59:59Z`), or a date
+    /// (`2026-12-31`, meaning the end of that day, UTC).
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        if let Ok(ts) = text.parse::<jiff::Timestamp>() {
+            return u64::try_from(ts.as_nanosecond()).ok().map(Self);
+        }
+        let date: jiff::civil::Date = text.parse().ok()?;
+        let ts = date.tomorrow().ok()?.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp();
+        u64::try_from(ts.as_nanosecond()).ok().map(Self)
+    }
+
+    /// As RFC 3339 (`2026-12-31T23:59:59Z`), to the second.
+    pub fn rfc3339(self) -> String {
+        jiff::Timestamp::from_second(i64::try_from(self.as_secs()).unwrap_or(i64::MAX))
+            .map_or_else(|_| self.as_secs().to_string(), |t| t.to_string())
+    }
+
     /// The time from `earlier` to `self`, zero if `earlier` is later.
     pub fn since(self, earlier: Instant) -> Duration {
         Duration::from_nanos(self.0.saturating_sub(earlier.0))

@@ -50,7 +50,7 @@ pub fn parse_hash(text: &str) -> Option<KeyHash> {
 }
 
 /// Compares two hashes without an early exit.
-fn same(a: &KeyHash, b: &KeyHash) -> bool {
+pub fn same(a: &KeyHash, b: &KeyHash) -> bool {
     let mut diff = 0u8;
     for (x, y) in a.iter().zip(b) {
         diff |= x ^ y;
@@ -107,6 +107,11 @@ impl<T> KeyTable<T> {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Every key and what it leads to.
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.by_prefix.values().flatten().map(|(_, v)| v)
     }
 
     /// Looks a presented secret up.

@@ -18,7 +18,7 @@ use sluice_llm::{RewriteOptions, expected_output, force_include_usage};
 
 use crate::auth::AuthError;
 use crate::body::{Metered, ResponseBody, Settler, Tap, full};
-use crate::runtime::{Endpoint, Route, Runtime};
+use crate::runtime::{Endpoint, KeyEntry, Route, Runtime};
 use crate::server::Gateway;
 use crate::upstream::SendError;
 
@@ -76,13 +76,13 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody> {
 
 /// Serves `GET /v1/models`: the models this tenant's tier may use.
 pub(crate) fn models<S: CounterStore>(
-    _gw: &Gateway<S>,
+    gw: &Gateway<S>,
     rt: &Runtime,
     headers: &HeaderMap,
 ) -> Response<ResponseBody> {
-    let tenant = match rt.keys.authenticate(headers) {
+    let tenant = match authenticate(rt, headers, gw.clock.now()) {
         Ok(k) => &rt.tenants[k.tenant],
-        Err(e) => return error_response(&auth_error(e)),
+        Err(e) => return error_response(&e),
     };
     let tier = tenant.facts.tier();
     let data: Vec<serde_json::Value> = rt
@@ -107,6 +107,19 @@ fn auth_error(e: AuthError) -> ApiError {
         AuthError::Missing => ApiError::missing_api_key(),
         AuthError::Unknown => ApiError::invalid_api_key(),
     }
+}
+
+/// The key of a request, if it is known and has not expired.
+pub(crate) fn authenticate<'r>(
+    rt: &'r Runtime,
+    headers: &HeaderMap,
+    now: sluice_core::Instant,
+) -> Result<&'r KeyEntry, ApiError> {
+    let key = rt.keys.authenticate(headers).map_err(auth_error)?;
+    if key.expires.is_some_and(|e| now >= e) {
+        return Err(ApiError::invalid_api_key());
+    }
+    Ok(key)
 }
 
 /// Reads a request body, refusing more than `limit` bytes.
@@ -135,9 +148,9 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
         return r;
     }
     // Who: 401 before anything is read or counted.
-    let key = match rt.keys.authenticate(req.headers()) {
+    let key = match authenticate(&rt, req.headers(), gw.clock.now()) {
         Ok(k) => k,
-        Err(e) => return error_response(&auth_error(e)),
+        Err(e) => return error_response(&e),
     };
     let tenant = &rt.tenants[key.tenant];
     let (parts, body) = req.into_parts();

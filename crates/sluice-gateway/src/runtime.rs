@@ -8,8 +8,11 @@ use std::sync::Arc;
 
 use sluice_config::Config;
 use sluice_config::gateway::{GatewayConfig, TokenEncoding, UpstreamTarget};
-use sluice_core::{EndpointId, KeyFacts, ModelId, Policy, TenantFacts};
+use sluice_core::{
+    EndpointId, Instant, KeyFacts, KeySpec, ModelId, OverrideSpec, Policy, TenantFacts, TenantSpec,
+};
 use sluice_llm::{Encoding, EndpointKind};
+use sluice_store::{TenantRecord, TenantSnapshot};
 
 use crate::auth::{KeyTable, parse_hash};
 use crate::upstream::{UpstreamClient, UpstreamError};
@@ -24,10 +27,14 @@ pub struct Tenant {
 /// What a key leads to.
 #[derive(Debug)]
 pub struct KeyEntry {
+    /// The key's id (never its secret).
+    pub id: String,
     /// Index into [`Runtime::tenants`].
     pub tenant: usize,
     /// The key's facts.
     pub facts: KeyFacts,
+    /// When it stops working.
+    pub expires: Option<Instant>,
 }
 
 /// An endpoint the gateway serves.
@@ -95,6 +102,8 @@ pub struct Runtime {
     pub settings: GatewayConfig,
     /// Tenants.
     pub tenants: Vec<Tenant>,
+    /// Tenant id -> index into `tenants`.
+    pub tenant_index: HashMap<String, usize>,
     /// Keys.
     pub keys: KeyTable<KeyEntry>,
     /// Endpoints by request path.
@@ -108,16 +117,52 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Builds a runtime. `mock_url` gives the base URL of a mock upstream
-    /// the caller started for a `mock = true` upstream (by name).
+    /// Builds a runtime from a policy file and the tenants of the tenant
+    /// store. `mock_url` gives the base URL of a mock upstream the caller
+    /// started for a `mock = true` upstream (by name). Stored tenants or keys
+    /// that do not fit the policy are left out and reported in the second
+    /// value (a stale tenant must not stop a reload); the file's own must fit.
     pub fn build(
         config: &Config,
+        stored: &TenantSnapshot,
         mock_url: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Self, RuntimeError> {
+    ) -> Result<(Self, Vec<String>), RuntimeError> {
+        let settings = config.gateway.clone();
+        let mut upstreams = Vec::new();
+        for u in &settings.upstreams {
+            let base = match &u.target {
+                UpstreamTarget::Url(url) => url.clone(),
+                UpstreamTarget::Mock => {
+                    mock_url(&u.name).ok_or_else(|| RuntimeError::NoMock(u.name.clone()))?
+                }
+            };
+            upstreams.push(Arc::new(UpstreamClient::new(u, &base)?));
+        }
+        Self::assemble(config, stored, upstreams)
+    }
+
+    /// The same runtime with the tenant store's tenants read again (the
+    /// upstream clients and their pooled connections are kept).
+    pub fn with_tenants(
+        &self,
+        config: &Config,
+        stored: &TenantSnapshot,
+    ) -> Result<(Self, Vec<String>), RuntimeError> {
+        Self::assemble(config, stored, self.upstreams.clone())
+    }
+
+    fn assemble(
+        config: &Config,
+        stored: &TenantSnapshot,
+        upstreams: Vec<Arc<UpstreamClient>>,
+    ) -> Result<(Self, Vec<String>), RuntimeError> {
         let policy = config.policy.clone();
+        let mut warnings = Vec::new();
         let mut tenants = Vec::new();
         let mut keys = KeyTable::default();
-        for t in &config.tenants {
+        let mut index_of: HashMap<String, usize> = HashMap::new();
+        // Tenants of the tenant store replace file tenants of the same id.
+        for t in config.tenants.iter().filter(|t| !stored.tenants.contains_key(&t.spec.id)) {
             let facts = policy
                 .tenant(&t.spec)
                 .map_err(|source| RuntimeError::Tenant { tenant: t.spec.id.clone(), source })?;
@@ -131,7 +176,10 @@ impl Runtime {
                     key: k.spec.id.clone(),
                     problem: "the hash is not sha256:<64 hex digits>",
                 })?;
-                if !keys.insert(hash, KeyEntry { tenant: index, facts: kf }) {
+                if !keys.insert(
+                    hash,
+                    KeyEntry { id: k.spec.id.clone(), tenant: index, facts: kf, expires: None },
+                ) {
                     return Err(RuntimeError::Key {
                         tenant: t.spec.id.clone(),
                         key: k.spec.id.clone(),
@@ -139,7 +187,42 @@ impl Runtime {
                     });
                 }
             }
+            index_of.insert(t.spec.id.clone(), index);
             tenants.push(Tenant { facts });
+        }
+        for (id, record) in &stored.tenants {
+            match policy.tenant(&tenant_spec(record)) {
+                Ok(facts) => {
+                    index_of.insert(id.clone(), tenants.len());
+                    tenants.push(Tenant { facts });
+                }
+                Err(e) => warnings.push(format!("tenant `{id}` is not served: {e}")),
+            }
+        }
+        for (id, record) in &stored.keys {
+            if record.revoked_at.is_some() {
+                continue;
+            }
+            let Some(&tenant) = index_of.get(&record.tenant) else {
+                warnings.push(format!(
+                    "key `{id}` belongs to tenant `{}`, which is not served",
+                    record.tenant
+                ));
+                continue;
+            };
+            let spec = KeySpec {
+                id: record.id.clone(),
+                labels: record.labels.clone(),
+                exempt: record.exempt.clone(),
+            };
+            let (Ok(facts), Some(hash)) = (policy.key(&spec), parse_hash(&record.hash)) else {
+                warnings.push(format!("key `{id}` does not fit the policy"));
+                continue;
+            };
+            let expires = record.expires_at.as_deref().and_then(Instant::parse);
+            if !keys.insert(hash, KeyEntry { id: record.id.clone(), tenant, facts, expires }) {
+                warnings.push(format!("key `{id}`: its secret is already another key's"));
+            }
         }
 
         let mut endpoints = HashMap::new();
@@ -152,17 +235,6 @@ impl Runtime {
         }
 
         let settings = config.gateway.clone();
-        let mut upstreams = Vec::new();
-        for u in &settings.upstreams {
-            let base = match &u.target {
-                UpstreamTarget::Url(url) => url.clone(),
-                UpstreamTarget::Mock => {
-                    mock_url(&u.name).ok_or_else(|| RuntimeError::NoMock(u.name.clone()))?
-                }
-            };
-            upstreams.push(Arc::new(UpstreamClient::new(u, &base)?));
-        }
-
         let mut routes = HashMap::new();
         for r in &settings.routes {
             let Some(model) = policy.model(&r.model) else { continue };
@@ -180,15 +252,44 @@ impl Runtime {
                 Route { upstream, upstream_model: r.upstream_model.clone(), encoding },
             );
         }
-        Ok(Self {
+        let runtime = Self {
             policy,
             settings,
             tenants,
+            tenant_index: index_of,
             keys,
             endpoints,
             routes,
             upstreams,
             owners: config.developers.iter().cloned().collect(),
-        })
+        };
+        Ok((runtime, warnings))
+    }
+
+    /// A tenant by id.
+    pub fn tenant(&self, id: &str) -> Option<&Tenant> {
+        self.tenant_index.get(id).and_then(|&i| self.tenants.get(i))
+    }
+}
+
+/// A stored tenant as the engine reads it.
+pub fn tenant_spec(r: &TenantRecord) -> TenantSpec {
+    TenantSpec {
+        id: r.id.clone(),
+        tier: r.tier.clone(),
+        environment: r.environment.clone(),
+        groups: r.groups.clone(),
+        labels: r.labels.clone(),
+        time_zone: r.time_zone.clone(),
+        overrides: r
+            .overrides
+            .iter()
+            .map(|(limit, o)| OverrideSpec {
+                limit: limit.clone(),
+                amount: o.amount,
+                until: o.until.as_deref().and_then(Instant::parse),
+            })
+            .collect(),
+        exempt: r.exempt.clone(),
     }
 }

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use sluice_core::{
-    Clock, CounterStore, Decision, Outcome, Plan, ReservationId, Rule, Settlement, SystemClock,
-    Usage,
+    Clock, CounterKey, CounterStore, Decision, Outcome, Plan, ReservationId, Rule, Settlement,
+    SystemClock, Usage,
 };
 use smallvec::SmallVec;
 
@@ -281,6 +281,16 @@ impl<S: CounterStore + Clone> CounterStore for Guarded<S> {
             self.inner.store.release(id);
         } else {
             self.inner.local.release_now(id);
+        }
+    }
+
+    async fn reset(&self, tenant: u64, key: CounterKey) -> Result<bool, Unavailable> {
+        let local = self.inner.local.reset(key);
+        let call = self.inner.store.reset(tenant, key);
+        match tokio::time::timeout(self.inner.options.timeout, call).await {
+            Ok(Ok(shared)) => Ok(shared || local),
+            Ok(Err(e)) => Err(Unavailable(e.to_string())),
+            Err(_) => Err(Unavailable("reset timed out".into())),
         }
     }
 }

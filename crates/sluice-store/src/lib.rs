@@ -5,7 +5,12 @@
 pub mod guarded;
 pub mod memory;
 pub mod redis;
+pub mod tenants;
 
 pub use guarded::{GuardOptions, Guarded, OnFailure, Unavailable};
 pub use memory::{MemoryStats, MemoryStore};
 pub use redis::{RedisStore, RedisStoreError, TimeSource, Topology};
+pub use tenants::{
+    FileTenants, KeyRecord, OverrideRecord, RedisTenants, TenantRecord, TenantSnapshot,
+    TenantStore, TenantStoreError,
+};

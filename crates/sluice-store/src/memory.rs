@@ -445,4 +445,12 @@ impl CounterStore for MemoryStore {
     fn release(&self, id: ReservationId) {
         self.release_now(id);
     }
+
+    fn reset(
+        &self,
+        _tenant: u64,
+        key: CounterKey,
+    ) -> impl Future<Output = Result<bool, Infallible>> + Send {
+        ready(Ok(MemoryStore::reset(self, key)))
+    }
 }

@@ -1,6 +1,7 @@
 //! The `sluice` binary: argument parsing and wiring, nothing more.
 #![forbid(unsafe_code)]
 
+mod admin_cli;
 mod cli;
 mod serve;
 
@@ -30,6 +31,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             serve::mock_upstream(listen, latency_ms, chunk_delay_ms, tokens)
         }
         Command::Keys { command: KeysCommand::Generate { plain } } => keys_generate(plain),
+        Command::Tenants { admin, command } => admin_cli::tenants(&admin, command),
+        Command::Usage { admin, tenant, reset, limit } => {
+            admin_cli::usage(&admin, &tenant, reset, limit.as_deref())
+        }
+        Command::Policy { admin, command } => admin_cli::policy(&admin, &command),
         Command::Keys { command: KeysCommand::Hash } => {
             let mut secret = String::new();
             std::io::stdin().read_to_string(&mut secret)?;
@@ -38,6 +44,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             writeln!(std::io::stdout(), "{}", sluice_gateway::auth::hash_text(secret))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Keys { command } => admin_cli::keys(command),
     }
 }
 

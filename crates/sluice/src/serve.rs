@@ -1,22 +1,29 @@
-//! `sluice serve`: load the policy, start the store (and any mock
-//! upstream), and serve until SIGINT or SIGTERM.
+//! `sluice serve`: load the policy, open the tenant store and the counter
+//! store (and start any mock upstream), serve the gateway and the admin API,
+//! reload on SIGHUP, and stop cleanly on SIGINT or SIGTERM.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use sluice_admin::{AdminState, Control, MockUrls};
+use sluice_config::Config;
 use sluice_config::gateway::{RedisTopology, StoreConfig, StoreFailure, UpstreamTarget};
 use sluice_core::{CounterStore, SystemClock};
 use sluice_gateway::{Gateway, Runtime};
 use sluice_store::{
-    GuardOptions, Guarded, MemoryStore, OnFailure, RedisStore, TimeSource, Topology,
+    FileTenants, GuardOptions, Guarded, MemoryStore, OnFailure, RedisStore, RedisTenants,
+    TenantStore, TimeSource, Topology,
 };
+use tokio::sync::watch;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// How often each instance checks whether tenants changed.
+const TENANT_WATCH: Duration = Duration::from_millis(250);
 
 pub fn run(config_path: &Path, listen: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
@@ -36,13 +43,42 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>) -> anyhow::Result<Exi
         }
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(serve(config, listen))?;
+    rt.block_on(serve(config_path.to_path_buf(), config, listen))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(config: sluice_config::Config, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+/// The data file: `[data] path`, relative to the policy file's folder, or
+/// `sluice.redb` beside the policy file.
+fn data_path(config_path: &Path, config: &Config) -> PathBuf {
+    let dir = config_path.parent().unwrap_or(Path::new("."));
+    match &config.gateway.data_path {
+        Some(p) if p.is_absolute() => p.clone(),
+        Some(p) => dir.join(p),
+        None => dir.join("sluice.redb"),
+    }
+}
+
+fn topology(r: &RedisTopology) -> Topology {
+    match r {
+        RedisTopology::Standalone(url) => Topology::Standalone(url.clone()),
+        RedisTopology::Cluster(nodes) => Topology::Cluster(nodes.clone()),
+        RedisTopology::Sentinel { sentinels, master } => {
+            Topology::Sentinel { sentinels: sentinels.clone(), master: master.clone() }
+        }
+    }
+}
+
+async fn serve(
+    config_path: PathBuf,
+    config: Config,
+    listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !config.gateway.upstreams.is_empty(),
+        "the policy has no [upstreams]: say where requests go (see docs/CONFIG.md)"
+    );
     let mut mocks = Vec::new();
-    let mut mock_urls = HashMap::new();
+    let mut urls = HashMap::new();
     for u in &config.gateway.upstreams {
         if u.target == UpstreamTarget::Mock {
             let models = config.policy.models().map(|(_, m)| m.name.to_string()).collect();
@@ -50,33 +86,36 @@ async fn serve(config: sluice_config::Config, listen: Option<SocketAddr>) -> any
                 .await
                 .context("starting the mock upstream")?;
             tracing::info!(upstream = %u.name, addr = %mock.addr, "built-in mock upstream started");
-            mock_urls.insert(u.name.clone(), format!("http://{}/v1", mock.addr));
+            urls.insert(u.name.clone(), format!("http://{}/v1", mock.addr));
             mocks.push(mock);
         }
     }
-    anyhow::ensure!(
-        !config.gateway.upstreams.is_empty(),
-        "the policy has no [upstreams]: say where requests go (see docs/CONFIG.md)"
-    );
-    let runtime = Runtime::build(&config, &|name| mock_urls.get(name).cloned())?;
-    match &config.gateway.store {
+    let mock_urls: MockUrls = Arc::new(move |name: &str| urls.get(name).cloned());
+    match config.gateway.store.clone() {
         StoreConfig::Memory => {
+            let path = data_path(&config_path, &config);
+            let file = FileTenants::open(&path)
+                .with_context(|| format!("opening the data file {}", path.display()))?;
+            tracing::info!(data = %path.display(), "tenants and saved counters in the data file");
             let store = MemoryStore::new(SystemClock);
+            let saved = file.load_counters()?;
+            let restored = saved.len();
+            store.restore(saved);
+            tracing::info!(counters = restored, "counters restored from the data file");
+            let persist = Persist { file: file.clone(), store: store.clone() };
             let sweep = store.clone();
-            run_gateway(&config, listen, runtime, store, move || sweep.sweep()).await?;
+            let parts = Parts { config_path, config, listen, mock_urls };
+            run_gateway(parts, store, file, move || sweep.sweep(), Some(persist)).await?;
         }
         StoreConfig::Redis(r) => {
-            let topology = match &r.topology {
-                RedisTopology::Standalone(url) => Topology::Standalone(url.clone()),
-                RedisTopology::Cluster(nodes) => Topology::Cluster(nodes.clone()),
-                RedisTopology::Sentinel { sentinels, master } => {
-                    Topology::Sentinel { sentinels: sentinels.clone(), master: master.clone() }
-                }
-            };
+            let topology = topology(&r.topology);
             let redis = RedisStore::connect_in(&topology, TimeSource::Server, &r.namespace)
                 .await
                 .with_context(|| format!("connecting to redis ({topology:?})"))?;
-            tracing::info!(?topology, namespace = %r.namespace, "counters in redis");
+            let tenants = RedisTenants::connect(&topology, &r.namespace)
+                .await
+                .context("reading tenants from redis")?;
+            tracing::info!(?topology, namespace = %r.namespace, "counters and tenants in redis");
             let store = Guarded::new(
                 redis,
                 GuardOptions {
@@ -91,7 +130,8 @@ async fn serve(config: sluice_config::Config, listen: Option<SocketAddr>) -> any
                 },
             );
             let sweep = store.clone();
-            run_gateway(&config, listen, runtime, store, move || sweep.local().sweep()).await?;
+            let parts = Parts { config_path, config, listen, mock_urls };
+            run_gateway(parts, store, tenants, move || sweep.local().sweep(), None).await?;
         }
     }
     drop(mocks);
@@ -99,14 +139,72 @@ async fn serve(config: sluice_config::Config, listen: Option<SocketAddr>) -> any
     Ok(())
 }
 
-async fn run_gateway<S: CounterStore + Clone + Unpin>(
-    config: &sluice_config::Config,
+/// What every store variant serves with.
+struct Parts {
+    config_path: PathBuf,
+    config: Config,
     listen: Option<SocketAddr>,
-    runtime: Runtime,
+    mock_urls: MockUrls,
+}
+
+/// Saving the memory store's counters to the data file, behind admission.
+#[derive(Clone)]
+struct Persist {
+    file: FileTenants,
+    store: MemoryStore,
+}
+
+impl Persist {
+    async fn save(&self) {
+        let this = self.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let counters = this.store.snapshot();
+            this.file.save_counters(&counters).map(|()| counters.len())
+        })
+        .await;
+        match result {
+            Ok(Ok(n)) => tracing::debug!(counters = n, "counters saved"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "saving counters failed"),
+            Err(e) => tracing::warn!(error = %e, "saving counters failed"),
+        }
+    }
+}
+
+async fn run_gateway<S, T>(
+    parts: Parts,
     store: S,
+    tenants: T,
     sweep: impl Fn() + Send + 'static,
-) -> anyhow::Result<()> {
+    persist: Option<Persist>,
+) -> anyhow::Result<()>
+where
+    S: CounterStore + Clone + Unpin,
+    T: TenantStore + Clone,
+{
+    let Parts { config_path, config, listen, mock_urls } = parts;
+    let snapshot = tenants.snapshot().await.context("reading tenants")?;
+    let (runtime, warnings) = Runtime::build(&config, &snapshot, &*mock_urls)?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
     let gateway = Gateway::new(runtime, store, Arc::new(SystemClock));
+    let control = Control::new(
+        config_path,
+        config.clone(),
+        gateway.clone(),
+        tenants,
+        mock_urls,
+        snapshot.version,
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
     let addr = match listen.or(config.gateway.listen) {
         Some(a) => a,
         None => DEFAULT_LISTEN.parse()?,
@@ -115,10 +213,51 @@ async fn run_gateway<S: CounterStore + Clone + Unpin>(
         .await
         .with_context(|| format!("listening on {addr}"))?;
     let local = listener.local_addr()?;
-    // Tests and scripts read this line to find the port.
+    // Tests and scripts read these lines to find the ports.
     println!("sluice listening on http://{local}");
     tracing::info!(%local, policy = config.policy.name(), "serving");
 
+    let mut tasks = Vec::new();
+    if let Some(admin) = &config.gateway.admin {
+        let token = std::env::var(&admin.token_env).map_err(|_| {
+            anyhow::anyhow!(
+                "the admin API needs a token: set the environment variable `{}` (or remove [admin])",
+                admin.token_env
+            )
+        })?;
+        anyhow::ensure!(
+            token.len() >= 16,
+            "the admin token in `{}` is too short (16 characters at least)",
+            admin.token_env
+        );
+        let admin_listener = tokio::net::TcpListener::bind(admin.listen)
+            .await
+            .with_context(|| format!("admin API listening on {}", admin.listen))?;
+        println!("sluice admin on http://{}", admin_listener.local_addr()?);
+        let state = AdminState::new(control.clone(), &token);
+        tasks.push(tokio::spawn(sluice_admin::serve(admin_listener, state, stopped())));
+    }
+
+    // --- decision service (sluice-rls): Envoy RLS v3 and JSON check/settle ---
+    let decisions = match &config.decisions {
+        Some(d) => {
+            let running = sluice_rls::start(gateway.clone(), d)
+                .await
+                .context("starting the decision service ([decisions])")?;
+            if let Some(a) = running.grpc {
+                println!("sluice decisions grpc on {a}");
+            }
+            if let Some(a) = running.http {
+                println!("sluice decisions http on http://{a}");
+            }
+            Some(running)
+        }
+        None => None,
+    };
+    // --- end of decision service ---
+
+    let watcher = tokio::spawn(control.clone().watch_tenants(TENANT_WATCH));
+    let reloader = tokio::spawn(reload_on_sighup(control.clone()));
     let sweeper = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));
         loop {
@@ -126,10 +265,63 @@ async fn run_gateway<S: CounterStore + Clone + Unpin>(
             sweep();
         }
     });
+    let saver = persist.clone().map(|p| {
+        let every = config.gateway.save_every;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                p.save().await;
+            }
+        })
+    });
+
     sluice_gateway::serve(listener, gateway, shutdown_signal(), config.gateway.shutdown_grace)
         .await?;
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    if let Some(d) = decisions {
+        d.stop().await;
+    }
+    watcher.abort();
+    reloader.abort();
     sweeper.abort();
+    if let Some(s) = saver {
+        s.abort();
+    }
+    // A clean shutdown loses no count: the requests have been settled.
+    if let Some(p) = persist {
+        p.save().await;
+        tracing::info!("counters saved to the data file");
+    }
     Ok(())
+}
+
+async fn reload_on_sighup<S, T>(control: Arc<Control<S, T>>)
+where
+    S: CounterStore + Clone + Unpin,
+    T: TenantStore + Clone,
+{
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match control.reload_policy().await {
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!("policy reload refused; the old policy keeps running:\n{e}");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = control;
 }
 
 /// `sluice mock-upstream`.

@@ -262,3 +262,83 @@ async fn redis_down_fail_local_counts_in_memory_then_recovers() {
     assert!(slowest < Duration::from_secs(1), "{slowest:?}");
     assert_eq!(after, [200, 200, 200, 200, 200, 429, 429], "{after:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_in_redis_a_revoked_key_stops_on_every_instance_within_a_second() {
+    let redis = RedisServer::start();
+    let mock = mock().await;
+    let token = "admin-token-for-tests-0123456789";
+    let text = format!(
+        "{}{}\n[store]\nkind = \"redis\"\nurl = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        example("llama-api.toml"),
+        upstream_section(&mock),
+        redis.url()
+    );
+    let env = [("UPSTREAM_KEY", "k"), ("SLUICE_ADMIN_TOKEN", token)];
+    let mut a = Sluice::start(&text, &env);
+    let b = Sluice::start(&text, &env);
+    let admin = a.line("sluice admin on ").unwrap();
+    let http = client();
+    let r = http
+        .post(format!("{admin}/admin/v1/tenants"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"id": "team"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: serde_json::Value = http
+        .post(format!("{admin}/admin/v1/tenants/team/keys"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"id": "k1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = v["secret"].as_str().unwrap().to_owned();
+    let on_b = |s: String| {
+        let (http, url) = (client(), format!("{}/v1/chat/completions", b.url));
+        async move {
+            post(&http, &url, Some(&s), &chat("Llama-3.3-70B-Instruct", 5), &[])
+                .await
+                .status()
+                .as_u16()
+        }
+    };
+    // Created through instance A, usable on instance B within a second.
+    let started = std::time::Instant::now();
+    while on_b(secret.clone()).await != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "B did not see the new key within a second"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = http
+        .delete(format!("{admin}/admin/v1/tenants/team/keys/k1"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let started = std::time::Instant::now();
+    while on_b(secret.clone()).await != 401 {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "B still accepts a revoked key after a second"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The counters were shared meanwhile: A sees B's requests.
+    let r = post(
+        &http,
+        &format!("{}/v1/chat/completions", a.url),
+        Some(&secret),
+        &chat("Llama-3.3-70B-Instruct", 5),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 401, "revoked on A too");
+}

@@ -29,8 +29,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelServerType};
 use redis::{RedisError, Script};
 use sluice_core::{
-    Clock, CounterStore, Decision, Instant, LimitStatus, Metric, Outcome, Plan, ReservationId,
-    Rule, Settlement, Usage, Verdict,
+    Clock, CounterKey, CounterStore, Decision, Instant, LimitStatus, Metric, Outcome, Plan,
+    ReservationId, Rule, Settlement, Usage, Verdict,
 };
 use smallvec::SmallVec;
 
@@ -38,6 +38,10 @@ use smallvec::SmallVec;
 pub const ADMIT_LUA: &str = include_str!("admit.lua");
 /// The settlement script (see its header for KEYS and ARGV).
 pub const SETTLE_LUA: &str = include_str!("settle.lua");
+/// Forgets one counter. KEYS[1] the group hash, KEYS[2] the concurrency
+/// set; ARGV[1] the counter's field. Returns how many things were removed.
+pub const RESET_LUA: &str =
+    "return redis.call('HDEL', KEYS[1], ARGV[1]) + redis.call('DEL', KEYS[2])";
 
 /// Where the Redis servers are.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -447,6 +451,19 @@ impl CounterStore for RedisStore {
 
     fn release(&self, id: ReservationId) {
         self.detached(id, Usage::REFUND, true);
+    }
+
+    async fn reset(&self, tenant: u64, key: CounterKey) -> Result<bool, RedisStoreError> {
+        let tag = format!("{}:{{{tenant:016x}}}", self.inner.namespace);
+        let group = format!("{:016x}{:016x}", key.group.hi, key.group.lo);
+        let field = format!("{:016x}", key.counter);
+        let script = Script::new(RESET_LUA);
+        let mut inv = script.prepare_invoke();
+        inv.key(format!("{tag}:g:{group}")).key(format!("{tag}:n:{group}{field}")).arg(&field);
+        let reply = self.run(&inv).await?;
+        let n: i64 =
+            redis::from_redis_value(reply).map_err(|e| RedisStoreError::Reply(e.to_string()))?;
+        Ok(n > 0)
     }
 }
 

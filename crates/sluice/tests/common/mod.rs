@@ -41,6 +41,10 @@ pub struct Sluice {
     pub url: String,
     pub dir: PathBuf,
     stderr: Option<std::thread::JoinHandle<String>>,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+    /// Keep the folder (policy, data file) when dropped.
+    pub keep_dir: bool,
 }
 
 impl Sluice {
@@ -49,6 +53,12 @@ impl Sluice {
     pub fn start(policy: &str, env: &[(&str, &str)]) -> Self {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("sluice-e2e-{}-{n}", std::process::id()));
+        Self::start_in(&dir, policy, env)
+    }
+
+    /// Starts `sluice serve` with its policy (and data file) in `dir`.
+    pub fn start_in(dir: &std::path::Path, policy: &str, env: &[(&str, &str)]) -> Self {
+        let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("policy.toml");
         std::fs::write(&path, policy).unwrap();
@@ -73,17 +83,56 @@ impl Sluice {
             }
             s
         });
-        let mut line = String::new();
-        let mut reader = BufReader::new(stdout);
-        reader.read_line(&mut line).unwrap();
-        let Some(url) = line.trim().strip_prefix("sluice listening on ") else {
-            let _ = child.kill();
-            let err = stderr.join().unwrap_or_default();
-            panic!("sluice did not start: stdout {line:?}, stderr:\n{err}");
+        // Stdout lines go through a channel, so that later lines (other
+        // listeners) can be waited for, and the pipe never fills.
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut s = Self {
+            child,
+            url: String::new(),
+            dir,
+            stderr: Some(stderr),
+            lines,
+            seen: Vec::new(),
+            keep_dir: false,
         };
-        // Keep draining stdout so the process never blocks on a full pipe.
-        std::thread::spawn(move || for _ in reader.lines() {});
-        Self { child, url: url.to_owned(), dir, stderr: Some(stderr) }
+        match s.line("sluice listening on ") {
+            Some(url) => s.url = url,
+            None => {
+                let _ = s.child.kill();
+                let err = s.stderr.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+                panic!("sluice did not start; stdout {:?}, stderr:\n{err}", s.seen);
+            }
+        }
+        s
+    }
+
+    /// The rest of the first stdout line that starts with `prefix` (waits up
+    /// to 10 s for it).
+    pub fn line(&mut self, prefix: &str) -> Option<String> {
+        if let Some(l) = self.seen.iter().find(|l| l.starts_with(prefix)) {
+            return Some(l[prefix.len()..].trim().to_owned());
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    let found = l.starts_with(prefix).then(|| l[prefix.len()..].trim().to_owned());
+                    self.seen.push(l);
+                    if found.is_some() {
+                        return found;
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+        None
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns its stderr.
@@ -103,7 +152,9 @@ impl Drop for Sluice {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

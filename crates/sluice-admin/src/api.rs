@@ -1,0 +1,746 @@
+//! The admin HTTP API: tenants, keys, tier changes, overrides, exemptions,
+//! groups, usage, counter resets and policy reloads, behind its own bearer
+//! token, on its own listener. Every write goes to the tenant store and is
+//! applied at once on this instance (the others see it within their watch
+//! interval). A secret key is returned once, when it is created, and never
+//! again: the store keeps its hash.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sluice_core::{
+    Clock, Cost, CounterKey, CounterStore, Instant, KeySpec, ModelRef, Plan, Request as Admission,
+    SystemClock, TenantSpec,
+};
+use sluice_gateway::auth::{bearer, hash_secret, hash_text, same};
+use sluice_gateway::runtime::tenant_spec;
+use sluice_store::{KeyRecord, OverrideRecord, TenantRecord, TenantStore};
+
+use crate::control::{Control, ReloadError};
+
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// What the handlers share.
+pub struct AdminState<S, T> {
+    /// The policy, tenants and gateway.
+    pub control: Arc<Control<S, T>>,
+    token: [u8; 32],
+}
+
+impl<S, T> AdminState<S, T> {
+    /// State for an API that requires `token` as its bearer token.
+    pub fn new(control: Arc<Control<S, T>>, token: &str) -> Arc<Self> {
+        Arc::new(Self { control, token: hash_secret(token) })
+    }
+}
+
+/// An error answer: status, a machine code, and a sentence.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    details: Option<Value>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), details: None }
+    }
+
+    fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    fn not_found(what: &str, id: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} `{id}` does not exist"))
+    }
+
+    fn store(e: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": { "message": self.message, "code": self.code } });
+        if let (Some(d), Some(obj)) = (self.details, body["error"].as_object_mut()) {
+            obj.insert("details".into(), d);
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn ok(status: StatusCode, v: Value) -> ApiResult {
+    Ok((status, Json(v)).into_response())
+}
+
+fn body<B>(b: Result<Json<B>, JsonRejection>) -> Result<B, ApiError> {
+    b.map(|Json(v)| v)
+        .map_err(|e| ApiError::bad(format!("the request body is not valid: {}", e.body_text())))
+}
+
+fn now_text() -> String {
+    SystemClock.now().rfc3339()
+}
+
+/// Tenant ids: letters, digits, `.`, `_`, `-`; 1 to 128 of them.
+fn valid_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad(format!(
+            "`{id}` is not a valid id: use 1 to 128 letters, digits, `.`, `_` or `-`"
+        )))
+    }
+}
+
+fn random_hex(bytes: usize) -> Result<String, ApiError> {
+    let mut b = vec![0u8; bytes];
+    getrandom::fill(&mut b).map_err(|e| ApiError::store(format!("no randomness: {e}")))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+async fn require_token<S, T>(
+    State(st): State<Arc<AdminState<S, T>>>,
+    req: Request,
+    next: Next,
+) -> Response
+where
+    S: Send + Sync + 'static,
+    T: Send + Sync + 'static,
+{
+    match bearer(req.headers()) {
+        Some(t) if same(&hash_secret(t), &st.token) => next.run(req).await,
+        _ => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the admin API needs `Authorization: Bearer <admin token>`",
+        )
+        .into_response(),
+    }
+}
+
+/// The router (mount under nothing: paths start with `/admin/v1`).
+pub fn router<S, T>(state: Arc<AdminState<S, T>>) -> Router
+where
+    S: CounterStore + Clone + Unpin,
+    T: TenantStore + Clone,
+{
+    let api = Router::new()
+        .route("/admin/v1/tenants", get(list_tenants::<S, T>).post(create_tenant::<S, T>))
+        .route(
+            "/admin/v1/tenants/{id}",
+            get(get_tenant::<S, T>).patch(patch_tenant::<S, T>).delete(delete_tenant::<S, T>),
+        )
+        .route(
+            "/admin/v1/tenants/{id}/overrides/{limit}",
+            put(put_override::<S, T>).delete(delete_override::<S, T>),
+        )
+        .route("/admin/v1/tenants/{id}/keys", get(list_keys::<S, T>).post(create_key::<S, T>))
+        .route("/admin/v1/tenants/{id}/keys/{key}", delete(revoke_key::<S, T>))
+        .route("/admin/v1/tenants/{id}/keys/{key}/rotate", post(rotate_key::<S, T>))
+        .route("/admin/v1/tenants/{id}/usage", get(usage::<S, T>))
+        .route("/admin/v1/tenants/{id}/usage/reset", post(reset_usage::<S, T>))
+        .route("/admin/v1/policy", get(get_policy::<S, T>))
+        .route("/admin/v1/policy/reload", post(reload_policy::<S, T>))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token::<S, T>))
+        .with_state(state);
+    Router::new().route("/admin/v1/openapi.json", get(openapi)).merge(api).fallback(|| async {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint").into_response()
+    })
+}
+
+async fn openapi() -> Response {
+    ([(http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+fn key_view(k: &KeyRecord) -> Value {
+    json!({
+        "id": k.id,
+        "tenant": k.tenant,
+        "labels": k.labels,
+        "exempt": k.exempt,
+        "expires_at": k.expires_at,
+        "revoked_at": k.revoked_at,
+        "created_at": k.created_at,
+    })
+}
+
+fn tenant_view(t: &TenantRecord, source: &str, keys: &[&KeyRecord]) -> Value {
+    let mut v = serde_json::to_value(t).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("source".into(), json!(source));
+        o.insert("keys".into(), Value::Array(keys.iter().map(|k| key_view(k)).collect()));
+    }
+    v
+}
+
+fn file_record(spec: &TenantSpec, name: Option<&String>) -> TenantRecord {
+    TenantRecord {
+        id: spec.id.clone(),
+        name: name.cloned(),
+        tier: spec.tier.clone(),
+        environment: spec.environment.clone(),
+        groups: spec.groups.clone(),
+        labels: spec.labels.clone(),
+        time_zone: spec.time_zone.clone(),
+        overrides: spec
+            .overrides
+            .iter()
+            .map(|o| {
+                (
+                    o.limit.clone(),
+                    OverrideRecord { amount: o.amount, until: o.until.map(Instant::rfc3339) },
+                )
+            })
+            .collect(),
+        exempt: spec.exempt.clone(),
+        ..TenantRecord::default()
+    }
+}
+
+impl<S: CounterStore + Clone + Unpin, T: TenantStore + Clone> AdminState<S, T> {
+    async fn stored(&self, id: &str) -> Result<(TenantRecord, Vec<KeyRecord>), ApiError> {
+        valid_id(id)?;
+        let snap = self.control.tenants.snapshot().await.map_err(ApiError::store)?;
+        if let Some(t) = snap.tenants.get(id) {
+            let keys = snap.keys.values().filter(|k| k.tenant == id).cloned().collect();
+            return Ok((t.clone(), keys));
+        }
+        if self.control.config().tenants.iter().any(|t| t.spec.id == id) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "defined_in_policy_file",
+                format!(
+                    "tenant `{id}` is written in the policy file: change it there (or remove it there and create it here)"
+                ),
+            ));
+        }
+        Err(ApiError::not_found("tenant", id))
+    }
+
+    /// Checks a tenant against the policy in force.
+    fn check(&self, t: &TenantRecord) -> Result<(), ApiError> {
+        self.control
+            .gateway
+            .runtime()
+            .policy
+            .tenant(&tenant_spec(t))
+            .map(|_| ())
+            .map_err(|e| ApiError::bad(e.to_string()))
+    }
+
+    async fn save(&self, t: &TenantRecord) -> Result<(), ApiError> {
+        self.control.tenants.put_tenant(t).await.map_err(ApiError::store)?;
+        self.control.refresh_tenants().await.map_err(ApiError::store)?;
+        Ok(())
+    }
+
+    async fn save_key(&self, k: &KeyRecord) -> Result<(), ApiError> {
+        self.control.tenants.put_key(k).await.map_err(ApiError::store)?;
+        self.control.refresh_tenants().await.map_err(ApiError::store)?;
+        Ok(())
+    }
+}
+
+async fn list_tenants<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
+    State(st): State<Arc<AdminState<S, T>>>,
+) -> ApiResult {
+    let snap = st.control.tenants.snapshot().await.map_err(ApiError::store)?;
+    let mut data = Vec::new();
+    let config = st.control.config();
+    for t in config.tenants.iter().filter(|t| !snap.tenants.contains_key(&t.spec.id)) {
+        data.push(tenant_view(&file_record(&t.spec, t.name.as_ref()), "policy_file", &[]));
+    }
+    for t in snap.tenants.values() {
+        let keys: Vec<&KeyRecord> = snap.keys.values().filter(|k| k.tenant == t.id).collect();
+        data.push(tenant_view(t, "store", &keys));
+    }
+    ok(StatusCode::OK, json!({ "data": data }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTenant {
+    id: String,
+    name: Option<String>,
+    tier: Option<String>,
+    environment: Option<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    time_zone: Option<String>,
+    #[serde(default)]
+    exempt: Vec<String>,
+}
+
+async fn create_tenant<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
+    State(st): State<Arc<AdminState<S, T>>>,
+    b: Result<Json<NewTenant>, JsonRejection>,
+) -> ApiResult {
+    let n = body(b)?;
+    valid_id(&n.id)?;
+    let snap = st.control.tenants.snapshot().await.map_err(ApiError::store)?;
+    let in_file = st.control.config().tenants.iter().any(|t| t.spec.id == n.id);
+    if snap.tenants.contains_key(&n.id) || in_file {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "exists",
+            format!("tenant `{}` already exists", n.id),
+        ));
+    }
+    let now = now_text();
+    let t = TenantRecord {
+        id: n.id,
+        name: n.name,
+        tier: n.tier,
+        environment: n.environment,
+        groups: n.groups,
+        labels: n.labels,
+        time_zone: n.time_zone,
+        overrides: BTreeMap::new(),
+        exempt: n.exempt,
+        created_at: now.clone(),
+        updated_at: now,
+    };
+    st.check(&t)?;
+    st.save(&t).await?;
+    ok(StatusCode::CREATED, tenant_view(&t, "store", &[]))
+}
+
+async fn get_tenant<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
+    State(st): State<Arc<AdminState<S, T>>>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    valid_id(&id)?;
+    let config = st.control.config();
+    let snap = st.control.tenants.snapshot().await.map_err(ApiError::store)?;
+    if let Some(t) = snap.tenants.get(&id) {
+        let keys: Vec<&KeyRecord> = snap.keys.values().filter(|k| k.tenant == id).collect();
+        return ok(StatusCode::OK, tenant_view(t, "store", &keys));
+    }
+    match config.tenants.iter().find(|t| t.spec.id == id) {
+        Some(t) => ok(
+            StatusCode::OK,
+            tenant_view(&file_record(&t.spec, t.name.as_ref()), "policy_file", &[]),
+        ),
+        None => Err(ApiError::not_found("tenant", &id)),
+    }
+}
+
+fn opt_string(v: &Value, field: &str) -> Result<Option<String>, ApiError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(s.clone())),
+        _ => Err(ApiError::bad(format!("`{field}` must be a string or null"))),
+    }
+}
+
+fn strings(v: &Value, field: &str) -> Result<Vec<String>, ApiError> {
+    serde_json::from_value(v.clone())
+        .map_err(|_| ApiError::bad(format!("`{field}` must be a list of strings")))
+}
+
+async fn patch_tenant<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
+    State(st): State<Arc<AdminState<S, T>>>,
+    Path(id): Path<String>,
+    b: Result<Json<serde_json::Map<String, Value>>, JsonRejection>,
+) -> ApiResult {
+    let changes = body(b)?;
+    let (mut t, keys) = st.stored(&id).await?;
+    for (field, v) in &changes {
+        match field.as_str() {
+            "name" => t.name = opt_string(v, field)?,
+            "tier" => t.tier = opt_string(v, field)?,
+            "environment" => t.environment = opt_string(v, field)?,
+            "time_zone" => t.time_zone = opt_string(v, field)?,
+            "groups" => t.groups = strings(v, field)?,
+            "exempt" => t.exempt = strings(v, field)?,
+            "labels" => {
+                t.labels = serde_json::from_value(v.clone())
+                    .map_err(|_| ApiError::bad("`labels` must be an object of strings"))?;
+            }
+            other => {
+                return Err(ApiError::bad(format!(
+                    "`{other}` cannot be changed here; fields: name, tier, environment, groups, labels, time_zone, exempt (overrides and keys have their own endpoints)"
+                )));
+            }
+        }
+    }
+    t.updated_at = now_text();
+    st.check(&t)?;
+    st.save(&t).await?;
+    let keys: Vec<&KeyRecord> = keys.iter().collect();
+    ok(StatusCode::OK, tenant_view(&t, "store", &keys))
+}
+
+async fn delete_tenant<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
+    State(st): State<Arc<AdminState<S, T>>>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    st.stored(&id).await?;
+    st.control.tenants.delete_tenant(&id).await.map_err(ApiError::store)?;
+    st.control.refresh_tenants().await.map_err(ApiError::store)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Grant {
+    amount: u64,
+    until: Option<String>,
+}
+
+async fn put_override<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
+    State(st): State<Arc<AdminState<S, T>>>,
+    Path((id, limit)): Path<(String, String)>,
+    b: Result<Json<Grant>, JsonRejection>,
+) -> ApiResult {
+    let g = body(b)?;
+    let (mut t, _) = st.stored(&id).await?;
+    if st.control.gateway.runtime().policy.limits_named(&limit).is_empty() {
+        return Err(ApiError::bad(format!("the policy has no limit named `{limit}`")));
+    }
+    if g.amount == 0 {
+        return Err(ApiError::bad("`amount` must be at least 1"));
+    }
+    if let Some(u) = &g.until
+        && Instant::parse(u).is_none()
+    {
+        return Err(ApiError::bad(format!(
+            "`until` is not a date or time: `{u}` (write 2026-12-31 or 2026-12-31T23:59:59Z)"
+        )));
+    }
+    t.overrides.insert(limit, OverrideRecord { amount: g.amount, until: g.until });
+    t.updated_at = now_text();
+    st.check(&t)?;
+    st.save(&t).await?;
+    ok(StatusCode::OK, tenant_view(&t, "store", &[]))
+}
+
+async fn delete_override<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
+    State(st): State<Arc<AdminState<S, T>>>,
+    Path((id, limit)): Path<(String, String)>,
+) -> ApiResult {
+    let (mut t, _) = st.stored(&id).await?;
+    if t.overrides.remove(&limit).is_none() {
+        return Err(ApiError::not_found("override", &limit));
+    }
+    t.updated_at = now_text();
+    st.save(&t).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    id: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    exempt: Vec<String>,
+    expires_at: Option<String>,
+}
+
+async fn issue_key<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
+    st: &AdminState<S, T>,
+    tenant: &str,
+    n: NewKey,
+) -> ApiResult {
+    let snap = st.control.tenants.snapshot().await.map_err(ApiError::store)?;
+    let id = match n.id {
+        Some(id) => {
+            valid_id(&id)?;
+            if snap.keys.contains_key(&id)
+                || st
+                    .control
+                    .config()
+                    .tenants
+                    .iter()
+                    .any(|t| t.keys.iter().any(|k| k.spec.id == id))
+            {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "exists",
+                    format!("key `{id}` already exists"),
+                ));
+            }
+            id
+        }
+        None => format!("key_{}", random_hex(8)?),
+    };
+    if let Some(e) = &n.expires_at
+        && Instant::parse(e).is_none()
+    {
+        return Err(ApiError::bad(format!("`expires_at` is not a date or time: `{e}`")));
+    }
+    let spec = KeySpec { id: id.clone(), labels: n.labels.clone(), exempt: n.exempt.clone() };
+    st.control.gateway.runtime().policy.key(&spec).map_err(|e| ApiError::bad(e.to_string()))?;
+    let secret = format!("sk-sluice-{}", random_hex(24)?);
+    let k = KeyRecord {
+        id,
+        tenant: tenant.to_owned(),
+        hash: hash_text(&secret),
+        labels: n.labels,
+        exempt: n.exempt,
+        expires_at: n.expires_at,
+        revoked_at: None,
+        created_at: now_text(),
+    };
+    st.save_key(&k).await?;
+    ok(StatusCode::CREATED, json!({ "key": key_view(&k), "secret": secret }))
+}
+
+async fn create_key<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
+    State(st): State<Arc<AdminState<S, T>>>,
+    Path(id): Path<String>,
+    b: Result<Json<NewKey>, JsonRejection>,
+) -> ApiResult {
+    let n = body(b)?;
+    st.stored(&id).await?;
+    issue_key(&st, &id, n).await
+}
+
+async fn list_keys<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
+    State(st): State<Arc<AdminState<S, T>>>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let (_, keys) = st.stored(&id).await?;
+    ok(StatusCode::OK, json!({ "data": keys.iter().map(key_view).collect::<Vec<_>>() }))
+}
+
+async fn revoke_key<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
+    State(st): State<Arc<AdminState<S, T>>>,
+    Path((id, key)): Path<(String, String)>,
+) -> ApiResult {
+    let (_, keys) = st.stored(&id).await?;
+    let Some(mut k) = keys.into_iter().find(|k| k.id == key) else {
+        return Err(ApiError::not_found("key", &key));
+    };
+    if k.revoked_at.is_none() {
+        k.revoked_at = Some(now_text());
+        st.save_key(&k).await?;
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn rotate_key<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
+    State(st): State<Arc<AdminState<S, T>>>,
+    Path((id, key)): Path<(String, String)>,
+) -> ApiResult {
+    let (_, keys) = st.stored(&id).await?;
+    let Some(mut old) = keys.into_iter().find(|k| k.id == key) else {
+        return Err(ApiError::not_found("key", &key));
+    };
+    if old.revoked_at.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "revoked",
+            format!("key `{key}` is revoked"),
+        ));
+    }
+    let answer = issue_key(
+        &st,
+        &id,
+        NewKey {
+            id: None,
+            labels: old.labels.clone(),
+            exempt: old.exempt.clone(),
+            expires_at: old.expires_at.clone(),
+        },
+    )
+    .await?;
+    old.revoked_at = Some(now_text());
+    st.save_key(&old).await?;
+    Ok(answer)
+}
+
+/// One counter of a tenant, with how it was found.
+struct Found {
+    key: CounterKey,
+    charge: sluice_core::PlannedCharge,
+    model: Option<String>,
+    endpoint: String,
+    key_id: Option<String>,
+}
+
+/// Every counter a tenant's requests can touch: each model its tier may
+/// use, on each endpoint, with each of its keys (and without).
+fn counters_of<S: CounterStore + Clone + Unpin>(
+    gw: &sluice_gateway::Gateway<S>,
+    id: &str,
+) -> Option<(u64, Vec<Found>)> {
+    let rt = gw.runtime();
+    let tenant = rt.tenant(id)?;
+    let policy = &rt.policy;
+    let index = rt.tenant_index.get(id).copied()?;
+    let keys: Vec<Option<(&sluice_core::KeyFacts, String)>> = std::iter::once(None)
+        .chain(
+            rt.keys.values().filter(|k| k.tenant == index).map(|k| Some((&k.facts, k.id.clone()))),
+        )
+        .collect();
+    let mut models: Vec<(ModelRef, Option<String>)> = policy
+        .models()
+        .map(|(_, m)| (policy.model_ref(&m.name), Some(m.name.to_string())))
+        .filter(|(r, _)| policy.model_allowed(tenant.facts.tier(), *r))
+        .collect();
+    models.push((ModelRef::NONE, None));
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    let now = gw.clock.now();
+    for (endpoint, info) in policy.endpoints() {
+        for (model, model_name) in &models {
+            for key in &keys {
+                let req = Admission {
+                    tenant: &tenant.facts,
+                    key: key.as_ref().map(|(k, _)| *k),
+                    endpoint,
+                    model: *model,
+                    cost: Cost::REQUEST,
+                };
+                for c in policy.plan(&req, now).charges {
+                    if seen.insert(c.key) {
+                        out.push(Found {
+                            key: c.key,
+                            charge: c,
+                            model: model_name.clone(),
+                            endpoint: info.name.to_string(),
+                            key_id: key.as_ref().map(|(_, id)| id.clone()),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Some((tenant.facts.hash(), out))
+}
+
+async fn usage<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
+    State(st): State<Arc<AdminState<S, T>>>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    valid_id(&id)?;
+    let gw = &st.control.gateway;
+    let Some((tenant, found)) = counters_of(gw, &id) else {
+        return Err(ApiError::not_found("tenant", &id));
+    };
+    let rt = gw.runtime();
+    let now = gw.clock.now();
+    let plan =
+        Plan { tenant, now, lease_until: now, charges: found.iter().map(|f| f.charge).collect() };
+    let decision = gw.store.peek(&plan).await.map_err(ApiError::store)?;
+    let mut rows = Vec::new();
+    for (f, s) in found.iter().zip(&decision.statuses) {
+        let Some(limit) = rt.policy.limit(s.limit) else { continue };
+        let mut partition = serde_json::Map::new();
+        for fact in &limit.by {
+            match fact {
+                sluice_core::Fact::Model | sluice_core::Fact::ModelClass => {
+                    partition.insert(fact.to_string(), json!(f.model));
+                }
+                sluice_core::Fact::Endpoint => {
+                    partition.insert("endpoint".into(), json!(f.endpoint));
+                }
+                _ => {
+                    partition.insert(fact.to_string(), json!(f.key_id));
+                }
+            }
+        }
+        rows.push(json!({
+            "limit": &*limit.name,
+            "description": limit.describe(),
+            "metric": limit.metric.as_str(),
+            "window": limit.window.map(|w| format!("{} {}", w.period, w.kind.as_str())),
+            "partition": partition,
+            "amount": s.amount,
+            "used": s.used,
+            "remaining": s.remaining,
+            "reset_at": s.reset.map(Instant::rfc3339),
+            "shadow": s.shadow,
+        }));
+    }
+    ok(StatusCode::OK, json!({ "tenant": id, "at": now.rfc3339(), "limits": rows }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ResetRequest {
+    limit: Option<String>,
+}
+
+async fn reset_usage<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
+    State(st): State<Arc<AdminState<S, T>>>,
+    Path(id): Path<String>,
+    b: Result<Json<ResetRequest>, JsonRejection>,
+) -> ApiResult {
+    let r = body(b)?;
+    valid_id(&id)?;
+    let gw = &st.control.gateway;
+    let Some((tenant, found)) = counters_of(gw, &id) else {
+        return Err(ApiError::not_found("tenant", &id));
+    };
+    let rt = gw.runtime();
+    if let Some(name) = &r.limit
+        && rt.policy.limits_named(name).is_empty()
+    {
+        return Err(ApiError::bad(format!("the policy has no limit named `{name}`")));
+    }
+    let mut reset = 0;
+    for f in &found {
+        let name = rt.policy.limit(f.charge.limit).map(|l| l.name.to_string());
+        if r.limit.as_ref().is_none_or(|want| Some(want) == name.as_ref())
+            && gw.store.reset(tenant, f.key).await.map_err(ApiError::store)?
+        {
+            reset += 1;
+        }
+    }
+    ok(StatusCode::OK, json!({ "reset": reset }))
+}
+
+async fn get_policy<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
+    State(st): State<Arc<AdminState<S, T>>>,
+) -> ApiResult {
+    let config = st.control.config();
+    ok(
+        StatusCode::OK,
+        json!({
+            "name": config.policy.name(),
+            "report": sluice_config::report::effective_limits(&config),
+        }),
+    )
+}
+
+async fn reload_policy<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
+    State(st): State<Arc<AdminState<S, T>>>,
+    _headers: HeaderMap,
+) -> ApiResult {
+    match st.control.reload_policy().await {
+        Ok(warnings) => ok(StatusCode::OK, json!({ "reloaded": true, "warnings": warnings })),
+        Err(ReloadError::Config(errors)) => {
+            let mut e =
+                ApiError::bad("the new policy file does not validate; the old one keeps running");
+            e.details = Some(json!(errors.0.iter().map(ToString::to_string).collect::<Vec<_>>()));
+            Err(e)
+        }
+        Err(e) => Err(ApiError::bad(format!(
+            "the new policy cannot be served ({e}); the old one keeps running"
+        ))),
+    }
+}

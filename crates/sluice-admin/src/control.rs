@@ -1,0 +1,124 @@
+//! Keeping what the gateway serves in step with the policy file and the
+//! tenant store: a policy reload (SIGHUP or the admin API) and a watch on the
+//! tenant store's version (so a change made through any instance reaches
+//! every instance within one interval).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use sluice_config::{Config, ConfigErrors};
+use sluice_core::CounterStore;
+use sluice_gateway::{Gateway, Runtime, RuntimeError};
+use sluice_store::{TenantStore, TenantStoreError};
+
+/// Why a reload did not happen (the old policy keeps running).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new policy file does not validate.
+    #[error("{0}")]
+    Config(ConfigErrors),
+    /// It validates but cannot be served (an upstream's key is missing…).
+    #[error("{0}")]
+    Runtime(#[from] RuntimeError),
+    /// The tenant store could not be read.
+    #[error("{0}")]
+    Tenants(#[from] TenantStoreError),
+}
+
+/// Resolves a mock upstream's base URL by name.
+pub type MockUrls = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// The policy, the tenant store, and the gateway they feed.
+pub struct Control<S, T> {
+    config_path: PathBuf,
+    config: ArcSwap<Config>,
+    /// The gateway served.
+    pub gateway: Arc<Gateway<S>>,
+    /// The tenant store.
+    pub tenants: T,
+    mock_urls: MockUrls,
+    applied: AtomicU64,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl<S: CounterStore + Clone + Unpin, T: TenantStore> Control<S, T> {
+    /// Ties a gateway to its policy file and tenant store. `applied` is the
+    /// tenant store version the gateway's runtime was built from.
+    pub fn new(
+        config_path: PathBuf,
+        config: Config,
+        gateway: Arc<Gateway<S>>,
+        tenants: T,
+        mock_urls: MockUrls,
+        applied: u64,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            config_path,
+            config: ArcSwap::from_pointee(config),
+            gateway,
+            tenants,
+            mock_urls,
+            applied: AtomicU64::new(applied),
+            reload_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The policy file in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Reads the tenant store again and serves what it says now. Returns
+    /// warnings about stored tenants or keys that do not fit the policy.
+    pub async fn refresh_tenants(&self) -> Result<Vec<String>, ReloadError> {
+        let _guard = self.reload_lock.lock().await;
+        let snap = self.tenants.snapshot().await?;
+        let config = self.config();
+        let (runtime, warnings) = self.gateway.runtime().with_tenants(&config, &snap)?;
+        self.gateway.replace_runtime(runtime);
+        self.applied.store(snap.version, Ordering::Relaxed);
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        Ok(warnings)
+    }
+
+    /// Reads the policy file again; if it validates, serves it (counters of
+    /// unchanged limits keep their counts); if not, keeps the old one and
+    /// returns the errors.
+    pub async fn reload_policy(&self) -> Result<Vec<String>, ReloadError> {
+        let _guard = self.reload_lock.lock().await;
+        let config = sluice_config::load(&self.config_path).map_err(ReloadError::Config)?;
+        let snap = self.tenants.snapshot().await?;
+        let (runtime, warnings) = Runtime::build(&config, &snap, &*self.mock_urls)?;
+        if config.gateway.store != self.config().gateway.store {
+            tracing::warn!("the [store] section changed: it takes effect at the next restart");
+        }
+        self.gateway.replace_runtime(runtime);
+        self.config.store(Arc::new(config));
+        self.applied.store(snap.version, Ordering::Relaxed);
+        tracing::info!(policy = %self.config_path.display(), "policy reloaded");
+        Ok(warnings)
+    }
+
+    /// Watches the tenant store's version; refreshes when it moves.
+    pub async fn watch_tenants(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            match self.tenants.version().await {
+                Ok(v) if v != self.applied.load(Ordering::Relaxed) => {
+                    if let Err(e) = self.refresh_tenants().await {
+                        tracing::warn!(error = %e, "reading the tenant store failed");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "tenant store version unavailable"),
+            }
+        }
+    }
+}

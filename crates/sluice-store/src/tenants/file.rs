@@ -1,0 +1,274 @@
+//! The embedded data file (redb): tenants, keys, and the counters that must
+//! survive a restart, in one crash-safe file.
+//!
+//! Counters are written behind admission, never on its path: the server
+//! saves a snapshot of the memory store every few seconds and at a clean
+//! shutdown, and loads it at start ([`FileTenants::save_counters`],
+//! [`FileTenants::load_counters`]).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use sluice_core::{CounterKey, CounterState, GroupKey};
+
+use super::{
+    KeyRecord, TenantRecord, TenantSnapshot, TenantStore, TenantStoreError, from_json, to_json,
+};
+
+const TENANTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tenants");
+const KEYS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("keys");
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+const COUNTERS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("counters");
+
+fn err(e: impl std::fmt::Display) -> TenantStoreError {
+    TenantStoreError::File(e.to_string())
+}
+
+/// Tenants, keys and saved counters in a local file. Cheap to clone.
+#[derive(Clone)]
+pub struct FileTenants {
+    db: Arc<Database>,
+}
+
+impl std::fmt::Debug for FileTenants {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileTenants").finish_non_exhaustive()
+    }
+}
+
+impl FileTenants {
+    /// Opens (or creates) the data file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, TenantStoreError> {
+        let path = path.as_ref();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+        }
+        let db = Database::create(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        let tx = db.begin_write().map_err(err)?;
+        {
+            tx.open_table(TENANTS).map_err(err)?;
+            tx.open_table(KEYS).map_err(err)?;
+            tx.open_table(META).map_err(err)?;
+            tx.open_table(COUNTERS).map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    fn write(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), TenantStoreError>,
+    ) -> Result<(), TenantStoreError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        f(&tx)?;
+        {
+            let mut meta = tx.open_table(META).map_err(err)?;
+            let v = meta.get("version").map_err(err)?.map_or(0, |g| g.value());
+            meta.insert("version", v + 1).map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    fn snapshot_now(&self) -> Result<TenantSnapshot, TenantStoreError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let mut snap = TenantSnapshot {
+            version: tx
+                .open_table(META)
+                .map_err(err)?
+                .get("version")
+                .map_err(err)?
+                .map_or(0, |g| g.value()),
+            ..TenantSnapshot::default()
+        };
+        for row in tx.open_table(TENANTS).map_err(err)?.iter().map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            snap.tenants.insert(k.value().to_owned(), from_json(v.value())?);
+        }
+        for row in tx.open_table(KEYS).map_err(err)?.iter().map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            snap.keys.insert(k.value().to_owned(), from_json(v.value())?);
+        }
+        Ok(snap)
+    }
+
+    /// Replaces the saved counters with `counters`.
+    pub fn save_counters(
+        &self,
+        counters: &[(CounterKey, CounterState)],
+    ) -> Result<(), TenantStoreError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut t = tx.open_table(COUNTERS).map_err(err)?;
+            t.retain(|_, _| false).map_err(err)?;
+            for (k, s) in counters {
+                t.insert(encode_key(k).as_slice(), encode_state(s).as_slice()).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// The saved counters.
+    pub fn load_counters(&self) -> Result<Vec<(CounterKey, CounterState)>, TenantStoreError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let mut out = Vec::new();
+        for row in tx.open_table(COUNTERS).map_err(err)?.iter().map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            if let (Some(k), Some(s)) = (decode_key(k.value()), decode_state(v.value())) {
+                out.push((k, s));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn encode_key(k: &CounterKey) -> [u8; 24] {
+    let mut b = [0u8; 24];
+    b[..8].copy_from_slice(&k.group.hi.to_be_bytes());
+    b[8..16].copy_from_slice(&k.group.lo.to_be_bytes());
+    b[16..].copy_from_slice(&k.counter.to_be_bytes());
+    b
+}
+
+fn word(b: &[u8], i: usize) -> Option<u64> {
+    b.get(i..i + 8).and_then(|s| s.try_into().ok()).map(u64::from_be_bytes)
+}
+
+fn decode_key(b: &[u8]) -> Option<CounterKey> {
+    Some(CounterKey { group: GroupKey { hi: word(b, 0)?, lo: word(b, 8)? }, counter: word(b, 16)? })
+}
+
+fn encode_state(s: &CounterState) -> Vec<u8> {
+    let (tag, a, b, c) = match *s {
+        CounterState::Rolling { tat, rem, amount } => {
+            (b'r', tat, u64::from(rem), u64::from(amount))
+        }
+        CounterState::Calendar { end, used } => (b'c', end, used, 0),
+        CounterState::Concurrent { in_flight } => (b'n', in_flight, 0, 0),
+    };
+    let mut v = Vec::with_capacity(25);
+    v.push(tag);
+    v.extend_from_slice(&a.to_be_bytes());
+    v.extend_from_slice(&b.to_be_bytes());
+    v.extend_from_slice(&c.to_be_bytes());
+    v
+}
+
+fn decode_state(b: &[u8]) -> Option<CounterState> {
+    let (a, x, y) = (word(b, 1)?, word(b, 9)?, word(b, 17)?);
+    match b.first()? {
+        b'r' => Some(CounterState::Rolling {
+            tat: a,
+            rem: u32::try_from(x).ok()?,
+            amount: u32::try_from(y).ok()?,
+        }),
+        b'c' => Some(CounterState::Calendar { end: a, used: x }),
+        // In-flight counts do not survive a restart: those requests are gone.
+        _ => None,
+    }
+}
+
+impl TenantStore for FileTenants {
+    async fn snapshot(&self) -> Result<TenantSnapshot, TenantStoreError> {
+        self.snapshot_now()
+    }
+
+    async fn version(&self) -> Result<u64, TenantStoreError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let v = tx.open_table(META).map_err(err)?.get("version").map_err(err)?;
+        Ok(v.map_or(0, |g| g.value()))
+    }
+
+    async fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), TenantStoreError> {
+        let json = to_json(tenant)?;
+        self.write(|tx| {
+            tx.open_table(TENANTS)
+                .map_err(err)?
+                .insert(tenant.id.as_str(), json.as_slice())
+                .map_err(err)?;
+            Ok(())
+        })
+    }
+
+    async fn delete_tenant(&self, id: &str) -> Result<bool, TenantStoreError> {
+        let mut existed = false;
+        self.write(|tx| {
+            existed = tx.open_table(TENANTS).map_err(err)?.remove(id).map_err(err)?.is_some();
+            let mut keys = tx.open_table(KEYS).map_err(err)?;
+            let mut doomed = Vec::new();
+            for row in keys.iter().map_err(err)? {
+                let (k, v) = row.map_err(err)?;
+                let rec: KeyRecord = from_json(v.value())?;
+                if rec.tenant == id {
+                    doomed.push(k.value().to_owned());
+                }
+            }
+            for k in doomed {
+                keys.remove(k.as_str()).map_err(err)?;
+            }
+            Ok(())
+        })?;
+        Ok(existed)
+    }
+
+    async fn put_key(&self, key: &KeyRecord) -> Result<(), TenantStoreError> {
+        let json = to_json(key)?;
+        self.write(|tx| {
+            tx.open_table(KEYS)
+                .map_err(err)?
+                .insert(key.id.as_str(), json.as_slice())
+                .map_err(err)?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_and_counters_survive_reopening() {
+        let dir = std::env::temp_dir().join(format!("sluice-file-tenants-{}", std::process::id()));
+        let path = dir.join("data.redb");
+        let _ = std::fs::remove_file(&path);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        {
+            let f = FileTenants::open(&path).unwrap();
+            let t =
+                TenantRecord { id: "acme".into(), tier: Some("free".into()), ..Default::default() };
+            rt.block_on(f.put_tenant(&t)).unwrap();
+            let k = KeyRecord {
+                id: "k1".into(),
+                tenant: "acme".into(),
+                hash: "sha256:00".into(),
+                ..Default::default()
+            };
+            rt.block_on(f.put_key(&k)).unwrap();
+            let key = CounterKey { group: GroupKey { hi: 1, lo: 2 }, counter: 3 };
+            f.save_counters(&[
+                (key, CounterState::Calendar { end: 99, used: 7 }),
+                (
+                    CounterKey { counter: 4, ..key },
+                    CounterState::Rolling { tat: 5, rem: 6, amount: 60 },
+                ),
+            ])
+            .unwrap();
+        }
+        let f = FileTenants::open(&path).unwrap();
+        let snap = rt.block_on(f.snapshot()).unwrap();
+        assert_eq!(snap.version, 2);
+        assert_eq!(snap.tenants["acme"].tier.as_deref(), Some("free"));
+        assert_eq!(snap.keys["k1"].tenant, "acme");
+        let counters = f.load_counters().unwrap();
+        assert_eq!(counters.len(), 2);
+        assert!(counters.contains(&(
+            CounterKey { group: GroupKey { hi: 1, lo: 2 }, counter: 3 },
+            CounterState::Calendar { end: 99, used: 7 }
+        )));
+        assert!(rt.block_on(f.delete_tenant("acme")).unwrap());
+        let snap = rt.block_on(f.snapshot()).unwrap();
+        assert!(snap.tenants.is_empty() && snap.keys.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
