@@ -38,13 +38,44 @@ const JSON_KEEP: usize = 8 * 1024 * 1024;
 
 /// How the body is read on its way through.
 pub enum Tap {
-    /// A JSON response: keep it to read `usage` at the end.
-    Json(BytesMut),
+    /// A JSON response: keep its frames (shared, not copied) to read
+    /// `usage` from at the end.
+    Json(JsonFrames),
     /// An SSE stream.
     Sse(Box<SseUsageTap>),
     /// Not metered: the request is settled as `on_success` says (e.g. an
     /// upstream error response, refunded).
     None,
+}
+
+/// The frames of a JSON body, up to [`JSON_KEEP`] bytes.
+#[derive(Default)]
+pub struct JsonFrames {
+    frames: Vec<Bytes>,
+    len: usize,
+}
+
+impl JsonFrames {
+    fn push(&mut self, frame: &Bytes) {
+        if self.len + frame.len() <= JSON_KEEP {
+            self.len += frame.len();
+            self.frames.push(frame.clone());
+        }
+    }
+
+    /// The `usage` of the body kept.
+    fn usage(&self) -> Option<sluice_llm::usage::Usage> {
+        match self.frames.as_slice() {
+            [one] => usage_from_json(one),
+            frames => {
+                let mut all = Vec::with_capacity(self.len);
+                for f in frames {
+                    all.extend_from_slice(f);
+                }
+                usage_from_json(&all)
+            }
+        }
+    }
 }
 
 /// What settling needs besides the body.
@@ -112,7 +143,7 @@ impl<S: CounterStore> Metered<S> {
             return u;
         }
         let reported = match &self.tap {
-            Tap::Json(buf) if complete => usage_from_json(buf),
+            Tap::Json(frames) if complete => frames.usage(),
             Tap::Sse(tap) => tap.usage(),
             _ => None,
         };
@@ -178,10 +209,8 @@ impl<S: CounterStore + Unpin> Body for Metered<S> {
                     // may never poll for the end, so settle now.
                     let last = this.inner.is_end_stream();
                     let out = match &mut this.tap {
-                        Tap::Json(buf) => {
-                            if buf.len() + frame.len() <= JSON_KEEP {
-                                buf.extend_from_slice(&frame);
-                            }
+                        Tap::Json(frames) => {
+                            frames.push(&frame);
                             frame
                         }
                         Tap::None => frame,

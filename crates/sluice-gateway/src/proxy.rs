@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -17,7 +17,7 @@ use sluice_llm::usage::SseUsageTap;
 use sluice_llm::{RewriteOptions, expected_output, force_include_usage};
 
 use crate::auth::AuthError;
-use crate::body::{Metered, ResponseBody, Settler, Tap, full};
+use crate::body::{JsonFrames, Metered, ResponseBody, Settler, Tap, full};
 use crate::runtime::{Endpoint, KeyEntry, Route, Runtime};
 use crate::server::Gateway;
 use crate::upstream::SendError;
@@ -136,8 +136,8 @@ async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
 /// A proxied request, from the moment its endpoint is known.
 pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     gw: &Arc<Gateway<S>>,
-    rt: Arc<Runtime>,
-    endpoint: Endpoint,
+    rt: &Runtime,
+    endpoint: &Endpoint,
     req: Request<Incoming>,
     request_id: &HeaderValue,
 ) -> Response<ResponseBody> {
@@ -148,7 +148,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
         return r;
     }
     // Who: 401 before anything is read or counted.
-    let key = match authenticate(&rt, req.headers(), gw.clock.now()) {
+    let key = match authenticate(rt, req.headers(), gw.clock.now()) {
         Ok(k) => k,
         Err(e) => return error_response(&e),
     };
@@ -165,7 +165,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     };
     let model = rt.policy.model_ref(&facts.model);
     let route = match model.id.and_then(|m| rt.routes.get(&m)) {
-        Some(r) if rt.policy.model_allowed(tenant.facts.tier(), model) => r.clone(),
+        Some(r) if rt.policy.model_allowed(tenant.facts.tier(), model) => r,
         _ => return error_response(&ApiError::model_not_found(&facts.model)),
     };
     let model_name = facts.model.to_string();
@@ -226,7 +226,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
 
     // Forward.
     let upstream = &rt.upstreams[route.upstream];
-    let upstream_body = match upstream_body(&body, stream, &route) {
+    let upstream_body = match upstream_body(&body, stream, route) {
         Ok(b) => b,
         Err(e) => {
             let mut s = settler;
@@ -284,7 +284,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
             SseUsageTap::new(stream && !client_asked_usage).with_encoding(route.encoding),
         ))
     } else {
-        Tap::Json(BytesMut::new())
+        Tap::Json(JsonFrames::default())
     };
     let settler = if ok { settler } else { settler.with_fixed_usage(failure_usage) };
     let headers = std::mem::take(&mut head.headers);

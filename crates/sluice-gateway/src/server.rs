@@ -81,8 +81,8 @@ impl<S: CounterStore + Clone + Unpin> Gateway<S> {
         let request_id = self.request_id();
         let rt = self.runtime();
         let path = req.uri().path();
-        let mut resp = if let Some(endpoint) = rt.endpoints.get(path).cloned() {
-            proxy(self, rt, endpoint, req, &request_id).await
+        let mut resp = if let Some(endpoint) = rt.endpoints.get(path) {
+            proxy(self, &rt, endpoint, req, &request_id).await
         } else {
             match (req.method(), path) {
                 (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),

@@ -221,6 +221,11 @@ pub fn parse(kind: EndpointKind, body: &[u8]) -> Result<RequestFacts<'_>, Reques
 }
 
 fn from_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, RequestError> {
+    // The common case first, at full speed; the error's path is worked out
+    // only when there is an error to explain.
+    if let Ok(value) = serde_json::from_slice::<T>(body) {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

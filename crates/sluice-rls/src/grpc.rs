@@ -55,6 +55,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use sluice_config::decisions::HitsAddend;
 use sluice_core::{Cost, CounterStore, LimitStatus, Outcome, Period, Verdict};
+use sluice_llm::error::ApiError;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
@@ -86,7 +87,25 @@ impl<S: CounterStore + Clone + Unpin> RateLimitService for Rls<S> {
         request: tonic::Request<RateLimitRequest>,
     ) -> Result<tonic::Response<RateLimitResponse>, tonic::Status> {
         let started = std::time::Instant::now();
-        let result = self.0.should_rate_limit(request.get_ref()).await;
+        let req = request.get_ref();
+        if tracing::enabled!(tracing::Level::TRACE) {
+            // Entry keys only: values may be API keys.
+            let shape: Vec<(Vec<&str>, Option<u64>)> = req
+                .descriptors
+                .iter()
+                .map(|d| {
+                    let keys = d.entries.iter().map(|e| e.key.as_str()).collect();
+                    (keys, d.hits_addend.map(|h| h.value))
+                })
+                .collect();
+            tracing::trace!(
+                domain = %req.domain,
+                hits_addend = req.hits_addend,
+                descriptors = ?shape,
+                "ShouldRateLimit"
+            );
+        }
+        let result = self.0.should_rate_limit(req).await;
         self.0.metrics().observe(Api::Grpc, started.elapsed().as_secs_f64());
         match result {
             Ok(r) => Ok(tonic::Response::new(r)),
@@ -117,12 +136,13 @@ fn unite<'a>(
     value: &'a str,
     what: &'static str,
 ) -> Result<(), DecisionError> {
+    // API keys are secrets: never echoed.
+    let shown =
+        |s: &str| if what == "API key" { "(hidden)".to_owned() } else { crate::engine::echo(s) };
     match *slot {
-        Some(v) if v != value => Err(DecisionError::Conflict {
-            what,
-            first: crate::engine::echo(v),
-            second: crate::engine::echo(if what == "API key" { "…" } else { value }),
-        }),
+        Some(v) if v != value => {
+            Err(DecisionError::Conflict { what, first: shown(v), second: shown(value) })
+        }
         _ => {
             *slot = Some(value);
             Ok(())
@@ -244,7 +264,7 @@ fn response(
     if !admitted && statuses.iter().all(|s| s.code != Code::OverLimit as i32) {
         statuses.iter_mut().for_each(|s| s.code = Code::OverLimit as i32);
     }
-    let response_headers_to_add = answer
+    let mut response_headers_to_add: Vec<PbHeader> = answer
         .headers()
         .into_iter()
         .map(|(k, v)| PbHeader {
@@ -253,7 +273,15 @@ fn response(
             raw_value: Vec::new(),
         })
         .collect();
+    // A denial: Envoy's 429 carries the OpenAI-shaped body, as JSON.
     let raw_body = answer.error().map(|e| e.body()).unwrap_or_default();
+    if !raw_body.is_empty() {
+        response_headers_to_add.push(PbHeader {
+            key: "content-type".into(),
+            value: ApiError::CONTENT_TYPE.into(),
+            raw_value: Vec::new(),
+        });
+    }
     RateLimitResponse {
         overall_code: if admitted { Code::Ok } else { Code::OverLimit } as i32,
         statuses,

@@ -210,21 +210,7 @@ async fn settle_call<S: CounterStore + Clone + Unpin>(
 ) -> Response<Body> {
     let parsed = (|| {
         let obj = object(body, SETTLE_FIELDS)?;
-        let id = match obj.get("reservation_id") {
-            Some(Value::String(s)) => s.parse::<ReservationId>().map_err(|()| DecisionError::Malformed {
-                message: format!(
-                    "`{}` is not a reservation id (rsv_ and 32 hex digits, as check returned it)",
-                    crate::engine::echo(s)
-                ),
-                param: Some("reservation_id"),
-            })?,
-            _ => {
-                return Err(DecisionError::Malformed {
-                    message: "give the `reservation_id` that check returned".into(),
-                    param: Some("reservation_id"),
-                });
-            }
-        };
+        let id = reservation_id(&obj)?;
         let requests = match count(&obj, "requests")? {
             0 if obj.contains_key("requests") => 0,
             0 | 1 => 1,
@@ -257,6 +243,25 @@ async fn settle_call<S: CounterStore + Clone + Unpin>(
     }
 }
 
+/// The `reservation_id` of a settlement.
+fn reservation_id(obj: &Map<String, Value>) -> Result<ReservationId, DecisionError> {
+    let Some(Value::String(s)) = obj.get("reservation_id") else {
+        return Err(malformed(
+            "give the `reservation_id` that check returned",
+            Some("reservation_id"),
+        ));
+    };
+    s.parse::<ReservationId>().map_err(|()| {
+        malformed(
+            format!(
+                "`{}` is not a reservation id (rsv_ and 32 hex digits, as check returned it)",
+                crate::engine::echo(s)
+            ),
+            Some("reservation_id"),
+        )
+    })
+}
+
 const CHECK_FIELDS: &[&str] =
     &["domain", "tenant", "api_key", "model", "endpoint", "input_tokens", "output_tokens"];
 const SETTLE_FIELDS: &[&str] = &["reservation_id", "input_tokens", "output_tokens", "requests"];
@@ -268,7 +273,10 @@ fn malformed(message: impl Into<String>, param: Option<&'static str>) -> Decisio
 /// The body as a JSON object with only `allowed` fields.
 fn object(body: &[u8], allowed: &[&'static str]) -> Result<Map<String, Value>, DecisionError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| {
-        malformed(format!("We could not parse the JSON body of your request ({e}). The API expects a JSON object."), None)
+        let message = format!(
+            "We could not parse the JSON body of your request ({e}). The API expects a JSON object."
+        );
+        malformed(message, None)
     })?;
     let Value::Object(obj) = v else {
         return Err(malformed("The body must be a JSON object.", None));

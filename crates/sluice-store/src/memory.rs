@@ -344,6 +344,12 @@ impl MemoryStore {
         let Some((mut shard, lease)) = self.take_lease(id) else {
             return Settlement::Unknown;
         };
+        if lease.expires <= now.0 {
+            // Expired, and not swept yet: expire it now, as the sweep would
+            // have (the charge stays; only concurrency comes back).
+            shard.release_concurrency(&lease, now);
+            return Settlement::Unknown;
+        }
         for c in &lease.charges {
             shard.apply(c, usage.amount(c.metric), now);
         }

@@ -61,6 +61,25 @@ pub fn command(port: u16, cmd: &str) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// Kills `child` (and removes `dir`) once this test process is gone, even
+/// when the fixture is never dropped (a server kept in a `static` for a
+/// whole test binary is not): a small shell loop polls our pid. It checks
+/// the process is still a Redis before killing it (pids are reused).
+fn reap_with_us(child: &Child, dir: &Path) {
+    let script = "while kill -0 \"$1\" 2>/dev/null; do sleep 1; done; case $(cat /proc/\"$2\"/comm 2>/dev/null) in redis*) kill -9 \"$2\";; esac; rm -rf \"$3\"";
+    let spawned = Command::new("sh")
+        .args(["-c", script, "sluice-test-reaper"])
+        .arg(std::process::id().to_string())
+        .arg(child.id().to_string())
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    // Not waited for: it outlives us by design (and is reparented).
+    drop(spawned);
+}
+
 fn wait_ready(port: u16, child: &mut Child, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
@@ -117,6 +136,7 @@ impl RedisServer {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
         let mut child = cmd.spawn().expect("spawn redis-server");
+        reap_with_us(&child, &self.dir);
         wait_ready(port, &mut child, "redis-server");
         self.child = Some(child);
         self.port = port;
@@ -242,6 +262,7 @@ impl RedisSentinels {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("spawn redis-sentinel");
+            reap_with_us(&child, &dir);
             wait_ready(port, &mut child, "redis-sentinel");
             sentinels.push((child, port, dir));
         }

@@ -217,6 +217,10 @@ async fn bad_input_is_invalid_argument_and_charges_nothing() {
         ),
         (req("sluice", vec![acme(), desc(&[("model", "n")])], 1), "disagree on the model"),
         (
+            req("sluice", vec![desc(&[("api_key", KEY_ACME)]), desc(&[("api_key", KEY_OTHER)])], 1),
+            "disagree on the API key: `(hidden)` and `(hidden)`",
+        ),
+        (
             req("sluice", vec![desc(&[("tenant", "acme"), ("model", "gpt-9")])], 1),
             "the model `gpt-9` does not exist",
         ),
@@ -259,7 +263,7 @@ async fn bad_input_is_invalid_argument_and_charges_nothing() {
         "{text}"
     );
     assert!(
-        text.contains(r#"sluice_decisions_total{api="grpc",domain="sluice",outcome="invalid"} 13"#),
+        text.contains(r#"sluice_decisions_total{api="grpc",domain="sluice",outcome="invalid"} 14"#),
         "{text}"
     );
 }

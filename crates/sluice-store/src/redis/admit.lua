@@ -70,12 +70,12 @@ for i = 1, n do
       local a, at = string.match(s, "^r:(%d+):(%d+)$")
       a, at = tonumber(a), tonumber(at)
       if a then
-        if now > at then
-          ahead = a - (now - at) * amount
-          if ahead < 0 then ahead = 0 end
-        else
-          ahead = a
-        end
+        -- The debt seen from now. A time before the state's (a client
+        -- clock behind another's, or requests reaching Redis out of order)
+        -- sees a larger debt: keeping `a` would move the theoretical
+        -- arrival time back and admit more than the limit.
+        ahead = a - (now - at) * amount
+        if ahead < 0 then ahead = 0 end
       end
     end
     local cap = burst * period

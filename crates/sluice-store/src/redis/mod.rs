@@ -278,7 +278,12 @@ impl RedisStore {
         keys.push(format!("{tag}:l:{lease}"));
         let lease_ms = plan.lease_until.0.saturating_sub(plan.now.0) / 1_000_000;
         let mut args = Vec::with_capacity(5 + 10 * plan.charges.len());
-        args.push(self.time_arg());
+        args.push(match &self.inner.time {
+            TimeSource::Server => "s".to_owned(),
+            // The plan's time, from the same clock: what the memory store
+            // uses too.
+            TimeSource::Client(_) => (plan.now.0 / 1_000_000).to_string(),
+        });
         args.push(lease_ms.max(1).to_string());
         args.push(if peek { "p" } else { "a" }.to_owned());
         args.push(lease);

@@ -61,8 +61,8 @@ for line in string.gmatch(lease, "[^\n]+") do
         local a, t = string.match(s, "^r:(%d+):(%d+)$")
         a, t = tonumber(a), tonumber(t)
         if a then
-          ahead = a
-          if now > t then ahead = a - (now - t) * amount end
+          -- Seen from `now`, before or after the state's time (see admit.lua).
+          ahead = a - (now - t) * amount
           if ahead < 0 then ahead = 0 end
         end
       end

@@ -209,6 +209,26 @@ where
     }
 }
 
+/// A request stamped earlier than the last admission (another instance's
+/// clock a little behind, or two requests reaching the store out of order)
+/// sees the same debt from further back: it cannot free capacity.
+pub fn an_earlier_clock_frees_nothing<F: StoreFactory>(f: &F) {
+    let h =
+        Harness::new(f, policy(&tokens_policy(10, 10, "10s", "rolling")), "2026-05-01T12:00:00Z");
+    let t = h.tenant(&tenant("t"));
+    let at = |offset_ms: u64, cost: u64| {
+        let now = sluice_core::Instant(h.clock.now().0 + offset_ms * 1_000_000);
+        let req = h.request(&t, None, "chat", "m", Cost::tokens(cost, 0));
+        h.rt.block_on(h.store.admit(&h.policy.plan(&req, now))).expect("store")
+    };
+    assert!(at(1_000, 8).is_admitted());
+    // From t+0 the first request's 8 tokens end at 9 s; 2 more would end at
+    // 11 s, past the 10 s of burst.
+    let d = at(0, 2);
+    assert!(!d.is_admitted(), "an earlier stamp must not admit past the bound: {d:?}");
+    assert!(at(0, 1).is_admitted(), "exactly the burst fits");
+}
+
 /// Threads racing while the clock moves: the bound still holds for the
 /// whole history, checked by the oracle.
 pub fn racing_threads_respect_the_bound_over_time<F: StoreFactory>(f: &F)
@@ -419,6 +439,19 @@ pub fn unsettled_reservation_expires_and_keeps_its_charge<F: StoreFactory>(f: &F
     assert!(d.is_admitted(), "the lease expired and freed the slot: {d:?}");
     assert_eq!(status(&h.policy, &d, "tpd").used, 400, "the expired charge stays");
     assert_eq!(h.settle(id, Usage::REFUND), Settlement::Unknown, "too late to settle");
+}
+
+/// A settlement that arrives after the lease is too late, even when nothing
+/// else has touched the tenant since: the charge stays as it was.
+pub fn settlement_after_the_lease_changes_nothing<F: StoreFactory>(f: &F) {
+    let h = Harness::new(f, policy(LEASED), "2026-05-01T10:00:00Z");
+    let t = h.tenant(&tenant("t"));
+    let id = h.admit(&t, "m", Cost::tokens(0, 300)).reservation().expect("reservation");
+    h.advance(Duration::from_secs(61));
+    assert_eq!(h.settle(id, Usage::REFUND), Settlement::Unknown, "too late to settle");
+    let d = h.admit(&t, "m", Cost::tokens(0, 1));
+    assert!(d.is_admitted(), "the expired lease freed its slot: {d:?}");
+    assert_eq!(status(&h.policy, &d, "tpd").used, 301, "the late refund was ignored");
 }
 
 /// Concurrency slots come back on settlement and on release (a dropped

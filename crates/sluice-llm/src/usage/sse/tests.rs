@@ -273,31 +273,6 @@ fn writes_into_bytes_mut() {
     assert_eq!(&out[..], OPENAI_STREAM.replace(usage_event(), "").as_bytes());
 }
 
-/// Run with `cargo test --release -p sluice-llm -- --ignored --nocapture`.
-#[test]
-#[ignore = "a measurement, not a check"]
-fn throughput() {
-    let stream = OPENAI_STREAM.repeat(2_000);
-    let events = 6 * 2_000;
-    for strip in [true, false] {
-        let mut tap = SseUsageTap::new(strip);
-        let mut out = Vec::with_capacity(stream.len());
-        let t = std::time::Instant::now();
-        // Chunks of 512 bytes, as a socket might deliver them.
-        for c in stream.as_bytes().chunks(512) {
-            tap.push(c, &mut out);
-        }
-        tap.finish(&mut out);
-        let el = t.elapsed();
-        println!(
-            "strip={strip}: {} MB in {el:?}: {:.0} ns/event, {:.0} MB/s",
-            stream.len() / 1_000_000,
-            el.as_nanos() as f64 / f64::from(events),
-            stream.len() as f64 / el.as_secs_f64() / 1e6
-        );
-    }
-}
-
 /// One generated event and whether the tap should strip it.
 fn arb_event() -> impl Strategy<Value = (String, bool)> {
     let content = "[a-zA-Z \\n\"é]{0,12}".prop_map(|s| serde_json::to_string(&s).unwrap());
