@@ -87,11 +87,15 @@ fn admission(c: &mut Criterion) {
         });
         g.finish();
     }
-    let w = Workload::new(TENANTS);
+    // `SLUICE_BENCH_TENANTS` changes the tenant count (to see how the cost
+    // follows the working set); the figures in BENCHMARKS.md use 10,000.
+    let tenants =
+        std::env::var("SLUICE_BENCH_TENANTS").ok().and_then(|v| v.parse().ok()).unwrap_or(TENANTS);
+    let w = Workload::new(tenants);
     let store = MemoryStore::new(FakeClock::at(START));
     let mut offset = 0usize;
     // Warm up: every tenant and model has its counters.
-    run(&w, &store, (TENANTS * 6) as u64, 1, &mut offset);
+    run(&w, &store, (tenants * 6) as u64, 1, &mut offset);
 
     let mut g = c.benchmark_group("admission");
     g.throughput(Throughput::Elements(1));

@@ -6,9 +6,12 @@
 //! shards; two requests of one tenant serialize on its shard, which is what
 //! "correct to the last request" costs and all it costs.
 //!
-//! Inside a shard, the counters of one group (a tenant and a partition, e.g.
-//! one model: its RPM, RPD and TPD) hash to neighbouring buckets, so an
-//! admission's lookups share cache lines instead of missing once per limit.
+//! Inside a shard, each tenant's counters sit together in one block (see
+//! `block.rs`): one table lookup finds the tenant, and the counters of an
+//! admission are then a few adjacent cache lines of one allocation, grouped
+//! by partition (a model's RPM, RPD and TPD side by side). Counters are still
+//! named by their full [`CounterKey`], so a policy reload, a tier change or a
+//! raised limit finds exactly the counters it found before.
 //!
 //! Memory is bounded by what matters: a counter that has refilled completely,
 //! or whose calendar slot is over, is indistinguishable from no counter and is
@@ -21,16 +24,18 @@ use std::convert::Infallible;
 use std::future::{Future, ready};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use hashbrown::HashMap;
 use parking_lot::Mutex;
 use smallvec::SmallVec;
 
-use sluice_core::counter::{CounterState, settle as settle_counter};
+mod block;
+
+use block::{Block, Place};
+use sluice_core::counter::{ChargedAs, CounterState, settle as settle_counter};
 use sluice_core::{
     ChargeRecord, Clock, CounterKey, CounterStore, Decision, GroupKey, Instant, Metric, Outcome,
-    Plan, ReservationId, Settlement, Usage, decide, records,
+    Plan, ReservationId, Settlement, Usage, decide,
 };
 
 /// A shard sweeps itself when it has grown this much since its last sweep.
@@ -38,8 +43,9 @@ const SWEEP_MIN: usize = 1_024;
 /// A shard sweeps expired leases at least this often (nanoseconds).
 const LEASE_SWEEP_NANOS: u64 = 1_000_000_000;
 
-/// A counter's place in a shard's table: its group and its identity, as
-/// plain words (no 16-byte alignment: 24 bytes, 48 with its state).
+/// A counter's place in a shard's overflow table (counters beyond what a
+/// tenant's block holds): its group and its identity, as plain words (no
+/// 16-byte alignment: 24 bytes, 48 with its state).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Slot {
     group_hi: u64,
@@ -110,38 +116,251 @@ struct Lease {
     charges: SmallVec<[ChargeRecord; 4]>,
 }
 
+/// Hashes a tenant's 32 bits for the table of blocks. The low bits are the
+/// same for every tenant of a shard (they chose the shard), so fold a
+/// multiplication to spread the others over the buckets.
+#[derive(Clone, Copy, Default)]
+struct TenantHasher(u64);
+
+impl Hasher for TenantHasher {
+    fn finish(&self) -> u64 {
+        let m = u128::from(self.0 ^ 0x243F_6A88_85A3_08D3) * 0x9E37_79B9_7F4A_7C15;
+        (m as u64) ^ ((m >> 64) as u64)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.0 = u64::from(v);
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct BuildTenant;
+
+impl BuildHasher for BuildTenant {
+    type Hasher = TenantHasher;
+    fn build_hasher(&self) -> TenantHasher {
+        TenantHasher(0)
+    }
+}
+
+/// Where a counter was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Loc {
+    /// In its tenant's block.
+    Block(Place),
+    /// In the overflow table.
+    Overflow,
+    /// Nowhere.
+    Absent,
+}
+
 #[derive(Default)]
 struct Shard {
-    counters: HashMap<Slot, CounterState, BuildPass>,
+    /// Each tenant's counters, by the tenant's 32 bits (`GroupKey::tenant_bits`).
+    tenants: HashMap<u32, Block, BuildTenant>,
+    /// Counters that did not fit in their tenant's block.
+    overflow: HashMap<Slot, CounterState, BuildPass>,
+    /// Live counters (idle ones not swept yet included).
+    live: usize,
+    /// Counter slots held (vacant ones included): what sweeping bounds.
+    held: usize,
     /// Open reservations, in slots that are reused (the id names the slot).
     leases: Vec<Option<Lease>>,
     free: Vec<u32>,
     open: usize,
     sweep_at_len: usize,
     next_lease_sweep: u64,
+    /// Admissions with a reservation so far (the input of reservation tags).
+    seq: u64,
 }
 
 impl Shard {
+    fn locate(&self, key: &CounterKey) -> (Option<CounterState>, Loc) {
+        self.locate_in(self.tenants.get(&key.group.tenant_bits()), key)
+    }
+
+    /// Finds `key` given its tenant's block (looked up by the caller).
+    fn locate_in(&self, block: Option<&Block>, key: &CounterKey) -> (Option<CounterState>, Loc) {
+        if let Some(b) = block {
+            if let Some((p, s)) = b.find(&key.group, key.counter) {
+                return (Some(s), Loc::Block(p));
+            }
+            if b.overflowed()
+                && let Some(s) = self.overflow.get(&Slot::of(key))
+            {
+                return (Some(*s), Loc::Overflow);
+            }
+        }
+        (None, Loc::Absent)
+    }
+
+    /// Reads the state of every charge of `plan` and where it was found.
+    fn read(
+        &self,
+        plan: &Plan,
+        states: &mut SmallVec<[Option<CounterState>; 8]>,
+        locs: &mut SmallVec<[Loc; 8]>,
+    ) {
+        // A plan's counters are normally all its tenant's: one lookup.
+        let mut tenant: Option<(u32, Option<&Block>)> = None;
+        for c in &plan.charges {
+            let bits = c.key.group.tenant_bits();
+            let block = match tenant {
+                Some((t, b)) if t == bits => b,
+                _ => {
+                    let b = self.tenants.get(&bits);
+                    tenant = Some((bits, b));
+                    b
+                }
+            };
+            let (s, l) = self.locate_in(block, &c.key);
+            states.push(s);
+            locs.push(l);
+        }
+    }
+
+    /// Stores the states an admission decided, where [`Shard::read`] found
+    /// their counters.
+    fn write(&mut self, plan: &Plan, locs: &[Loc], writes: &[Option<CounterState>]) {
+        // Counters already there first: adding one may move the others.
+        let mut tenant: Option<(u32, Option<&mut Block>)> = None;
+        for ((c, loc), w) in plan.charges.iter().zip(locs).zip(writes) {
+            if let (Some(s), Loc::Block(p)) = (w, loc) {
+                let bits = c.key.group.tenant_bits();
+                if tenant.as_ref().is_none_or(|(t, _)| *t != bits) {
+                    tenant = Some((bits, self.tenants.get_mut(&bits)));
+                }
+                if let Some((_, Some(b))) = tenant.as_mut() {
+                    b.put(*p, s);
+                }
+            }
+        }
+        for ((c, loc), w) in plan.charges.iter().zip(locs).zip(writes) {
+            match (w, loc) {
+                (Some(_), Loc::Block(_)) | (None, _) => {}
+                // Not found when read: look again, an earlier charge of this
+                // plan may have added it (a plan that names a counter twice).
+                (Some(s), Loc::Absent) => self.set(&c.key, *s),
+                (Some(s), Loc::Overflow) => self.set_at(&c.key, Loc::Overflow, *s),
+            }
+        }
+    }
+
     fn get(&self, key: &CounterKey) -> Option<CounterState> {
-        self.counters.get(&Slot::of(key)).copied()
+        self.locate(key).0
     }
 
     fn set(&mut self, key: &CounterKey, state: CounterState) {
-        self.counters.insert(Slot::of(key), state);
+        let loc = self.locate(key).1;
+        self.set_at(key, loc, state);
+    }
+
+    /// Stores a state where [`Shard::locate`] found its counter.
+    fn set_at(&mut self, key: &CounterKey, loc: Loc, state: CounterState) {
+        let bits = key.group.tenant_bits();
+        match loc {
+            Loc::Block(p) => {
+                if let Some(b) = self.tenants.get_mut(&bits) {
+                    b.put(p, &state);
+                }
+            }
+            Loc::Overflow => {
+                self.overflow.insert(Slot::of(key), state);
+            }
+            Loc::Absent => {
+                let b = self.tenants.entry(bits).or_default();
+                let before = b.slots();
+                if b.insert(&key.group, key.counter, &state) {
+                    self.held += b.slots() - before;
+                } else {
+                    b.set_overflowed();
+                    self.overflow.insert(Slot::of(key), state);
+                    self.held += 1;
+                }
+                self.live += 1;
+            }
+        }
     }
 
     fn remove(&mut self, key: &CounterKey) -> bool {
-        self.counters.remove(&Slot::of(key)).is_some()
+        let loc = self.locate(key).1;
+        self.remove_at(key, loc)
+    }
+
+    /// Removes a counter where [`Shard::locate`] found it.
+    fn remove_at(&mut self, key: &CounterKey, loc: Loc) -> bool {
+        let bits = key.group.tenant_bits();
+        let removed = match loc {
+            Loc::Block(p) => {
+                if let Some(b) = self.tenants.get_mut(&bits) {
+                    b.vacate(p);
+                }
+                true
+            }
+            Loc::Overflow => {
+                self.overflow.remove(&Slot::of(key));
+                self.held -= 1;
+                true
+            }
+            Loc::Absent => false,
+        };
+        if removed {
+            self.live -= 1;
+        }
+        removed
     }
 
     fn sweep(&mut self, now: Instant) {
         self.expire_leases(now);
-        self.counters.retain(|_, s| !s.is_idle(now));
-        self.sweep_at_len = (self.counters.len() * 2).max(SWEEP_MIN);
+        self.overflow.retain(|_, s| !s.is_idle(now));
+        let overflowed = !self.overflow.is_empty();
+        let mut live = 0;
+        let mut held = 0;
+        self.tenants.retain(|_, b| {
+            if !overflowed {
+                b.clear_overflowed();
+            }
+            live += b.compact(now);
+            held += b.slots();
+            !b.is_empty()
+        });
+        self.live = live + self.overflow.len();
+        self.held = held + self.overflow.len();
+        self.sweep_at_len = (self.held * 2).max(SWEEP_MIN);
         // Give memory back once a burst of tenants has gone quiet.
-        if self.counters.capacity() > 4 * self.counters.len().max(SWEEP_MIN) {
-            self.counters.shrink_to_fit();
+        if self.tenants.capacity() > 4 * self.tenants.len().max(SWEEP_MIN) {
+            self.tenants.shrink_to_fit();
         }
+        if self.overflow.capacity() > 4 * self.overflow.len().max(SWEEP_MIN) {
+            self.overflow.shrink_to_fit();
+        }
+    }
+
+    /// Bytes held by the counters: the table of blocks, the blocks and the
+    /// overflow table.
+    fn bytes(&self) -> usize {
+        fn table<K, V>(capacity: usize) -> usize {
+            if capacity == 0 {
+                return 0;
+            }
+            // hashbrown: buckets = capacity * 8/7, rounded to a power of two.
+            let buckets = (capacity * 8 / 7).next_power_of_two();
+            buckets * (size_of::<(K, V)>() + 1) + 16
+        }
+        table::<u32, Block>(self.tenants.capacity())
+            + self.tenants.values().map(Block::bytes).sum::<usize>()
+            + table::<Slot, CounterState>(self.overflow.capacity())
+    }
+
+    /// The next reservation tag: SipHash, keyed at random per process, of
+    /// the shard and its sequence number.
+    fn new_tag(&mut self, index: usize, ids: &RandomState) -> u64 {
+        self.seq += 1;
+        ids.hash_one((index as u64, self.seq))
     }
 
     fn open_lease(&mut self, lease: Lease) -> u32 {
@@ -193,10 +412,11 @@ impl Shard {
     }
 
     fn apply(&mut self, c: &ChargeRecord, actual: u64, now: Instant) {
-        match settle_counter(self.get(&c.key), c.how, c.charged, actual, now) {
-            Some(s) if !s.is_idle(now) => self.set(&c.key, s),
+        let (state, loc) = self.locate(&c.key);
+        match settle_counter(state, c.how, c.charged, actual, now) {
+            Some(s) if !s.is_idle(now) => self.set_at(&c.key, loc, s),
             _ => {
-                self.remove(&c.key);
+                self.remove_at(&c.key, loc);
             }
         }
     }
@@ -226,7 +446,6 @@ pub struct MemoryStore {
 struct Inner {
     shards: Box<[Padded]>,
     mask: u64,
-    seq: AtomicU64,
     ids: RandomState,
     clock: Arc<dyn Clock>,
 }
@@ -254,7 +473,6 @@ impl MemoryStore {
             inner: Arc::new(Inner {
                 shards,
                 mask: n as u64 - 1,
-                seq: AtomicU64::new(1),
                 ids: RandomState::new(),
                 clock: Arc::new(clock),
             }),
@@ -279,33 +497,38 @@ impl MemoryStore {
     /// Admits (or denies) a plan, all or nothing. See [`CounterStore::admit`].
     pub fn admit_now(&self, plan: &Plan) -> Decision {
         let (index, shard) = self.shard_of(plan.tenant);
-        let mut shard = shard.lock();
+        let mut guard = shard.lock();
+        let shard = &mut *guard;
         if plan.now.0 >= shard.next_lease_sweep {
             shard.expire_leases(plan.now);
         }
-        let states: SmallVec<[Option<CounterState>; 8]> =
-            plan.charges.iter().map(|c| shard.get(&c.key)).collect();
+        let mut states: SmallVec<[Option<CounterState>; 8]> = SmallVec::new();
+        let mut locs: SmallVec<[Loc; 8]> = SmallVec::new();
+        shard.read(plan, &mut states, &mut locs);
         let mut eval = decide(plan, &states);
         if eval.decision.is_admitted() {
+            shard.write(plan, &locs, &eval.writes);
+            // What `sluice_core::records` returns, built in place.
+            let mut charges: SmallVec<[ChargeRecord; 4]> = SmallVec::new();
             for (c, w) in plan.charges.iter().zip(&eval.writes) {
-                if let Some(s) = w {
-                    shard.set(&c.key, *s);
+                if w.is_some() {
+                    charges.push(ChargeRecord {
+                        key: c.key,
+                        metric: c.metric,
+                        how: ChargedAs::of(&c.rule),
+                        charged: c.cost,
+                    });
                 }
             }
-            let charges = records(plan, &eval);
             if !charges.is_empty() {
-                let tag = self.new_tag();
-                let slot = shard.open_lease(Lease {
-                    tag,
-                    expires: plan.lease_until.0,
-                    charges: charges.into_iter().collect(),
-                });
+                let tag = shard.new_tag(index, &self.inner.ids);
+                let slot = shard.open_lease(Lease { tag, expires: plan.lease_until.0, charges });
                 let low = (u64::from(slot) << 16) | index as u64;
                 eval.decision.outcome = Outcome::Admitted {
                     reservation: Some(ReservationId((u128::from(tag) << 64) | u128::from(low))),
                 };
             }
-            if shard.counters.len() >= shard.sweep_at_len.max(SWEEP_MIN) {
+            if shard.held >= shard.sweep_at_len.max(SWEEP_MIN) {
                 shard.sweep(plan.now);
             }
         }
@@ -315,18 +538,10 @@ impl MemoryStore {
     /// Reports a plan's state without charging. See [`CounterStore::peek`].
     pub fn peek_now(&self, plan: &Plan) -> Decision {
         let (_, shard) = self.shard_of(plan.tenant);
-        let states: SmallVec<[Option<CounterState>; 8]> = {
-            let shard = shard.lock();
-            plan.charges.iter().map(|c| shard.get(&c.key)).collect()
-        };
+        let mut states: SmallVec<[Option<CounterState>; 8]> = SmallVec::new();
+        let mut locs: SmallVec<[Loc; 8]> = SmallVec::new();
+        shard.lock().read(plan, &mut states, &mut locs);
         decide(&plan.at_zero_cost(), &states).decision
-    }
-
-    /// An unguessable tag: SipHash, keyed at random per process, of a
-    /// sequence number.
-    fn new_tag(&self) -> u64 {
-        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
-        self.inner.ids.hash_one(seq)
     }
 
     fn take_lease(&self, id: ReservationId) -> Option<(parking_lot::MutexGuard<'_, Shard>, Lease)> {
@@ -381,16 +596,11 @@ impl MemoryStore {
     /// Current sizes.
     pub fn stats(&self) -> MemoryStats {
         let mut st = MemoryStats::default();
-        let entry = size_of::<(Slot, CounterState)>() + 1;
         for s in self.inner.shards.iter() {
             let s = s.0.lock();
-            st.counters += s.counters.len();
+            st.counters += s.live;
             st.reservations += s.open;
-            if s.counters.capacity() > 0 {
-                // hashbrown: buckets = capacity * 8/7, rounded to a power of two.
-                let buckets = (s.counters.capacity() * 8 / 7).next_power_of_two();
-                st.counter_bytes += buckets * entry + 16;
-            }
+            st.counter_bytes += s.bytes();
         }
         st
     }
@@ -401,8 +611,15 @@ impl MemoryStore {
         let mut out = Vec::new();
         for s in self.inner.shards.iter() {
             let s = s.0.lock();
+            for b in s.tenants.values() {
+                out.extend(
+                    b.iter()
+                        .filter(|(_, _, st)| !st.is_idle(now))
+                        .map(|(group, counter, st)| (CounterKey { group, counter }, st)),
+                );
+            }
             out.extend(
-                s.counters.iter().filter(|(_, st)| !st.is_idle(now)).map(|(k, st)| (k.key(), *st)),
+                s.overflow.iter().filter(|(_, st)| !st.is_idle(now)).map(|(k, st)| (k.key(), *st)),
             );
         }
         out

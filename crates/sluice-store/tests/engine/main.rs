@@ -31,6 +31,7 @@ macro_rules! engine_tests {
             suite::reloaded_policy_keeps_counters,
             suite::tenants_do_not_share_counters,
             suite::decision_reports_every_limit,
+            suite::a_tenant_on_many_models_keeps_every_count,
             scenarios::provider_documents_replay
         );
     };
@@ -60,6 +61,49 @@ mod memory {
     }
 
     engine_tests!(Memory);
+
+    /// The memory store's own bookkeeping with a tenant whose counters do
+    /// not all fit side by side: sweeping drops only idle counters, and a
+    /// snapshot restored into a new store (the data file's path) has them all.
+    #[test]
+    fn sweep_and_snapshot_keep_a_busy_tenants_counters() {
+        use std::time::Duration;
+
+        use sluice_core::Cost;
+
+        use crate::harness::{Harness, policy, status, tenant};
+
+        let mut text = String::new();
+        for m in 0..40 {
+            text.push_str(&format!("[models.m{m}]\n"));
+        }
+        text.push_str("[tiers.free.models]\n");
+        for m in 0..40 {
+            text.push_str(&format!("m{m} = {{ rpm = 3, rpd = 100 }}\n"));
+        }
+        let h = Harness::new(&Memory, policy(&text), "2026-05-01T10:00:00Z");
+        let t = h.tenant(&tenant("busy"));
+        for m in 0..40 {
+            for _ in 0..2 {
+                assert!(h.admit(&t, &format!("m{m}"), Cost::REQUEST).is_admitted());
+            }
+        }
+        // 40 RPM and 40 RPD counters.
+        assert_eq!(h.store.stats().counters, 80);
+        h.advance(Duration::from_secs(61));
+        h.store.sweep();
+        // The RPMs refilled and went; the day's counts stay.
+        assert_eq!(h.store.stats().counters, 40);
+        let copy = MemoryStore::with_shards(h.clock.clone(), 8);
+        copy.restore(h.store.snapshot());
+        let h2 = Harness { store: copy, ..h };
+        for m in 0..40 {
+            let model = format!("m{m}");
+            let d = h2.peek(&t, &model);
+            let rpd = status(&h2.policy, &d, &format!("{model}/rpd"));
+            assert_eq!(rpd.used, 2, "{model}");
+        }
+    }
 }
 
 mod redis {

@@ -657,3 +657,53 @@ pub fn decision_reports_every_limit<F: StoreFactory>(f: &F) {
     // One request of ten per minute: back to full six seconds later.
     assert_eq!(rpm.reset, Some(Instant(h.clock.now().0 + 6 * NS)));
 }
+
+/// A tenant busy on many models (more partitions than a store keeps side by
+/// side) still has every count, and each model its own: none is lost, none
+/// shared.
+pub fn a_tenant_on_many_models_keeps_every_count<F: StoreFactory>(f: &F) {
+    const MODELS: usize = 40;
+    let mut text = String::new();
+    for m in 0..MODELS {
+        text.push_str(&format!("[models.m{m}]\n"));
+    }
+    text.push_str("[tiers.free.models]\n");
+    for m in 0..MODELS {
+        text.push_str(&format!("m{m} = {{ rpm = 3, rpd = 100 }}\n"));
+    }
+    text.push_str(
+        "[[tiers.free.limits]]\nname = \"requests-all-models\"\nmetric = \"requests\"\namount = 1000\nwindow = \"1d\"\n",
+    );
+    let h = Harness::new(f, policy(&text), "2026-05-01T10:00:00Z");
+    let t = h.tenant(&tenant("busy"));
+    let other = h.tenant(&tenant("quiet"));
+    for round in 0..3 {
+        for m in 0..MODELS {
+            let d = h.admit(&t, &format!("m{m}"), Cost::REQUEST);
+            assert!(d.is_admitted(), "round {round}, model m{m}");
+        }
+    }
+    for m in 0..MODELS {
+        let model = format!("m{m}");
+        let d = h.admit(&t, &model, Cost::REQUEST);
+        assert_eq!(denied_by(&h.policy, &d), format!("{model}/rpm"));
+        let d = h.peek(&t, &model);
+        let rpd = status(&h.policy, &d, &format!("{model}/rpd"));
+        assert_eq!(rpd.used, 3, "{model}");
+    }
+    let d = h.peek(&t, "m0");
+    let all = status(&h.policy, &d, "requests-all-models");
+    assert_eq!(all.used, 3 * MODELS as u64);
+    // Another tenant of the same shard or not starts from nothing.
+    let d = h.peek(&other, "m7");
+    assert_eq!(status(&h.policy, &d, "m7/rpd").used, 0);
+    // A minute later the RPMs have refilled (and may be swept); the day's
+    // counts stay.
+    h.advance(Duration::from_secs(61));
+    for m in 0..MODELS {
+        assert!(h.admit(&t, &format!("m{m}"), Cost::REQUEST).is_admitted(), "m{m}");
+    }
+    let d = h.peek(&t, "m0");
+    let all = status(&h.policy, &d, "requests-all-models");
+    assert_eq!(all.used, 4 * MODELS as u64);
+}
