@@ -18,9 +18,11 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use sluice_core::{CounterStore, ReservationId, Usage};
 use sluice_llm::usage::{SseUsageTap, usage_from_json};
+
+use crate::upstream::UpstreamBody;
 
 /// Errors of a response body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -51,7 +53,10 @@ pub enum Tap {
 /// The frames of a JSON body, up to [`JSON_KEEP`] bytes.
 #[derive(Default)]
 pub struct JsonFrames {
-    frames: Vec<Bytes>,
+    /// The first frame (often the only one).
+    first: Option<Bytes>,
+    /// The others.
+    rest: Vec<Bytes>,
     len: usize,
 }
 
@@ -59,17 +64,21 @@ impl JsonFrames {
     fn push(&mut self, frame: &Bytes) {
         if self.len + frame.len() <= JSON_KEEP {
             self.len += frame.len();
-            self.frames.push(frame.clone());
+            if self.first.is_none() {
+                self.first = Some(frame.clone());
+            } else {
+                self.rest.push(frame.clone());
+            }
         }
     }
 
     /// The `usage` of the body kept.
     fn usage(&self) -> Option<sluice_llm::usage::Usage> {
-        match self.frames.as_slice() {
-            [one] => usage_from_json(one),
-            frames => {
+        match (&self.first, self.rest.is_empty()) {
+            (Some(one), true) => usage_from_json(one),
+            (first, _) => {
                 let mut all = Vec::with_capacity(self.len);
-                for f in frames {
+                for f in first.iter().chain(&self.rest) {
                     all.extend_from_slice(f);
                 }
                 usage_from_json(&all)
@@ -123,7 +132,7 @@ impl<S: CounterStore> Drop for Settler<S> {
 
 /// An upstream body, forwarded and metered.
 pub struct Metered<S: CounterStore> {
-    inner: Incoming,
+    inner: UpstreamBody,
     tap: Tap,
     settler: Settler<S>,
     done: bool,
@@ -131,7 +140,7 @@ pub struct Metered<S: CounterStore> {
 
 impl<S: CounterStore> Metered<S> {
     /// Wraps an upstream body.
-    pub fn new(inner: Incoming, tap: Tap, settler: Settler<S>) -> Self {
+    pub fn new(inner: UpstreamBody, tap: Tap, settler: Settler<S>) -> Self {
         Self { inner, tap, settler, done: false }
     }
 

@@ -4,10 +4,12 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use std::borrow::Cow;
+
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use sluice_config::gateway::UpstreamFailure;
 use sluice_core::{Clock, Cost, CounterStore, Usage};
@@ -58,6 +60,13 @@ fn skip_response_header(name: &HeaderName) -> bool {
             | "content-length"
             | "x-request-id"
     )
+}
+
+/// Removes, in place, every header whose name `skip` picks.
+fn remove_headers(map: &mut HeaderMap, skip: fn(&HeaderName) -> bool) {
+    while let Some(name) = map.keys().find(|n| skip(n)).cloned() {
+        map.remove(&name);
+    }
 }
 
 pub(crate) fn error_response(e: &ApiError) -> Response<ResponseBody> {
@@ -122,15 +131,36 @@ pub(crate) fn authenticate<'r>(
     Ok(key)
 }
 
-/// Reads a request body, refusing more than `limit` bytes.
-async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::body_too_large(limit as u64))
+/// Reads a request body, refusing more than `limit` bytes. A body that comes
+/// in one frame (a small request's usual case) is kept as it is, not copied.
+async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    let mut first: Option<Bytes> = None;
+    let mut more: Option<BytesMut> = None;
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|_| ApiError::bad_request("The request body could not be read.", None))?;
+        let Ok(data) = frame.into_data() else { continue };
+        len += data.len();
+        if len > limit {
+            return Err(ApiError::body_too_large(limit as u64));
         }
-        Err(_) => Err(ApiError::bad_request("The request body could not be read.", None)),
+        match (&first, &mut more) {
+            (None, _) => first = Some(data),
+            (Some(f), None) => {
+                let mut all = BytesMut::with_capacity(len.max(f.len() * 2));
+                all.extend_from_slice(f);
+                all.extend_from_slice(&data);
+                more = Some(all);
+            }
+            (Some(_), Some(all)) => all.extend_from_slice(&data),
+        }
     }
+    Ok(match (first, more) {
+        (_, Some(all)) => all.freeze(),
+        (Some(f), None) => f,
+        (None, None) => Bytes::new(),
+    })
 }
 
 /// A proxied request, from the moment its endpoint is known.
@@ -153,7 +183,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
         Err(e) => return error_response(&e),
     };
     let tenant = &rt.tenants[key.tenant];
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let body = match read_body(body, rt.settings.max_body_bytes).await {
         Ok(b) => b,
         Err(e) => return error_response(&e),
@@ -168,7 +198,6 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
         Some(r) if rt.policy.model_allowed(tenant.facts.tier(), model) => r,
         _ => return error_response(&ApiError::model_not_found(&facts.model)),
     };
-    let model_name = facts.model.to_string();
     let stream = facts.stream && kind.streams_usage();
     let client_asked_usage = facts.include_usage;
 
@@ -179,13 +208,17 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     } else {
         0
     };
-    let input = if body.len() > INLINE_TOKENIZE_BYTES {
+    let (input, model_name) = if body.len() > INLINE_TOKENIZE_BYTES {
+        let name = Cow::Owned(facts.model.to_string());
         let owned = facts.into_owned();
         let est = gw.estimator.clone();
         let encoding = route.encoding;
-        tokio::task::spawn_blocking(move || est.input_tokens(&owned, encoding)).await.unwrap_or(0)
+        let input = tokio::task::spawn_blocking(move || est.input_tokens(&owned, encoding))
+            .await
+            .unwrap_or(0);
+        (input, name)
     } else {
-        gw.estimator.input_tokens(&facts, route.encoding)
+        (gw.estimator.input_tokens(&facts, route.encoding), Cow::Borrowed(&*facts.model))
     };
     let cost = Cost::tokens(input, output);
 
@@ -243,12 +276,10 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     let mut up = Request::new(Full::new(upstream_body));
     *up.method_mut() = Method::POST;
     *up.uri_mut() = uri;
+    // The client's headers, less those of this hop.
     let h = up.headers_mut();
-    for (name, value) in &parts.headers {
-        if !skip_request_header(name) {
-            h.append(name.clone(), value.clone());
-        }
-    }
+    *h = std::mem::take(&mut parts.headers);
+    remove_headers(h, skip_request_header);
     if let Some(auth) = upstream.auth() {
         h.insert(header::AUTHORIZATION, auth.clone());
     }
@@ -287,15 +318,12 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
         Tap::Json(JsonFrames::default())
     };
     let settler = if ok { settler } else { settler.with_fixed_usage(failure_usage) };
-    let headers = std::mem::take(&mut head.headers);
     let mut r = Response::new(Metered::new(upstream_body, tap, settler).boxed());
     *r.status_mut() = head.status;
+    // The upstream's headers, less those of this hop and its own rate limits.
     let out = r.headers_mut();
-    for (name, value) in &headers {
-        if !skip_response_header(name) {
-            out.append(name.clone(), value.clone());
-        }
-    }
+    *out = std::mem::take(&mut head.headers);
+    remove_headers(out, skip_response_header);
     remove_rate_limit_headers(out);
     insert_headers(out, &decision, &rt.policy, now, &opts);
     r

@@ -72,8 +72,14 @@ impl<S: CounterStore + Clone + Unpin> Gateway<S> {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let a = self.ids.hash_one(n);
         let b = self.ids.hash_one(!n);
-        let id = format!("req_{a:016x}{b:016x}");
-        HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("req_0"))
+        // `req_` and 32 hex digits.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut id = *b"req_00000000000000000000000000000000";
+        for (i, digit) in id[4..].iter_mut().enumerate() {
+            let word = if i < 16 { a } else { b };
+            *digit = HEX[((word >> (60 - 4 * (i % 16))) & 0xf) as usize];
+        }
+        HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("req_0"))
     }
 
     /// Handles one request.
