@@ -68,7 +68,7 @@ pub use facts::{
 pub use metric::Metric;
 pub use plan::{
     ChargeRecord, CounterKey, Decision, Evaluation, GroupKey, LimitStatus, Outcome, Plan,
-    PlannedCharge, ReservationId, Settlement, Usage, decide, records,
+    PlannedCharge, ReservationId, Settlement, Usage, decide, decide_into, records,
 };
 pub use policy::{
     ClauseSpec, ConditionSpec, EndpointId, ExemptionSpec, Fact, HeaderFamily, HeaderMetric,

@@ -138,6 +138,9 @@ impl Policy {
                 exempting.push(&e.limits);
             }
         }
+        // Limits often share a window (RPD, TPD and a daily cap): resolve
+        // each calendar window once per plan.
+        let mut resolved: Option<(crate::window::Window, (crate::window::Slot, Instant))> = None;
         for &id in candidates {
             let limit = &self.limits[id.index()];
             if !self.holds(&limit.when, req)
@@ -168,7 +171,14 @@ impl Policy {
                     }),
                 },
                 Some(w) => {
-                    let (slot, next_end) = w.slot_and_next(now, tenant.zone.as_ref());
+                    let (slot, next_end) = match resolved {
+                        Some((rw, r)) if rw == w => r,
+                        _ => {
+                            let r = w.slot_and_next(now, tenant.zone.as_ref());
+                            resolved = Some((w, r));
+                            r
+                        }
+                    };
                     Rule::Calendar { slot, next_end, amount }
                 }
             };
@@ -425,8 +435,25 @@ pub struct Evaluation {
 /// Decides a plan given each charge's current counter state (`states[i]` for
 /// `plan.charges[i]`). Pure: the caller provides atomicity.
 pub fn decide(plan: &Plan, states: &[Option<CounterState>]) -> Evaluation {
-    let mut statuses: SmallVec<[LimitStatus; 8]> = SmallVec::new();
+    let mut decision =
+        Decision { outcome: Outcome::Admitted { reservation: None }, statuses: SmallVec::new() };
     let mut writes = SmallVec::new();
+    decide_into(plan, states, &mut decision, &mut writes);
+    Evaluation { decision, writes }
+}
+
+/// [`decide`], into the caller's decision and writes (cleared first): a
+/// store's hot path builds the decision where it will return it instead of
+/// moving a kilobyte of statuses around.
+pub fn decide_into(
+    plan: &Plan,
+    states: &[Option<CounterState>],
+    decision: &mut Decision,
+    writes: &mut SmallVec<[Option<CounterState>; 8]>,
+) {
+    let statuses = &mut decision.statuses;
+    statuses.clear();
+    writes.clear();
     let mut never: Option<usize> = None;
     let mut wait: Option<(usize, Instant)> = None;
     for (i, c) in plan.charges.iter().enumerate() {
@@ -483,7 +510,7 @@ pub fn decide(plan: &Plan, states: &[Option<CounterState>]) -> Evaluation {
             }
         }
     }
-    Evaluation { decision: Decision { outcome, statuses }, writes }
+    decision.outcome = outcome;
 }
 
 /// The charges to remember for settlement of an admitted plan.

@@ -35,7 +35,7 @@ use block::{Block, Place};
 use sluice_core::counter::{ChargedAs, CounterState, settle as settle_counter};
 use sluice_core::{
     ChargeRecord, Clock, CounterKey, CounterStore, Decision, GroupKey, Instant, Metric, Outcome,
-    Plan, ReservationId, Settlement, Usage, decide,
+    Plan, ReservationId, Settlement, Usage, decide, decide_into,
 };
 
 /// A shard sweeps itself when it has grown this much since its last sweep.
@@ -505,12 +505,17 @@ impl MemoryStore {
         let mut states: SmallVec<[Option<CounterState>; 8]> = SmallVec::new();
         let mut locs: SmallVec<[Loc; 8]> = SmallVec::new();
         shard.read(plan, &mut states, &mut locs);
-        let mut eval = decide(plan, &states);
-        if eval.decision.is_admitted() {
-            shard.write(plan, &locs, &eval.writes);
+        let mut decision = Decision {
+            outcome: Outcome::Admitted { reservation: None },
+            statuses: SmallVec::new(),
+        };
+        let mut writes: SmallVec<[Option<CounterState>; 8]> = SmallVec::new();
+        decide_into(plan, &states, &mut decision, &mut writes);
+        if decision.is_admitted() {
+            shard.write(plan, &locs, &writes);
             // What `sluice_core::records` returns, built in place.
             let mut charges: SmallVec<[ChargeRecord; 4]> = SmallVec::new();
-            for (c, w) in plan.charges.iter().zip(&eval.writes) {
+            for (c, w) in plan.charges.iter().zip(&writes) {
                 if w.is_some() {
                     charges.push(ChargeRecord {
                         key: c.key,
@@ -524,7 +529,7 @@ impl MemoryStore {
                 let tag = shard.new_tag(index, &self.inner.ids);
                 let slot = shard.open_lease(Lease { tag, expires: plan.lease_until.0, charges });
                 let low = (u64::from(slot) << 16) | index as u64;
-                eval.decision.outcome = Outcome::Admitted {
+                decision.outcome = Outcome::Admitted {
                     reservation: Some(ReservationId((u128::from(tag) << 64) | u128::from(low))),
                 };
             }
@@ -532,7 +537,7 @@ impl MemoryStore {
                 shard.sweep(plan.now);
             }
         }
-        eval.decision
+        decision
     }
 
     /// Reports a plan's state without charging. See [`CounterStore::peek`].
