@@ -82,7 +82,7 @@ pub enum RuntimeError {
     },
     /// A model with no upstream.
     #[error(
-        "model `{0}` has no upstream: add an [upstreams.<name>] section (and `upstream = \"<name>\"` on the model if there are several)"
+        "model `{0}` has no upstream: add an [upstreams.<name>] section (and `upstream = \"<name>\"` on the model if there are several), or a [decisions] section to run the decision service alone"
     )]
     NoUpstream(String),
     /// An upstream that cannot be used.
@@ -235,10 +235,17 @@ impl Runtime {
         }
 
         let settings = config.gateway.clone();
+        // A file with [decisions] and no [upstreams] runs the decision
+        // service alone: no model is proxied, and that is not an error.
+        let decisions_only = config.decisions.is_some() && settings.upstreams.is_empty();
         let mut routes = HashMap::new();
         for r in &settings.routes {
             let Some(model) = policy.model(&r.model) else { continue };
-            let upstream = r.upstream.ok_or_else(|| RuntimeError::NoUpstream(r.model.clone()))?;
+            let upstream = match r.upstream {
+                Some(u) => u,
+                None if decisions_only => continue,
+                None => return Err(RuntimeError::NoUpstream(r.model.clone())),
+            };
             let bytes = settings.tokens.bytes_per_token as f32;
             let encoding = match r.encoding {
                 Some(TokenEncoding::O200kBase) => Encoding::O200kBase,

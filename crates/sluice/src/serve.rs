@@ -74,8 +74,8 @@ async fn serve(
     listen: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
-        !config.gateway.upstreams.is_empty(),
-        "the policy has no [upstreams]: say where requests go (see docs/CONFIG.md)"
+        !config.gateway.upstreams.is_empty() || config.decisions.is_some(),
+        "the policy has no [upstreams]: say where requests go, or add [decisions] to run the decision service alone (see docs/CONFIG.md)"
     );
     let mut mocks = Vec::new();
     let mut urls = HashMap::new();
@@ -205,17 +205,31 @@ where
         }
     };
 
+    // With [decisions] and no [upstreams], Sluice only decides: the proxy
+    // listener (health checks, /v1/models) is opened only if asked for.
+    let decisions_only = config.decisions.is_some() && config.gateway.upstreams.is_empty();
     let addr = match listen.or(config.gateway.listen) {
-        Some(a) => a,
-        None => DEFAULT_LISTEN.parse()?,
+        Some(a) => Some(a),
+        None if decisions_only => None,
+        None => Some(DEFAULT_LISTEN.parse()?),
     };
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listening on {addr}"))?;
-    let local = listener.local_addr()?;
-    // Tests and scripts read these lines to find the ports.
-    println!("sluice listening on http://{local}");
-    tracing::info!(%local, policy = config.policy.name(), "serving");
+    let listener = match addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr}"))?;
+            let local = listener.local_addr()?;
+            // Tests and scripts read these lines to find the ports.
+            println!("sluice listening on http://{local}");
+            tracing::info!(%local, policy = config.policy.name(), "serving");
+            Some(listener)
+        }
+        None => {
+            println!("sluice: no [upstreams]: the decision service only");
+            tracing::info!(policy = config.policy.name(), "deciding only (no [upstreams])");
+            None
+        }
+    };
 
     let mut tasks = Vec::new();
     if let Some(admin) = &config.gateway.admin {
@@ -277,8 +291,18 @@ where
         })
     });
 
-    sluice_gateway::serve(listener, gateway, shutdown_signal(), config.gateway.shutdown_grace)
-        .await?;
+    match listener {
+        Some(listener) => {
+            sluice_gateway::serve(
+                listener,
+                gateway,
+                shutdown_signal(),
+                config.gateway.shutdown_grace,
+            )
+            .await?;
+        }
+        None => shutdown_signal().await,
+    }
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = t.await;

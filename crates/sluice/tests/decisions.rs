@@ -282,3 +282,78 @@ async fn serve_refuses_to_start_without_the_decisions_token() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("decisions.token_env names `DECISIONS_TOKEN`, which is not set"), "{err}");
 }
+
+/// A file with `[decisions]` and no `[upstreams]` runs the decision service
+/// alone: no proxy listener unless one is asked for, decisions as usual, and
+/// a clean stop on SIGTERM. Without `[decisions]` the same file is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_alone_need_no_upstream() {
+    let text = format!(
+        r#"
+[models.m]
+
+[tiers.free.models]
+m = {{ rpm = 2 }}
+
+[tenants.acme]
+tier = "free"
+
+[[tenants.acme.keys]]
+id = "acme-1"
+hash = "{}"
+
+[decisions]
+grpc_listen = "127.0.0.1:0"
+http_listen = "127.0.0.1:0"
+"#,
+        key_hash(KEY)
+    );
+    let mut sluice = Sluice::start_without_listen(
+        &text,
+        &[],
+        "sluice: no [upstreams]: the decision service only",
+    );
+    let grpc = sluice.line("sluice decisions grpc on ").expect("the grpc listener line");
+    let http = sluice.line("sluice decisions http on ").expect("the http listener line");
+    // The proxy's line would have come first.
+    assert!(!sluice.has_printed("sluice listening on "), "no proxy listener was asked for");
+    let mut rls_client = RateLimitServiceClient::connect(format!("http://{grpc}")).await.unwrap();
+    let by_key = format!("Bearer {KEY}");
+    let ask = || rls(&[&[("api_key", by_key.as_str()), ("model", "m")]], 1);
+    for _ in 0..2 {
+        let r = rls_client.should_rate_limit(ask()).await.unwrap().into_inner();
+        assert_eq!(r.overall_code, Code::Ok as i32);
+    }
+    let r = rls_client.should_rate_limit(ask()).await.unwrap().into_inner();
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    // The JSON API sees the same counters.
+    let r = client()
+        .post(format!("{http}/v1/decisions/check"))
+        .json(&json!({"api_key": KEY, "model": "m"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["admitted"], false, "{v}");
+    assert_eq!(used(&v, "m/rpm"), 2, "{v}");
+    let (status, _) = sluice.terminate();
+    assert!(status.success(), "{status}");
+
+    // The same policy without [decisions] has nothing to serve.
+    let proxy_only = text.split("[decisions]").next().unwrap().to_owned();
+    let dir = std::env::temp_dir().join(format!("sluice-e2e-noupstream-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, proxy_only).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the policy has no [upstreams]"), "{err}");
+}

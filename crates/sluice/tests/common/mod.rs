@@ -58,6 +58,24 @@ impl Sluice {
 
     /// Starts `sluice serve` with its policy (and data file) in `dir`.
     pub fn start_in(dir: &std::path::Path, policy: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn(dir, policy, env, &["--listen", "127.0.0.1:0"], "sluice listening on ")
+    }
+
+    /// Starts `sluice serve` with no `--listen`, and waits for the stdout
+    /// line that starts with `ready` (`url` is then that line's rest).
+    pub fn start_without_listen(policy: &str, env: &[(&str, &str)], ready: &str) -> Self {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("sluice-e2e-{}-{n}", std::process::id()));
+        Self::spawn(&dir, policy, env, &[], ready)
+    }
+
+    fn spawn(
+        dir: &std::path::Path,
+        policy: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+        ready: &str,
+    ) -> Self {
         let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("policy.toml");
@@ -65,7 +83,7 @@ impl Sluice {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
         cmd.args(["serve", "--config"])
             .arg(&path)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -102,7 +120,7 @@ impl Sluice {
             seen: Vec::new(),
             keep_dir: false,
         };
-        match s.line("sluice listening on ") {
+        match s.line(ready) {
             Some(url) => s.url = url,
             None => {
                 let _ = s.child.kill();
@@ -111,6 +129,11 @@ impl Sluice {
             }
         }
         s
+    }
+
+    /// Whether a stdout line read so far starts with `prefix` (no waiting).
+    pub fn has_printed(&self, prefix: &str) -> bool {
+        self.seen.iter().any(|l| l.starts_with(prefix))
     }
 
     /// The rest of the first stdout line that starts with `prefix` (waits up
