@@ -228,10 +228,13 @@ impl RedisCluster {
     }
 }
 
-/// A master and three sentinels watching it (quorum 2).
+/// A master and three sentinels watching it (quorum 2), and optionally a
+/// replica the sentinels can promote.
 pub struct RedisSentinels {
     /// The master.
     pub master: RedisServer,
+    /// Its replica, if started with one.
+    pub replica: Option<RedisServer>,
     sentinels: Vec<(Child, u16, PathBuf)>,
     /// The name the sentinels know the master by.
     pub name: String,
@@ -240,7 +243,28 @@ pub struct RedisSentinels {
 impl RedisSentinels {
     /// Starts a master and three sentinels.
     pub fn start() -> Self {
+        Self::start_inner(false)
+    }
+
+    /// Starts a master, a replica of it, and three sentinels: killing the
+    /// master makes the sentinels promote the replica (about two seconds).
+    pub fn start_with_replica() -> Self {
+        Self::start_inner(true)
+    }
+
+    fn start_inner(with_replica: bool) -> Self {
         let master = RedisServer::start();
+        let replica = with_replica.then(|| {
+            let of = master.port.to_string();
+            let r = RedisServer::start_with(&["--replicaof", "127.0.0.1", &of]);
+            // Replicating before the sentinels look, so they know of it.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !r.command("INFO replication").contains("master_link_status:up") {
+                assert!(std::time::Instant::now() < deadline, "the replica did not sync");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r
+        });
         let name = "sluice-master".to_owned();
         let mut sentinels = Vec::new();
         for _ in 0..3 {
@@ -266,7 +290,16 @@ impl RedisSentinels {
             wait_ready(port, &mut child, "redis-sentinel");
             sentinels.push((child, port, dir));
         }
-        Self { master, sentinels, name }
+        Self { master, replica, sentinels, name }
+    }
+
+    /// The port of the master the sentinels name now.
+    pub fn master_port(&self) -> Option<u16> {
+        let (_, port, _) = self.sentinels.first()?;
+        let reply =
+            command(*port, &format!("SENTINEL get-master-addr-by-name {}", self.name)).ok()?;
+        // *2 $9 127.0.0.1 $4 6380
+        reply.lines().filter(|l| !l.starts_with(['*', '$'])).nth(1)?.trim().parse().ok()
     }
 
     /// The sentinels' URLs.

@@ -342,3 +342,84 @@ async fn tenants_in_redis_a_revoked_key_stops_on_every_instance_within_a_second(
     .await;
     assert_eq!(r.status(), 401, "revoked on A too");
 }
+
+/// Sentinel failover: the master dies, the sentinels promote its replica,
+/// and Sluice follows them — counts kept, admin writes landing on the new
+/// master — without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_keeps_counting_on_the_promoted_replica() {
+    let mut sentinels = RedisSentinels::start_with_replica();
+    let replica_port = sentinels.replica.as_ref().unwrap().port;
+    let mock = mock().await;
+    let token = "admin-token-for-tests-0123456789";
+    let urls: Vec<String> = sentinels.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let store = format!(
+        "[store]\nkind = \"redis\"\nsentinels = [{}]\nmaster = \"{}\"\ntimeout = \"500ms\"\non_failure = \"closed\"\nprobe_interval = \"200ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        urls.join(", "),
+        sentinels.name
+    );
+    let text = policy(&store, "[tiers.default.models]\nm = { rpd = 10 }\n", &mock);
+    let mut s = Sluice::start(&text, &[("UPSTREAM_KEY", "k"), ("SLUICE_ADMIN_TOKEN", token)]);
+    let admin = s.line("sluice admin on ").unwrap();
+    let c = client();
+    let url = format!("{}/v1/chat/completions", s.url);
+    for left in [9, 8, 7] {
+        let r = post(&c, &url, Some(KEY), &chat("m", 5), &[]).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(num(&r, "x-ratelimit-remaining-requests-day"), left);
+    }
+    // The replica has every write, then the master dies.
+    assert!(sentinels.master.command("WAIT 1 2000").starts_with(":1"));
+    sentinels.master.kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sentinels.master_port() != Some(replica_port) {
+        assert!(Instant::now() < deadline, "the sentinels did not promote the replica");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Refused (fail closed, nothing charged) until Sluice has found the new
+    // master; then admitted on the counts the replica kept.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = post(&c, &url, Some(KEY), &chat("m", 5), &[]).await;
+        if r.status() == 200 {
+            break r;
+        }
+        assert_eq!(r.status(), 503, "a refusal while the master is away");
+        assert!(Instant::now() < deadline, "Sluice did not follow the failover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(num(&r, "x-ratelimit-remaining-requests-day"), 6, "the counts were kept");
+    // Tenants and keys in Redis follow too: a key created now works.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c
+            .post(format!("{admin}/admin/v1/tenants"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"id": "after"}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 201 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "admin writes fail after the failover: {}", r.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let v: serde_json::Value = c
+        .post(format!("{admin}/admin/v1/tenants/after/keys"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"id": "k-after"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = v["secret"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while post(&c, &url, Some(&secret), &chat("m", 5), &[]).await.status() != 200 {
+        assert!(Instant::now() < deadline, "the new key was not accepted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(sentinels.replica.as_ref().unwrap().command("ROLE").contains("master"));
+}

@@ -23,16 +23,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{SentinelClient, SentinelServerType};
 use redis::{RedisError, Script};
 use sluice_core::{
     Clock, CounterKey, CounterStore, Decision, Instant, LimitStatus, Metric, Outcome, Plan,
     ReservationId, Rule, Settlement, Usage, Verdict,
 };
 use smallvec::SmallVec;
+
+mod sentinel;
+
+pub(crate) use sentinel::SentinelConn;
 
 /// The admission script (see its header for KEYS and ARGV).
 pub const ADMIT_LUA: &str = include_str!("admit.lua");
@@ -112,11 +114,6 @@ enum Conn {
     Sentinel(Box<SentinelConn>),
 }
 
-struct SentinelConn {
-    client: tokio::sync::Mutex<SentinelClient>,
-    conn: Mutex<Option<MultiplexedConnection>>,
-}
-
 struct Inner {
     namespace: String,
     conn: Conn,
@@ -169,17 +166,7 @@ impl RedisStore {
                 Conn::Cluster(client.get_async_connection().await?)
             }
             Topology::Sentinel { sentinels, master } => {
-                let mut client = SentinelClient::build(
-                    sentinels.clone(),
-                    master.clone(),
-                    None,
-                    SentinelServerType::Master,
-                )?;
-                let c = client.get_async_connection().await?;
-                Conn::Sentinel(Box::new(SentinelConn {
-                    client: tokio::sync::Mutex::new(client),
-                    conn: Mutex::new(Some(c)),
-                }))
+                Conn::Sentinel(Box::new(SentinelConn::connect(sentinels, master).await?))
             }
         };
         let store = Self {
@@ -213,7 +200,7 @@ impl RedisStore {
                         .await?;
                 }
             }
-            Conn::Sentinel(s) => conn = s.conn.lock().clone(),
+            Conn::Sentinel(s) => conn = s.current(),
             Conn::Cluster(_) => {}
         }
         if let Some(mut c) = conn {
@@ -240,24 +227,7 @@ impl RedisStore {
             Conn::Single(c) => Ok(inv.invoke_async(&mut c.clone()).await?),
             Conn::Cluster(c) => Ok(inv.invoke_async(&mut c.clone()).await?),
             Conn::Sentinel(s) => {
-                let (client, conn) = (&s.client, &s.conn);
-                let current = conn.lock().clone();
-                let mut c = match current {
-                    Some(c) => c,
-                    None => {
-                        let c = client.lock().await.get_async_connection().await?;
-                        *conn.lock() = Some(c.clone());
-                        c
-                    }
-                };
-                let result = inv.invoke_async(&mut c).await;
-                if let Err(e) = &result
-                    && (e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal())
-                {
-                    // The master may have moved: ask the sentinels next time.
-                    *conn.lock() = None;
-                }
-                Ok(result?)
+                Ok(s.run(|mut c| async move { inv.invoke_async(&mut c).await }).await?)
             }
         }
     }

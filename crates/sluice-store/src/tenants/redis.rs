@@ -5,14 +5,16 @@
 //! `<ns>:{tenants}:keys` (hash: key id -> JSON) and `<ns>:{tenants}:version`
 //! (a counter every change increments; instances poll it).
 
+use std::sync::Arc;
+
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 
 use super::{
     KeyRecord, TenantRecord, TenantSnapshot, TenantStore, TenantStoreError, from_json, to_json,
 };
-use crate::redis::Topology;
+use crate::redis::{SentinelConn, Topology};
 
 /// Field and value pairs of a hash.
 type Rows = Vec<(String, Vec<u8>)>;
@@ -21,7 +23,8 @@ type Rows = Vec<(String, Vec<u8>)>;
 enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
-    Sentinel(MultiplexedConnection),
+    /// The master the sentinels name, followed across failovers.
+    Sentinel(Arc<SentinelConn>),
 }
 
 /// Tenants and keys in Redis. Cheap to clone.
@@ -50,17 +53,21 @@ macro_rules! with_conn {
                 let mut $c = c.clone();
                 $body
             }
-            Conn::Sentinel(c) => {
-                let mut $c = c.clone();
-                $body
-            }
+            Conn::Sentinel(s) => match s.get().await {
+                Ok(mut $c) => {
+                    let result = $body;
+                    s.after(&result);
+                    result
+                }
+                Err(e) => Err(e),
+            },
         }
     };
 }
 
 impl RedisTenants {
-    /// Connects; keys under `<namespace>:{tenants}:`. Sentinel deployments
-    /// give the master's URL here (or put tenants in the data file).
+    /// Connects; keys under `<namespace>:{tenants}:`. With Sentinel, the
+    /// connection follows the master across failovers.
     pub async fn connect(topology: &Topology, namespace: &str) -> Result<Self, TenantStoreError> {
         let conn = match topology {
             Topology::Standalone(url) => {
@@ -70,13 +77,7 @@ impl RedisTenants {
                 redis::cluster::ClusterClient::new(nodes.clone())?.get_async_connection().await?,
             ),
             Topology::Sentinel { sentinels, master } => {
-                let mut client = redis::sentinel::SentinelClient::build(
-                    sentinels.clone(),
-                    master.clone(),
-                    None,
-                    redis::sentinel::SentinelServerType::Master,
-                )?;
-                Conn::Sentinel(client.get_async_connection().await?)
+                Conn::Sentinel(Arc::new(SentinelConn::connect(sentinels, master).await?))
             }
         };
         Ok(Self {
