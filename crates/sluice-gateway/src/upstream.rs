@@ -476,7 +476,7 @@ impl Body for UpstreamBody {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     //! The cleartext pool against a raw HTTP/1.1 server over loopback that
     //! counts its connections and can close them.
 
@@ -499,6 +499,11 @@ mod tests {
         CloseAfterEach,
         /// Starts a chunked body and never ends it.
         Endless,
+        /// Reads the request and never answers.
+        Silent,
+        /// Answers with 4 MiB, after telling the request body's length in a
+        /// header.
+        Big,
     }
 
     #[derive(Default)]
@@ -507,10 +512,13 @@ mod tests {
         requests: AtomicUsize,
         /// Connections the client closed.
         closed_by_client: AtomicUsize,
+        /// The body length of the last request.
+        last_request_bytes: AtomicUsize,
     }
 
-    /// Reads one request (head and `content-length` body); false at EOF.
-    async fn read_request(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> bool {
+    /// Reads one request (head and `content-length` body); its body's
+    /// length, or `None` at EOF.
+    async fn read_request(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
         loop {
             if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
@@ -521,16 +529,16 @@ mod tests {
                 while buf.len() < end + 4 + len {
                     let mut chunk = [0u8; 4096];
                     match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return false,
+                        Ok(0) | Err(_) => return None,
                         Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     }
                 }
                 buf.drain(..end + 4 + len);
-                return true;
+                return Some(len);
             }
             let mut chunk = [0u8; 4096];
             match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return false,
+                Ok(0) | Err(_) => return None,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         }
@@ -548,8 +556,9 @@ mod tests {
                 let seen = s2.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
-                    while read_request(&mut s, &mut buf).await {
+                    while let Some(len) = read_request(&mut s, &mut buf).await {
                         seen.requests.fetch_add(1, Ordering::SeqCst);
+                        seen.last_request_bytes.store(len, Ordering::SeqCst);
                         match mode {
                             Mode::KeepAlive | Mode::CloseAfterEach => {
                                 let body = b"{\"ok\":true}";
@@ -562,6 +571,22 @@ mod tests {
                                 if matches!(mode, Mode::CloseAfterEach) {
                                     return;
                                 }
+                            }
+                            Mode::Silent => {
+                                let mut one = [0u8; 1];
+                                let _ = s.read(&mut one).await;
+                                seen.closed_by_client.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                            Mode::Big => {
+                                let body = vec![b'x'; 4 << 20];
+                                let head = format!(
+                                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-request-bytes: {}\r\n\r\n",
+                                    body.len(),
+                                    seen.last_request_bytes.load(Ordering::SeqCst)
+                                );
+                                s.write_all(head.as_bytes()).await.unwrap();
+                                s.write_all(&body).await.unwrap();
                             }
                             Mode::Endless => {
                                 let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
@@ -585,12 +610,16 @@ mod tests {
     }
 
     fn client(base: &str) -> UpstreamClient {
+        client_with_timeout(base, Duration::from_secs(5))
+    }
+
+    fn client_with_timeout(base: &str, timeout: Duration) -> UpstreamClient {
         let upstream = Upstream {
             name: "test".into(),
             target: UpstreamTarget::Url(base.into()),
             api_key_env: None,
             connect_timeout: Duration::from_secs(2),
-            timeout: Duration::from_secs(5),
+            timeout,
         };
         UpstreamClient::new(&upstream, base).unwrap()
     }
@@ -666,5 +695,40 @@ mod tests {
         let resp = c.send(request(&c)).await.expect("a response");
         drop(resp);
         assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn big_bodies_go_both_ways_and_the_connection_is_reused() {
+        let (base, seen) = server(Mode::Big).await;
+        let c = client(&base);
+        for _ in 0..2 {
+            let mut r = Request::new(Full::new(Bytes::from(vec![b'y'; 3 << 20])));
+            *r.method_mut() = http::Method::POST;
+            *r.uri_mut() = c.uri("/v1/chat/completions").unwrap();
+            let resp = c.send(r).await.expect("a response");
+            assert_eq!(resp.headers()["x-request-bytes"], (3 << 20).to_string().as_str());
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body.len(), 4 << 20);
+        }
+        assert_eq!(seen.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_silent_upstream_times_out_and_its_connection_is_closed() {
+        let (base, seen) = server(Mode::Silent).await;
+        let c = client_with_timeout(&base, Duration::from_millis(200));
+        let started = Instant::now();
+        let Err(e) = c.send(request(&c)).await else { panic!("an answer from a silent upstream") };
+        assert!(matches!(e, SendError::Timeout(_)), "{e:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        for _ in 0..100 {
+            if seen.closed_by_client.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(seen.closed_by_client.load(Ordering::SeqCst), 1, "the upstream saw it go");
+        assert!(c.send(request(&c)).await.is_err());
+        assert_eq!(seen.accepted.load(Ordering::SeqCst), 2, "not reused");
     }
 }
