@@ -15,8 +15,6 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use sluice_config::gateway::{Upstream, UpstreamTarget};
 use sluice_gateway::upstream::UpstreamClient;
 
@@ -60,20 +58,18 @@ fn main() -> anyhow::Result<()> {
         let up = Arc::new(UpstreamClient::new(&upstream, &base)?);
         let listener = tokio::net::TcpListener::bind(&listen).await?;
         println!("bare proxy listening on http://{}", listener.local_addr()?);
-        let builder = auto::Builder::new(TokioExecutor::new());
-        loop {
-            let (stream, _) = listener.accept().await?;
-            let _ = stream.set_nodelay(true);
+        let service = service_fn(move |req| {
             let up = up.clone();
-            let service = service_fn(move |req| {
-                let up = up.clone();
-                async move { Ok::<_, Infallible>(forward(&up, req).await) }
-            });
-            let conn =
-                builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-        }
+            async move { Ok::<_, Infallible>(forward(&up, req).await) }
+        });
+        // The same accept loop as `sluice serve`; runs until killed.
+        sluice_gateway::serve_connections(
+            listener,
+            service,
+            std::future::pending(),
+            Duration::ZERO,
+        )
+        .await?;
+        Ok(())
     })
 }

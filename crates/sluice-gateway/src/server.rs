@@ -121,6 +121,33 @@ pub async fn serve<S>(
 where
     S: CounterStore + Clone + Unpin,
 {
+    let service = service_fn(move |req| {
+        let gw = gateway.clone();
+        async move { Ok::<_, Infallible>(gw.handle(req).await) }
+    });
+    serve_connections(listener, service, shutdown, grace).await
+}
+
+/// The accept loop of every HTTP listener Sluice has (the proxy, the
+/// decision service's JSON API): HTTP/1.1 and HTTP/2 with `service` on each
+/// connection until `shutdown` completes; then no new connection, and those
+/// in flight get up to `grace` to finish.
+pub async fn serve_connections<Svc, B>(
+    listener: TcpListener,
+    service: Svc,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) -> std::io::Result<()>
+where
+    Svc: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    Svc::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -137,12 +164,7 @@ where
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let gw = gateway.clone();
-                let service = service_fn(move |req| {
-                    let gw = gw.clone();
-                    async move { Ok::<_, Infallible>(gw.handle(req).await) }
-                });
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let conn = builder.serve_connection(TokioIo::new(stream), service.clone());
                 let conn = graceful.watch(conn.into_owned());
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {

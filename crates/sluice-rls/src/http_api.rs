@@ -47,9 +47,6 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::{Map, Value, json};
 use sluice_core::{Cost, CounterStore, ReservationId, Settlement, Usage};
 use sluice_llm::error::ApiError;
@@ -74,43 +71,11 @@ pub async fn serve_http<S: CounterStore + Clone + Unpin>(
     svc: Arc<DecisionService<S>>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let svc = svc.clone();
-                let service = service_fn(move |req| {
-                    let svc = svc.clone();
-                    async move { Ok::<_, Infallible>(handle(&svc, req).await) }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn.into_owned());
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(GRACE) => {}
-    }
-    Ok(())
+    let service = service_fn(move |req| {
+        let svc = svc.clone();
+        async move { Ok::<_, Infallible>(handle(&svc, req).await) }
+    });
+    sluice_gateway::serve_connections(listener, service, shutdown, GRACE).await
 }
 
 /// Handles one request.
