@@ -49,6 +49,31 @@ pub(crate) fn push(out: &mut String, v: impl Display) {
 }
 
 /// Appends `"usage":{...}`.
+/// The start of a completion object or stream chunk, up to and including
+/// `"choices":[`: id, object, created, model (and, for chat, the
+/// `system_fingerprint` OpenAI sends).
+pub(crate) fn push_head(
+    out: &mut String,
+    id: &str,
+    object: &str,
+    created: u64,
+    model: &str,
+    chat: bool,
+) {
+    out.push_str("{\"id\":");
+    push_json_str(out, id);
+    out.push_str(",\"object\":\"");
+    out.push_str(object);
+    out.push_str("\",\"created\":");
+    push(out, created);
+    out.push_str(",\"model\":");
+    push_json_str(out, model);
+    if chat {
+        out.push_str(",\"system_fingerprint\":null");
+    }
+    out.push_str(",\"choices\":[");
+}
+
 pub(crate) fn push_usage(out: &mut String, u: Usage) {
     out.push_str("\"usage\":{\"prompt_tokens\":");
     push(out, u.prompt);
@@ -87,20 +112,8 @@ pub(crate) fn completion_json(c: &Completion<'_>) -> String {
     let mut out = String::with_capacity(
         (text_len.saturating_add(120)).saturating_mul(n).saturating_add(200 + c.model.len()),
     );
-    out.push_str("{\"id\":");
-    push_json_str(&mut out, c.id);
-    out.push_str(if c.chat {
-        ",\"object\":\"chat.completion\",\"created\":"
-    } else {
-        ",\"object\":\"text_completion\",\"created\":"
-    });
-    push(&mut out, c.created);
-    out.push_str(",\"model\":");
-    push_json_str(&mut out, c.model);
-    if c.chat {
-        out.push_str(",\"system_fingerprint\":null");
-    }
-    out.push_str(",\"choices\":[");
+    let object = if c.chat { "chat.completion" } else { "text_completion" };
+    push_head(&mut out, c.id, object, c.created, c.model, c.chat);
     for i in 0..c.n {
         if i > 0 {
             out.push(',');

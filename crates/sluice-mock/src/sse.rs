@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::Frame;
 use tokio::time::{Instant, Sleep};
 
-use crate::response::{Usage, push, push_json_str, push_usage};
+use crate::response::{Usage, push, push_head, push_usage};
 use crate::stats::InFlight;
 
 /// Without a chunk delay, events are gathered into frames of about this size.
@@ -261,20 +261,9 @@ impl Drop for SseBody {
 /// Renders each distinct event once, into one buffer.
 fn render(plan: &StreamPlan<'_>, n: u64) -> Vec<Bytes> {
     let mut head = String::with_capacity(128 + plan.model.len());
-    head.push_str("data: {\"id\":");
-    push_json_str(&mut head, plan.id);
-    head.push_str(if plan.chat {
-        ",\"object\":\"chat.completion.chunk\",\"created\":"
-    } else {
-        ",\"object\":\"text_completion\",\"created\":"
-    });
-    push(&mut head, plan.created);
-    head.push_str(",\"model\":");
-    push_json_str(&mut head, plan.model);
-    if plan.chat {
-        head.push_str(",\"system_fingerprint\":null");
-    }
-    head.push_str(",\"choices\":[");
+    head.push_str("data: ");
+    let object = if plan.chat { "chat.completion.chunk" } else { "text_completion" };
+    push_head(&mut head, plan.id, object, plan.created, plan.model, plan.chat);
     let tail = if plan.usage.is_some() { "],\"usage\":null}\n\n" } else { "]}\n\n" };
 
     let count = if plan.chat { 3 * n } else { 2 * n } + u64::from(plan.usage.is_some());
