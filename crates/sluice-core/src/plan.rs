@@ -513,17 +513,17 @@ pub fn decide_into(
     decision.outcome = outcome;
 }
 
-/// The charges to remember for settlement of an admitted plan.
-pub fn records(plan: &Plan, eval: &Evaluation) -> SmallVec<[ChargeRecord; 8]> {
-    plan.charges
-        .iter()
-        .zip(eval.writes.iter())
-        .filter(|(_, w)| w.is_some())
-        .map(|(c, _)| ChargeRecord {
-            key: c.key,
-            metric: c.metric,
-            how: ChargedAs::of(&c.rule),
-            charged: c.cost,
-        })
-        .collect()
+/// The charges to remember for settlement of an admitted plan: one for
+/// each charge that [`decide_into`] wrote (`writes[i]` for
+/// `plan.charges[i]`).
+pub fn records<'a>(
+    plan: &'a Plan,
+    writes: &'a [Option<CounterState>],
+) -> impl Iterator<Item = ChargeRecord> + 'a {
+    plan.charges.iter().zip(writes).filter(|(_, w)| w.is_some()).map(|(c, _)| ChargeRecord {
+        key: c.key,
+        metric: c.metric,
+        how: ChargedAs::of(&c.rule),
+        charged: c.cost,
+    })
 }

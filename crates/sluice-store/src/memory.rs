@@ -32,10 +32,10 @@ use smallvec::SmallVec;
 mod block;
 
 use block::{Block, Place};
-use sluice_core::counter::{ChargedAs, CounterState, settle as settle_counter};
+use sluice_core::counter::{CounterState, settle as settle_counter};
 use sluice_core::{
     ChargeRecord, Clock, CounterKey, CounterStore, Decision, GroupKey, Instant, Metric, Outcome,
-    Plan, ReservationId, Settlement, Usage, decide, decide_into,
+    Plan, ReservationId, Settlement, Usage, decide, decide_into, records,
 };
 
 /// A shard sweeps itself when it has grown this much since its last sweep.
@@ -513,18 +513,7 @@ impl MemoryStore {
         decide_into(plan, &states, &mut decision, &mut writes);
         if decision.is_admitted() {
             shard.write(plan, &locs, &writes);
-            // What `sluice_core::records` returns, built in place.
-            let mut charges: SmallVec<[ChargeRecord; 4]> = SmallVec::new();
-            for (c, w) in plan.charges.iter().zip(&writes) {
-                if w.is_some() {
-                    charges.push(ChargeRecord {
-                        key: c.key,
-                        metric: c.metric,
-                        how: ChargedAs::of(&c.rule),
-                        charged: c.cost,
-                    });
-                }
-            }
+            let charges: SmallVec<[ChargeRecord; 4]> = records(plan, &writes).collect();
             if !charges.is_empty() {
                 let tag = shard.new_tag(index, &self.inner.ids);
                 let slot = shard.open_lease(Lease { tag, expires: plan.lease_until.0, charges });
