@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use sluice_config::gateway::UpstreamFailure;
 use sluice_core::{Clock, Cost, CounterStore, Usage};
 use sluice_llm::error::ApiError;
-use sluice_llm::headers::{HeaderOptions, insert_headers, remove_rate_limit_headers};
+use sluice_llm::headers::{HeaderOptions, insert_headers, is_rate_limit_header, remove_headers};
 use sluice_llm::usage::SseUsageTap;
 use sluice_llm::{RewriteOptions, expected_output, force_include_usage};
 
@@ -60,13 +60,6 @@ fn skip_response_header(name: &HeaderName) -> bool {
             | "content-length"
             | "x-request-id"
     )
-}
-
-/// Removes, in place, every header whose name `skip` picks.
-fn remove_headers(map: &mut HeaderMap, skip: fn(&HeaderName) -> bool) {
-    while let Some(name) = map.keys().find(|n| skip(n)).cloned() {
-        map.remove(&name);
-    }
 }
 
 pub(crate) fn error_response(e: &ApiError) -> Response<ResponseBody> {
@@ -323,8 +316,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     // The upstream's headers, less those of this hop and its own rate limits.
     let out = r.headers_mut();
     *out = std::mem::take(&mut head.headers);
-    remove_headers(out, skip_response_header);
-    remove_rate_limit_headers(out);
+    remove_headers(out, |n| skip_response_header(n) || is_rate_limit_header(n));
     insert_headers(out, &decision, &rt.policy, now, &opts);
     r
 }

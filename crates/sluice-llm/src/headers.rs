@@ -168,24 +168,29 @@ pub fn render_headers(
     out
 }
 
+/// Whether `name` is a header this module may set, or a variant upstreams
+/// send (`x-ratelimit-*`, `ratelimit*`, `retry-after`, `retry-after-ms`,
+/// `x-should-retry`).
+pub fn is_rate_limit_header(name: &HeaderName) -> bool {
+    let k = name.as_str();
+    k.starts_with("x-ratelimit-")
+        || k.starts_with("ratelimit")
+        || k == "retry-after"
+        || k == "retry-after-ms"
+        || k == "x-should-retry"
+}
+
+/// Removes, in place, every header `doomed` picks.
+pub fn remove_headers(map: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    while let Some(name) = map.keys().find(|n| doomed(n)).cloned() {
+        map.remove(&name);
+    }
+}
+
 /// Removes every header this module may set (and the variants upstreams
 /// send), so that a proxied response shows Sluice's limits only.
 pub fn remove_rate_limit_headers(map: &mut HeaderMap) {
-    let doomed: Vec<HeaderName> = map
-        .keys()
-        .filter(|k| {
-            let k = k.as_str();
-            k.starts_with("x-ratelimit-")
-                || k.starts_with("ratelimit")
-                || k == "retry-after"
-                || k == "retry-after-ms"
-                || k == "x-should-retry"
-        })
-        .cloned()
-        .collect();
-    for k in doomed {
-        map.remove(k);
-    }
+    remove_headers(map, is_rate_limit_header);
 }
 
 /// The status a family shows: the non-shadow limit of the family with the
