@@ -344,7 +344,8 @@ impl Pool {
                 idle.push(Idle { conn, since: Instant::now() });
             }
         }
-        if !self.sweeping.swap(true, Ordering::Relaxed) {
+        // A load first: the swap (a write) happens once per pool, not per request.
+        if !self.sweeping.load(Ordering::Relaxed) && !self.sweeping.swap(true, Ordering::Relaxed) {
             tokio::spawn(sweep(Arc::downgrade(self)));
         }
     }
