@@ -145,6 +145,7 @@ fn sat_u64(v: u128) -> u64 {
 }
 
 /// Checks `cost` against `rule` given the counter's current `state`.
+#[inline(always)]
 pub fn check(rule: &Rule, state: Option<&CounterState>, cost: u64, now: Instant) -> Check {
     match *rule {
         Rule::Rolling { period_nanos, amount, burst } => {
@@ -157,6 +158,7 @@ pub fn check(rule: &Rule, state: Option<&CounterState>, cost: u64, now: Instant)
 
 /// Divides, taking the fast 64-bit path when both sides fit (they nearly
 /// always do: a 128-bit division is a slow library call).
+#[inline]
 fn div(a: u128, b: u128) -> u128 {
     match (u64::try_from(a), u64::try_from(b)) {
         (Ok(a), Ok(b)) if b > 0 => u128::from(a / b),
@@ -165,6 +167,7 @@ fn div(a: u128, b: u128) -> u128 {
     }
 }
 
+#[inline]
 fn ceil(a: u128, b: u128) -> u128 {
     match (u64::try_from(a), u64::try_from(b)) {
         (Ok(a), Ok(b)) if b > 0 => u128::from(a.div_ceil(b)),
@@ -209,6 +212,7 @@ impl Tat {
 /// amount keeps its usage (how far it runs ahead, in ns·amount), not its time,
 /// so a raised limit applies at once. Never before `now` (a bucket cannot be
 /// fuller than full).
+#[inline]
 fn current_tat(state: Option<&CounterState>, amount: u64, now: u64) -> Tat {
     match state {
         Some(&CounterState::Rolling { tat, rem, amount: was }) if tat >= now => {
@@ -223,6 +227,7 @@ fn current_tat(state: Option<&CounterState>, amount: u64, now: u64) -> Tat {
     }
 }
 
+#[inline(always)]
 fn rolling(
     period: u64,
     amount: u64,
@@ -251,15 +256,18 @@ fn rolling(
     };
     let (shown, ahead) =
         if verdict == Verdict::Fits { (next, next_ahead) } else { (base, base.ahead(now, amount)) };
+    let used = sat_u64(ceil(ahead, p));
     Check {
         verdict,
         next: next.state(amount),
-        used: sat_u64(ceil(ahead, p)),
-        remaining: sat_u64(div(cap.saturating_sub(ahead), p)),
+        used,
+        // ⌊(burst·p − ahead) / p⌋ = burst − ⌈ahead / p⌉: one division fewer.
+        remaining: burst.saturating_sub(used),
         reset: Some(Instant(shown.tat.saturating_add(u64::from(shown.rem > 0)))),
     }
 }
 
+#[inline(always)]
 fn calendar(slot: Slot, amount: u64, state: Option<&CounterState>, cost: u64) -> Check {
     let (end, used) = match state {
         // A state from a later slot means the clock stepped back: keep
@@ -285,6 +293,7 @@ fn calendar(slot: Slot, amount: u64, state: Option<&CounterState>, cost: u64) ->
     }
 }
 
+#[inline(always)]
 fn concurrent(amount: u64, state: Option<&CounterState>, cost: u64, now: Instant) -> Check {
     let in_flight = match state {
         Some(&CounterState::Concurrent { in_flight }) => in_flight,

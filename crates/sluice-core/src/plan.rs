@@ -37,6 +37,12 @@ impl GroupKey {
     /// wyhash and foldhash) over inputs that are already xxh3 hashes. Part of
     /// the persisted and shared format: never change it.
     pub fn new(tenant: u64, parts: &[u64]) -> Self {
+        Self::of(tenant, parts.iter().copied())
+    }
+
+    /// [`GroupKey::new`] over the values as they come (no buffer).
+    #[inline]
+    pub fn of(tenant: u64, parts: impl ExactSizeIterator<Item = u64>) -> Self {
         const K: [u64; 4] = [
             0x243f_6a88_85a3_08d3,
             0x1319_8a2e_0370_7344,
@@ -47,14 +53,15 @@ impl GroupKey {
             let m = u128::from(a) * u128::from(b);
             (m as u64) ^ ((m >> 64) as u64)
         }
+        let n = parts.len() as u64;
         let mut h1 = fold(tenant ^ K[0], K[1]);
         let mut h2 = fold(tenant ^ K[2], K[3]);
-        for (i, &p) in parts.iter().enumerate() {
+        for (i, p) in parts.enumerate() {
             let i = i as u64 + 1;
             h1 = fold(h1 ^ K[1].wrapping_mul(i), p ^ K[0]);
             h2 = fold(h2 ^ K[3].wrapping_mul(i), p ^ K[2]);
         }
-        h1 = fold(h1 ^ K[2], parts.len() as u64 ^ K[3]);
+        h1 = fold(h1 ^ K[2], n ^ K[3]);
         Self { hi: (tenant & 0xFFFF_FFFF_0000_0000) | (h1 >> 32), lo: h2 ^ (h1 << 32) }
     }
 
@@ -116,20 +123,30 @@ impl Plan {
 
 impl Policy {
     /// Plans the admission of `req` at `now`.
+    #[inline]
     pub fn plan(&self, req: &Request<'_>, now: Instant) -> Plan {
-        let tenant = req.tenant;
         let mut plan = Plan {
-            tenant: tenant.hash,
+            tenant: req.tenant.hash,
             now,
             lease_until: lease_end(self, now),
             charges: SmallVec::new(),
         };
+        // Filled where it will be used: a plan is over 600 bytes, and
+        // returning it from the loop below would copy it.
+        self.plan_charges(req, &mut plan);
+        plan
+    }
+
+    /// The charges of `plan` (for `plan.now`), appended.
+    fn plan_charges(&self, req: &Request<'_>, plan: &mut Plan) {
+        let tenant = req.tenant;
+        let now = plan.now;
         let Some(tier) = self.tiers.get(tenant.tier.index()) else {
-            return plan;
+            return;
         };
         let slot = req.model.id.map_or(tier.by_model.len().saturating_sub(1), |m| m.index());
         let Some(candidates) = tier.by_model.get(slot) else {
-            return plan;
+            return;
         };
         // Exemptions are few; find the ones that hold for this request once.
         let mut exempting: SmallVec<[&crate::policy::LimitSet; 2]> = SmallVec::new();
@@ -141,6 +158,7 @@ impl Policy {
         // Limits often share a window (RPD, TPD and a daily cap): resolve
         // each calendar window once per plan.
         let mut resolved: Option<(crate::window::Window, (crate::window::Slot, Instant))> = None;
+        let mut group_memo: Option<(&[Part], GroupKey)> = None;
         for &id in candidates {
             let limit = &self.limits[id.index()];
             if !self.holds(&limit.when, req)
@@ -182,12 +200,20 @@ impl Policy {
                     Rule::Calendar { slot, next_end, amount }
                 }
             };
-            let mut parts: SmallVec<[u64; 4]> = SmallVec::new();
-            for part in &limit.parts {
-                parts.push(self.part_value(part, req));
-            }
-            let key =
-                CounterKey { group: GroupKey::new(tenant.hash, &parts), counter: limit.identity };
+            // Limits split the same way (a model's RPM, RPD, TPD) share a
+            // group: hash it once.
+            let group = match group_memo {
+                Some((parts, g)) if parts == limit.parts.as_slice() => g,
+                _ => {
+                    let g = GroupKey::of(
+                        tenant.hash,
+                        limit.parts.iter().map(|part| self.part_value(part, req)),
+                    );
+                    group_memo = Some((limit.parts.as_slice(), g));
+                    g
+                }
+            };
+            let key = CounterKey { group, counter: limit.identity };
             let charge = PlannedCharge {
                 limit: id,
                 key,
@@ -206,7 +232,6 @@ impl Policy {
                 None => plan.charges.push(charge),
             }
         }
-        plan
     }
 
     /// A partition value, tagged with its fact.
@@ -445,6 +470,7 @@ pub fn decide(plan: &Plan, states: &[Option<CounterState>]) -> Evaluation {
 /// [`decide`], into the caller's decision and writes (cleared first): a
 /// store's hot path builds the decision where it will return it instead of
 /// moving a kilobyte of statuses around.
+#[inline(always)]
 pub fn decide_into(
     plan: &Plan,
     states: &[Option<CounterState>],
@@ -516,6 +542,7 @@ pub fn decide_into(
 /// The charges to remember for settlement of an admitted plan: one for
 /// each charge that [`decide_into`] wrote (`writes[i]` for
 /// `plan.charges[i]`).
+#[inline]
 pub fn records<'a>(
     plan: &'a Plan,
     writes: &'a [Option<CounterState>],

@@ -184,21 +184,68 @@ impl Shard {
     }
 
     /// Finds `key` given its tenant's block (looked up by the caller).
+    #[inline(always)]
     fn locate_in(&self, block: Option<&Block>, key: &CounterKey) -> (Option<CounterState>, Loc) {
-        if let Some(b) = block {
-            if let Some((p, s)) = b.find(&key.group, key.counter) {
-                return (Some(s), Loc::Block(p));
+        locate_in(block, &self.overflow, key)
+    }
+
+    /// Decides `plan` and, if it is admitted, writes its counters back
+    /// (`writes` says which were charged). The usual plan names only its own
+    /// tenant's counters: its block is looked up once, for reading and
+    /// writing.
+    #[inline]
+    fn admit(
+        &mut self,
+        plan: &Plan,
+        decision: &mut Decision,
+        writes: &mut SmallVec<[Option<CounterState>; 8]>,
+    ) {
+        let mut states: SmallVec<[Option<CounterState>; 8]> = SmallVec::new();
+        let mut locs: SmallVec<[Loc; 8]> = SmallVec::new();
+        let bits = (plan.tenant >> 32) as u32;
+        if plan.charges.iter().any(|c| c.key.group.tenant_bits() != bits) {
+            self.read(plan, &mut states, &mut locs);
+            decide_into(plan, &states, decision, writes);
+            if decision.is_admitted() {
+                self.write(plan, &locs, writes);
             }
-            if b.overflowed()
-                && let Some(s) = self.overflow.get(&Slot::of(key))
-            {
-                return (Some(*s), Loc::Overflow);
+            return;
+        }
+        let mut block = self.tenants.get_mut(&bits);
+        for c in &plan.charges {
+            let (s, l) = locate_in(block.as_deref(), &self.overflow, &c.key);
+            states.push(s);
+            locs.push(l);
+        }
+        decide_into(plan, &states, decision, writes);
+        if !decision.is_admitted() {
+            return;
+        }
+        // Counters already there first: adding one may move the others.
+        let mut rest = false;
+        for (loc, w) in locs.iter().zip(writes.iter()) {
+            match (w, loc, block.as_deref_mut()) {
+                (Some(s), Loc::Block(p), Some(b)) => b.put(*p, s),
+                (None, _, _) => {}
+                _ => rest = true,
             }
         }
-        (None, Loc::Absent)
+        if rest {
+            for ((c, loc), w) in plan.charges.iter().zip(&locs).zip(writes.iter()) {
+                match (w, loc) {
+                    (Some(_), Loc::Block(_)) | (None, _) => {}
+                    // Not found when read: look again, an earlier charge of
+                    // this plan may have added it (a plan that names a
+                    // counter twice).
+                    (Some(s), Loc::Absent) => self.set(&c.key, *s),
+                    (Some(s), Loc::Overflow) => self.set_at(&c.key, Loc::Overflow, *s),
+                }
+            }
+        }
     }
 
     /// Reads the state of every charge of `plan` and where it was found.
+    #[inline]
     fn read(
         &self,
         plan: &Plan,
@@ -360,23 +407,30 @@ impl Shard {
     /// the shard and its sequence number.
     fn new_tag(&mut self, index: usize, ids: &RandomState) -> u64 {
         self.seq += 1;
-        ids.hash_one((index as u64, self.seq))
+        ids.hash_one((index as u128) << 64 | u128::from(self.seq))
     }
 
-    fn open_lease(&mut self, lease: Lease) -> u32 {
+    /// Opens a lease with the given charges, built in its slot (a lease is
+    /// a few hundred bytes: moving one in costs more than filling it).
+    fn open_lease(
+        &mut self,
+        tag: u64,
+        expires: u64,
+        charges: impl Iterator<Item = ChargeRecord>,
+    ) -> u32 {
         self.open += 1;
-        match self.free.pop() {
-            Some(slot) => {
-                if let Some(s) = self.leases.get_mut(slot as usize) {
-                    *s = Some(lease);
-                }
-                slot
-            }
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
             None => {
-                self.leases.push(Some(lease));
+                self.leases.push(None);
                 u32::try_from(self.leases.len() - 1).unwrap_or(u32::MAX)
             }
+        };
+        if let Some(s) = self.leases.get_mut(slot as usize) {
+            let lease = s.insert(Lease { tag, expires, charges: SmallVec::new() });
+            lease.charges.extend(charges);
         }
+        slot
     }
 
     fn close_lease(&mut self, slot: u32, tag: u64) -> Option<Lease> {
@@ -420,6 +474,26 @@ impl Shard {
             }
         }
     }
+}
+
+/// Finds `key` given its tenant's block and the shard's overflow table.
+#[inline(always)]
+fn locate_in(
+    block: Option<&Block>,
+    overflow: &HashMap<Slot, CounterState, BuildPass>,
+    key: &CounterKey,
+) -> (Option<CounterState>, Loc) {
+    if let Some(b) = block {
+        if let Some((p, s)) = b.find(&key.group, key.counter) {
+            return (Some(s), Loc::Block(p));
+        }
+        if b.overflowed()
+            && let Some(s) = overflow.get(&Slot::of(key))
+        {
+            return (Some(*s), Loc::Overflow);
+        }
+    }
+    (None, Loc::Absent)
 }
 
 /// Cache-line aligned, so that neighbouring shards' locks do not share a line.
@@ -495,28 +569,30 @@ impl MemoryStore {
     }
 
     /// Admits (or denies) a plan, all or nothing. See [`CounterStore::admit`].
+    #[inline]
     pub fn admit_now(&self, plan: &Plan) -> Decision {
+        let mut decision = Decision {
+            outcome: Outcome::Admitted { reservation: None },
+            statuses: SmallVec::new(),
+        };
+        // Built where the caller keeps it: a decision is over 600 bytes.
+        self.admit_into(plan, &mut decision);
+        decision
+    }
+
+    fn admit_into(&self, plan: &Plan, decision: &mut Decision) {
         let (index, shard) = self.shard_of(plan.tenant);
         let mut guard = shard.lock();
         let shard = &mut *guard;
         if plan.now.0 >= shard.next_lease_sweep {
             shard.expire_leases(plan.now);
         }
-        let mut states: SmallVec<[Option<CounterState>; 8]> = SmallVec::new();
-        let mut locs: SmallVec<[Loc; 8]> = SmallVec::new();
-        shard.read(plan, &mut states, &mut locs);
-        let mut decision = Decision {
-            outcome: Outcome::Admitted { reservation: None },
-            statuses: SmallVec::new(),
-        };
         let mut writes: SmallVec<[Option<CounterState>; 8]> = SmallVec::new();
-        decide_into(plan, &states, &mut decision, &mut writes);
+        shard.admit(plan, decision, &mut writes);
         if decision.is_admitted() {
-            shard.write(plan, &locs, &writes);
-            let charges: SmallVec<[ChargeRecord; 4]> = records(plan, &writes).collect();
-            if !charges.is_empty() {
+            if writes.iter().any(Option::is_some) {
                 let tag = shard.new_tag(index, &self.inner.ids);
-                let slot = shard.open_lease(Lease { tag, expires: plan.lease_until.0, charges });
+                let slot = shard.open_lease(tag, plan.lease_until.0, records(plan, &writes));
                 let low = (u64::from(slot) << 16) | index as u64;
                 decision.outcome = Outcome::Admitted {
                     reservation: Some(ReservationId((u128::from(tag) << 64) | u128::from(low))),
@@ -526,7 +602,6 @@ impl MemoryStore {
                 shard.sweep(plan.now);
             }
         }
-        decision
     }
 
     /// Reports a plan's state without charging. See [`CounterStore::peek`].

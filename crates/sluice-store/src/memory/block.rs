@@ -51,6 +51,7 @@ pub(super) struct Place {
 }
 
 /// A state as a kind and two words.
+#[inline]
 fn encode(s: &CounterState) -> (u64, u64, u64) {
     match *s {
         CounterState::Rolling { tat, rem, amount } => {
@@ -61,6 +62,7 @@ fn encode(s: &CounterState) -> (u64, u64, u64) {
     }
 }
 
+#[inline(always)]
 fn decode(kind: u64, a: u64, b: u64) -> Option<CounterState> {
     match kind {
         ROLLING => Some(CounterState::Rolling { tat: a, rem: b as u32, amount: (b >> 32) as u32 }),
@@ -155,6 +157,7 @@ impl Block {
     }
 
     /// Finds a counter: its place and its state.
+    #[inline(always)]
     pub(super) fn find(&self, group: &GroupKey, counter: u64) -> Option<(Place, CounterState)> {
         let w = self.w.as_slice();
         let n = (w.first()? & 0xFF) as usize;
@@ -185,6 +188,7 @@ impl Block {
     }
 
     /// Overwrites the state at a place.
+    #[inline]
     pub(super) fn put(&mut self, p: Place, state: &CounterState) {
         let (kind, a, b) = encode(state);
         if let Some(s) = self.w.get_mut(p.at + 1..p.at + 3) {
