@@ -465,6 +465,46 @@ impl Shard {
         }
     }
 
+    /// Settles every charge of a lease. The usual lease is one tenant's:
+    /// its block is looked up once.
+    fn settle(&mut self, lease: &Lease, usage: Usage, now: Instant) {
+        let Some(first) = lease.charges.first() else {
+            return;
+        };
+        let bits = first.key.group.tenant_bits();
+        if lease.charges.len() > 64
+            || lease.charges.iter().any(|c| c.key.group.tenant_bits() != bits)
+        {
+            for c in &lease.charges {
+                self.apply(c, usage.amount(c.metric), now);
+            }
+            return;
+        }
+        // Charges settled in the block; the others (in the overflow table,
+        // or gone) are settled one by one after.
+        let mut done = 0u64;
+        if let Some(b) = self.tenants.get_mut(&bits) {
+            for (i, c) in lease.charges.iter().enumerate() {
+                let Some((p, state)) = b.find(&c.key.group, c.key.counter) else {
+                    continue;
+                };
+                match settle_counter(Some(state), c.how, c.charged, usage.amount(c.metric), now) {
+                    Some(s) if !s.is_idle(now) => b.put(p, &s),
+                    _ => {
+                        b.vacate(p);
+                        self.live -= 1;
+                    }
+                }
+                done |= 1 << i;
+            }
+        }
+        for (i, c) in lease.charges.iter().enumerate() {
+            if done & (1 << i) == 0 {
+                self.apply(c, usage.amount(c.metric), now);
+            }
+        }
+    }
+
     fn apply(&mut self, c: &ChargeRecord, actual: u64, now: Instant) {
         let (state, loc) = self.locate(&c.key);
         match settle_counter(state, c.how, c.charged, actual, now) {
@@ -634,9 +674,7 @@ impl MemoryStore {
             shard.release_concurrency(&lease, now);
             return Settlement::Unknown;
         }
-        for c in &lease.charges {
-            shard.apply(c, usage.amount(c.metric), now);
-        }
+        shard.settle(&lease, usage, now);
         Settlement::Settled
     }
 
