@@ -9,8 +9,8 @@ use smallvec::SmallVec;
 
 use crate::metric::Metric;
 use crate::policy::{
-    Clause, ClauseSpec, Condition, ConditionSpec, DEFAULT_ENDPOINTS, Endpoint, EndpointId,
-    Exemption, Fact, Interner, Limit, LimitId, LimitSet, Model, ModelId, Part, Policy,
+    Candidates, Clause, ClauseSpec, Condition, ConditionSpec, DEFAULT_ENDPOINTS, Endpoint,
+    EndpointId, Exemption, Fact, Interner, Limit, LimitId, LimitSet, Model, ModelId, Part, Policy,
     PolicyBuilder, PolicyError, Scope, Tier, TierId, TierSpec, counter_identity, hint, name_hash,
 };
 
@@ -365,7 +365,7 @@ fn index_tiers(p: &mut Policy) {
             }
         }
         all.sort_unstable();
-        let mut by_model = vec![Vec::new(); n_models + 1];
+        let mut by_model = vec![Candidates::default(); n_models + 1];
         for &id in &all {
             let l = &p.limits[id.index()];
             let models = l.when.iter().find_map(|c| match c {
@@ -373,9 +373,28 @@ fn index_tiers(p: &mut Policy) {
                 _ => None,
             });
             match models {
-                None => by_model.iter_mut().for_each(|v| v.push(id)),
-                Some(ms) => ms.iter().for_each(|m| by_model[m.index()].push(id)),
+                None => by_model.iter_mut().for_each(|v| v.ids.push(id)),
+                Some(ms) => ms.iter().for_each(|m| by_model[m.index()].ids.push(id)),
             }
+        }
+        let tier = TierId(t as u32);
+        for (slot, c) in by_model.iter_mut().enumerate() {
+            let model = (slot < n_models).then_some(ModelId(slot as u32));
+            c.always = c
+                .ids
+                .iter()
+                .map(|id| {
+                    let l = &p.limits[id.index()];
+                    l.unless.is_empty()
+                        && l.when.iter().all(|clause| match clause {
+                            Clause::Tier(v) => v.contains(&tier),
+                            Clause::Model(v) => model.is_some_and(|m| v.contains(&m)),
+                            _ => false,
+                        })
+                })
+                .collect();
+            let mut seen = HashSet::new();
+            c.distinct = c.ids.iter().all(|id| seen.insert(p.limits[id.index()].identity));
         }
         p.tiers[t].all = all;
         p.tiers[t].by_model = by_model;

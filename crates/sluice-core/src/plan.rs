@@ -159,10 +159,10 @@ impl Policy {
         // each calendar window once per plan.
         let mut resolved: Option<(crate::window::Window, (crate::window::Slot, Instant))> = None;
         let mut group_memo: Option<(&[Part], GroupKey)> = None;
-        for &id in candidates {
+        for (&id, &always) in candidates.ids.iter().zip(&candidates.always) {
             let limit = &self.limits[id.index()];
-            if !self.holds(&limit.when, req)
-                || limit.unless.iter().any(|u| self.holds(u, req))
+            if !(always
+                || self.holds(&limit.when, req) && !limit.unless.iter().any(|u| self.holds(u, req)))
                 || tenant.exempt.contains(id)
                 || req.key.is_some_and(|k| k.exempt.contains(id))
                 || exempting.iter().any(|s| s.contains(id))
@@ -224,7 +224,12 @@ impl Policy {
             };
             // Two limits that name one counter (overlapping conditions): the
             // stricter one decides and the counter is charged once.
-            match plan.charges.iter_mut().find(|c| c.key == key) {
+            let same = if candidates.distinct {
+                None
+            } else {
+                plan.charges.iter_mut().find(|c| c.key == key)
+            };
+            match same {
                 Some(c) if rule.amount() < c.rule.amount() || (c.shadow && !charge.shadow) => {
                     *c = charge;
                 }

@@ -461,11 +461,26 @@ pub struct Tier {
     pub extends: Option<TierId>,
     /// Limits that can apply to its tenants, per model (index = model id; the
     /// last entry is for requests with no or an unknown model).
-    pub(crate) by_model: Vec<Vec<LimitId>>,
+    pub(crate) by_model: Vec<Candidates>,
     /// Every limit that can apply to its tenants.
     pub(crate) all: Vec<LimitId>,
     /// The models its tenants may use (`None`: every model).
     pub allowed_models: Option<Vec<ModelId>>,
+}
+
+/// The limits that can apply to one tier's requests for one model, with
+/// what planning can know about them in advance.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Candidates {
+    /// The limits, in id order.
+    pub(crate) ids: Vec<LimitId>,
+    /// Per limit: its conditions hold for every request of this tier and
+    /// model (they name only the tier and the model, and it has no
+    /// `unless`), so planning need not test them.
+    pub(crate) always: Vec<bool>,
+    /// No two of the limits share a counter identity, so no two can name
+    /// one counter and planning need not look for one.
+    pub(crate) distinct: bool,
 }
 
 /// A tier as written.

@@ -31,6 +31,7 @@ macro_rules! engine_tests {
             suite::reloaded_policy_keeps_counters,
             suite::tenants_do_not_share_counters,
             suite::decision_reports_every_limit,
+            suite::limits_sharing_a_counter_charge_it_once,
             suite::a_tenant_on_many_models_keeps_every_count,
             scenarios::provider_documents_replay
         );

@@ -637,6 +637,63 @@ pub fn tenants_do_not_share_counters<F: StoreFactory>(f: &F) {
     assert_eq!(status(&h.policy, &d, "a/rpm").used, 1);
 }
 
+/// Limits that name one counter (`counter = "..."`) and apply to one
+/// request: the stricter amount decides and the counter is charged once. A
+/// limit on a tenant fact (environment) is tested per request, not per tier.
+pub fn limits_sharing_a_counter_charge_it_once<F: StoreFactory>(f: &F) {
+    let text = r#"
+[models.a]
+[models.b]
+[[tiers.free.limits]]
+name = "rpm-5"
+metric = "requests"
+amount = 5
+window = "1m"
+counter = "rpm"
+[[limits]]
+name = "rpm-3-on-a"
+metric = "requests"
+amount = 3
+window = "1m"
+when = { model = "a" }
+counter = "rpm"
+[[limits]]
+name = "sandbox-rpm-2"
+metric = "requests"
+amount = 2
+window = "1m"
+when = { environment = "sandbox" }
+counter = "rpm"
+"#;
+    let h = Harness::new(f, policy(text), "2026-05-01T10:00:00Z");
+    let t = h.tenant(&tenant("t"));
+    for i in 0..3 {
+        let d = h.admit(&t, "a", Cost::REQUEST);
+        assert!(d.is_admitted(), "request {i}");
+        // One status for the one counter, with the stricter amount, charged
+        // once a request.
+        assert_eq!(d.statuses.len(), 1);
+        let s = &d.statuses[0];
+        assert_eq!((s.amount, s.used), (3, i + 1), "request {i}");
+    }
+    assert_eq!(denied_by(&h.policy, &h.admit(&t, "a", Cost::REQUEST)), "rpm-3-on-a");
+    // Model b has only the tier's 5, on the same counter: two more.
+    for _ in 0..2 {
+        assert!(h.admit(&t, "b", Cost::REQUEST).is_admitted());
+    }
+    let d = h.admit(&t, "b", Cost::REQUEST);
+    assert_eq!(denied_by(&h.policy, &d), "rpm-5");
+    assert_eq!(status(&h.policy, &d, "rpm-5").used, 5);
+    // A sandbox tenant of the same tier: its environment's 2 is stricter
+    // still, on every model.
+    let mut spec = tenant("s");
+    spec.environment = Some("sandbox".into());
+    let s = h.tenant(&spec);
+    assert!(h.admit(&s, "a", Cost::REQUEST).is_admitted());
+    assert!(h.admit(&s, "b", Cost::REQUEST).is_admitted());
+    assert_eq!(denied_by(&h.policy, &h.admit(&s, "b", Cost::REQUEST)), "sandbox-rpm-2");
+}
+
 /// Admission reports every applicable limit with amount, remaining and reset.
 pub fn decision_reports_every_limit<F: StoreFactory>(f: &F) {
     let h = Harness::new(f, policy(MULTI), "2026-05-01T10:00:00Z");
