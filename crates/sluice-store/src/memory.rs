@@ -231,16 +231,7 @@ impl Shard {
             }
         }
         if rest {
-            for ((c, loc), w) in plan.charges.iter().zip(&locs).zip(writes.iter()) {
-                match (w, loc) {
-                    (Some(_), Loc::Block(_)) | (None, _) => {}
-                    // Not found when read: look again, an earlier charge of
-                    // this plan may have added it (a plan that names a
-                    // counter twice).
-                    (Some(s), Loc::Absent) => self.set(&c.key, *s),
-                    (Some(s), Loc::Overflow) => self.set_at(&c.key, Loc::Overflow, *s),
-                }
-            }
+            self.write_elsewhere(plan, &locs, writes);
         }
     }
 
@@ -286,6 +277,12 @@ impl Shard {
                 }
             }
         }
+        self.write_elsewhere(plan, locs, writes);
+    }
+
+    /// Stores the decided states of the counters [`Shard::read`] did not
+    /// find in a block (absent, or in the overflow table).
+    fn write_elsewhere(&mut self, plan: &Plan, locs: &[Loc], writes: &[Option<CounterState>]) {
         for ((c, loc), w) in plan.charges.iter().zip(locs).zip(writes) {
             match (w, loc) {
                 (Some(_), Loc::Block(_)) | (None, _) => {}
@@ -812,6 +809,16 @@ mod tests {
         }
     }
 
+    /// A plan of `tenant` at `now` with these charges (a minute's lease).
+    fn plan_of(tenant: u64, now: Instant, charges: [PlannedCharge; 2]) -> Plan {
+        Plan {
+            tenant,
+            now,
+            lease_until: Instant(now.0 + 60_000_000_000),
+            charges: charges.into_iter().collect(),
+        }
+    }
+
     fn used(d: &Decision) -> Vec<u64> {
         d.statuses.iter().map(|s| s.used).collect()
     }
@@ -825,13 +832,8 @@ mod tests {
         let now = FakeClock::at(START).now();
         // Tenants whose top bits differ (another block, maybe another shard).
         let (a, b) = (0x1111_0000_0000_0001_u64, 0x2222_0000_0000_0002_u64);
-        let plan = |cost_a, cost_b| Plan {
-            tenant: a,
-            now,
-            lease_until: Instant(now.0 + 60_000_000_000),
-            charges: [charge(a, 1, 100, cost_a, now), charge(b, 2, 100, cost_b, now)]
-                .into_iter()
-                .collect(),
+        let plan = |cost_a, cost_b| {
+            plan_of(a, now, [charge(a, 1, 100, cost_a, now), charge(b, 2, 100, cost_b, now)])
         };
         let d = store.admit_now(&plan(30, 40));
         assert!(d.is_admitted());
@@ -854,14 +856,8 @@ mod tests {
         let store = MemoryStore::with_shards(FakeClock::at(START), 4);
         let now = FakeClock::at(START).now();
         let t = 0x3333_0000_0000_0003_u64;
-        let plan = |cost| Plan {
-            tenant: t,
-            now,
-            lease_until: Instant(now.0 + 60_000_000_000),
-            charges: [charge(t, 1, 100, cost, now), charge(t, 2, 50, cost, now)]
-                .into_iter()
-                .collect(),
-        };
+        let plan =
+            |cost| plan_of(t, now, [charge(t, 1, 100, cost, now), charge(t, 2, 50, cost, now)]);
         let first = store.admit_now(&plan(20));
         assert_eq!(used(&first), [20, 20]);
         let second = store.admit_now(&plan(20));
