@@ -22,7 +22,7 @@
 use std::collections::hash_map::RandomState;
 use std::convert::Infallible;
 use std::future::{Future, ready};
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use hashbrown::HashMap;
@@ -80,6 +80,8 @@ impl std::hash::Hash for Slot {
 #[derive(Clone, Copy, Default)]
 struct PassHasher(u64);
 
+type BuildPass = BuildHasherDefault<PassHasher>;
+
 impl Hasher for PassHasher {
     fn finish(&self) -> u64 {
         self.0
@@ -94,16 +96,6 @@ impl Hasher for PassHasher {
     }
     fn write_u64(&mut self, v: u64) {
         self.0 = v;
-    }
-}
-
-#[derive(Clone, Copy, Default)]
-struct BuildPass;
-
-impl BuildHasher for BuildPass {
-    type Hasher = PassHasher;
-    fn build_hasher(&self) -> PassHasher {
-        PassHasher(0)
     }
 }
 
@@ -122,6 +114,8 @@ struct Lease {
 #[derive(Clone, Copy, Default)]
 struct TenantHasher(u64);
 
+type BuildTenant = BuildHasherDefault<TenantHasher>;
+
 impl Hasher for TenantHasher {
     fn finish(&self) -> u64 {
         let m = u128::from(self.0 ^ 0x243F_6A88_85A3_08D3) * 0x9E37_79B9_7F4A_7C15;
@@ -134,16 +128,6 @@ impl Hasher for TenantHasher {
     }
     fn write_u32(&mut self, v: u32) {
         self.0 = u64::from(v);
-    }
-}
-
-#[derive(Clone, Copy, Default)]
-struct BuildTenant;
-
-impl BuildHasher for BuildTenant {
-    type Hasher = TenantHasher;
-    fn build_hasher(&self) -> TenantHasher {
-        TenantHasher(0)
     }
 }
 
