@@ -365,6 +365,7 @@ fn index_tiers(p: &mut Policy) {
             }
         }
         all.sort_unstable();
+        let tier = TierId(t as u32);
         let mut by_model = vec![Candidates::default(); n_models + 1];
         for &id in &all {
             let l = &p.limits[id.index()];
@@ -372,29 +373,30 @@ fn index_tiers(p: &mut Policy) {
                 Clause::Model(ms) => Some(ms),
                 _ => None,
             });
+            // Whether the conditions hold for every request of this tier
+            // and of the model of slot `slot`.
+            let always = |slot: usize| {
+                l.unless.is_empty()
+                    && l.when.iter().all(|clause| match clause {
+                        Clause::Tier(v) => v.contains(&tier),
+                        Clause::Model(v) => v.iter().any(|m| m.index() == slot),
+                        _ => false,
+                    })
+            };
             match models {
-                None => by_model.iter_mut().for_each(|v| v.ids.push(id)),
-                Some(ms) => ms.iter().for_each(|m| by_model[m.index()].ids.push(id)),
+                None => by_model
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(slot, c)| c.limits.push((id, always(slot)))),
+                Some(ms) => {
+                    ms.iter()
+                        .for_each(|m| by_model[m.index()].limits.push((id, always(m.index()))));
+                }
             }
         }
-        let tier = TierId(t as u32);
-        for (slot, c) in by_model.iter_mut().enumerate() {
-            let model = (slot < n_models).then_some(ModelId(slot as u32));
-            c.always = c
-                .ids
-                .iter()
-                .map(|id| {
-                    let l = &p.limits[id.index()];
-                    l.unless.is_empty()
-                        && l.when.iter().all(|clause| match clause {
-                            Clause::Tier(v) => v.contains(&tier),
-                            Clause::Model(v) => model.is_some_and(|m| v.contains(&m)),
-                            _ => false,
-                        })
-                })
-                .collect();
+        for c in &mut by_model {
             let mut seen = HashSet::new();
-            c.distinct = c.ids.iter().all(|id| seen.insert(p.limits[id.index()].identity));
+            c.distinct = c.limits.iter().all(|(id, _)| seen.insert(p.limits[id.index()].identity));
         }
         p.tiers[t].all = all;
         p.tiers[t].by_model = by_model;

@@ -159,7 +159,7 @@ impl Policy {
         // each calendar window once per plan.
         let mut resolved: Option<(crate::window::Window, (crate::window::Slot, Instant))> = None;
         let mut group_memo: Option<(&[Part], GroupKey)> = None;
-        for (&id, &always) in candidates.ids.iter().zip(&candidates.always) {
+        for &(id, always) in &candidates.limits {
             let limit = &self.limits[id.index()];
             if !(always
                 || self.holds(&limit.when, req) && !limit.unless.iter().any(|u| self.holds(u, req)))

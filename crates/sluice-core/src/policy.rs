@@ -472,12 +472,10 @@ pub struct Tier {
 /// what planning can know about them in advance.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Candidates {
-    /// The limits, in id order.
-    pub(crate) ids: Vec<LimitId>,
-    /// Per limit: its conditions hold for every request of this tier and
-    /// model (they name only the tier and the model, and it has no
-    /// `unless`), so planning need not test them.
-    pub(crate) always: Vec<bool>,
+    /// The limits, in id order, each with whether its conditions hold for
+    /// every request of this tier and model (they name only the tier and
+    /// the model, and it has no `unless`), so planning need not test them.
+    pub(crate) limits: Vec<(LimitId, bool)>,
     /// No two of the limits share a counter identity, so no two can name
     /// one counter and planning need not look for one.
     pub(crate) distinct: bool,
