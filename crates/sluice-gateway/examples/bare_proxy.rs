@@ -1,7 +1,7 @@
 //! A proxy with Sluice's HTTP stack and nothing else: the same hyper-util
 //! server and the same upstream pool as `sluice serve`, forwarding every
 //! POST to the upstream as it is — no auth, no parsing, no limits, no
-//! headers. `scripts/bench-gateway` can measure it (`BARE=1`) to separate
+//! headers. `scripts/bench-gateway` can measure it (`--bare`) to separate
 //! the cost of the stack from the cost of Sluice's own work.
 //!
 //! `cargo run --release -p sluice-gateway --example bare_proxy -- LISTEN UPSTREAM_BASE_URL`
