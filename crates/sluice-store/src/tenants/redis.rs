@@ -54,9 +54,10 @@ macro_rules! with_conn {
                 $body
             }
             Conn::Sentinel(s) => match s.get().await {
-                Ok(mut $c) => {
+                Ok(lent) => {
+                    let mut $c = lent.conn.clone();
                     let result = $body;
-                    s.after(&result);
+                    s.after(&lent, &result);
                     result
                 }
                 Err(e) => Err(e),
