@@ -187,12 +187,6 @@ pub fn remove_headers(map: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool)
     }
 }
 
-/// Removes every header this module may set (and the variants upstreams
-/// send), so that a proxied response shows Sluice's limits only.
-pub fn remove_rate_limit_headers(map: &mut HeaderMap) {
-    remove_headers(map, is_rate_limit_header);
-}
-
 /// The status a family shows: the non-shadow limit of the family with the
 /// least remaining (ties: the one that resets last).
 fn shown<'d>(

@@ -317,7 +317,7 @@ fn insert_replaces_upstream_values() {
     map.insert("x-ratelimit-limit-project-tokens", HeaderValue::from_static("1"));
     map.insert("content-type", HeaderValue::from_static("application/json"));
     map.append("retry-after", HeaderValue::from_static("3"));
-    remove_rate_limit_headers(&mut map);
+    remove_headers(&mut map, is_rate_limit_header);
     assert_eq!(map.len(), 1);
     map.insert("x-ratelimit-limit-requests", HeaderValue::from_static("5000"));
     insert_headers(&mut map, &d, &p, now, &HeaderOptions::default());

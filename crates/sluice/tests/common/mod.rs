@@ -131,11 +131,6 @@ impl Sluice {
         s
     }
 
-    /// Whether a stdout line read so far starts with `prefix` (no waiting).
-    pub fn has_printed(&self, prefix: &str) -> bool {
-        self.seen.iter().any(|l| l.starts_with(prefix))
-    }
-
     /// The rest of the first stdout line that starts with `prefix` (waits up
     /// to 10 s for it).
     pub fn line(&mut self, prefix: &str) -> Option<String> {
