@@ -58,6 +58,15 @@ pub struct Config {
     pub decisions: Option<decisions::DecisionsConfig>,
 }
 
+impl Config {
+    /// A file with `[decisions]` and no `[upstreams]`: Sluice runs the
+    /// decision service alone (no model is proxied, and that is not an
+    /// error).
+    pub fn decisions_only(&self) -> bool {
+        self.decisions.is_some() && self.gateway.upstreams.is_empty()
+    }
+}
+
 /// A tenant from the file, with its keys.
 #[derive(Debug, Clone)]
 pub struct TenantEntry {

@@ -235,9 +235,7 @@ impl Runtime {
         }
 
         let settings = config.gateway.clone();
-        // A file with [decisions] and no [upstreams] runs the decision
-        // service alone: no model is proxied, and that is not an error.
-        let decisions_only = config.decisions.is_some() && settings.upstreams.is_empty();
+        let decisions_only = config.decisions_only();
         let mut routes = HashMap::new();
         for r in &settings.routes {
             let Some(model) = policy.model(&r.model) else { continue };

@@ -207,7 +207,7 @@ where
 
     // With [decisions] and no [upstreams], Sluice only decides: the proxy
     // listener (health checks, /v1/models) is opened only if asked for.
-    let decisions_only = config.decisions.is_some() && config.gateway.upstreams.is_empty();
+    let decisions_only = config.decisions_only();
     let addr = match listen.or(config.gateway.listen) {
         Some(a) => Some(a),
         None if decisions_only => None,
