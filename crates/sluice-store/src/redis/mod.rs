@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::{RedisError, Script};
 use sluice_core::{
@@ -189,25 +189,20 @@ impl RedisStore {
     }
 
     async fn load_scripts(&self) -> Result<(), RedisStoreError> {
-        let mut conn: Option<MultiplexedConnection> = None;
+        async fn load(c: &mut impl redis::aio::ConnectionLike) -> Result<(), RedisError> {
+            for script in [ADMIT_LUA, SETTLE_LUA] {
+                let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(script).query_async(c).await?;
+            }
+            Ok(())
+        }
         match &self.inner.conn {
-            Conn::Single(c) => {
-                for script in [ADMIT_LUA, SETTLE_LUA] {
-                    let _: String = redis::cmd("SCRIPT")
-                        .arg("LOAD")
-                        .arg(script)
-                        .query_async(&mut c.clone())
-                        .await?;
+            Conn::Single(c) => load(&mut c.clone()).await?,
+            Conn::Sentinel(s) => {
+                if let Some(mut c) = s.current() {
+                    load(&mut c).await?;
                 }
             }
-            Conn::Sentinel(s) => conn = s.current(),
             Conn::Cluster(_) => {}
-        }
-        if let Some(mut c) = conn {
-            for script in [ADMIT_LUA, SETTLE_LUA] {
-                let _: String =
-                    redis::cmd("SCRIPT").arg("LOAD").arg(script).query_async(&mut c).await?;
-            }
         }
         Ok(())
     }
