@@ -649,6 +649,19 @@ mod tests {
         }
     }
 
+    /// Four requests at once, each read to its end.
+    async fn four_at_once(c: &Arc<UpstreamClient>) {
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let c = c.clone();
+                tokio::spawn(async move { read_all(&c).await })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(&t.await.unwrap()[..], b"{\"ok\":true}");
+        }
+    }
+
     #[tokio::test]
     async fn a_connection_is_reused_once_its_response_is_read() {
         let (base, seen) = server(Mode::KeepAlive).await;
@@ -660,27 +673,11 @@ mod tests {
         assert_eq!(seen.accepted.load(Ordering::SeqCst), 1, "one connection for five requests");
         // Requests at once each get a connection, and all come back.
         let c = Arc::new(c);
-        let tasks: Vec<_> = (0..4)
-            .map(|_| {
-                let c = c.clone();
-                tokio::spawn(async move { read_all(&c).await })
-            })
-            .collect();
-        for t in tasks {
-            assert_eq!(&t.await.unwrap()[..], b"{\"ok\":true}");
-        }
+        four_at_once(&c).await;
         let opened = seen.accepted.load(Ordering::SeqCst);
         assert!(opened <= 4);
         // They came back: four more at once open nothing new.
-        let tasks: Vec<_> = (0..4)
-            .map(|_| {
-                let c = c.clone();
-                tokio::spawn(async move { read_all(&c).await })
-            })
-            .collect();
-        for t in tasks {
-            assert_eq!(&t.await.unwrap()[..], b"{\"ok\":true}");
-        }
+        four_at_once(&c).await;
         assert_eq!(
             seen.accepted.load(Ordering::SeqCst),
             opened,

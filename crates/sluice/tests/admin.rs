@@ -10,8 +10,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
-const TOKEN: &str = "admin-token-for-tests-0123456789";
-
 /// A preset, the mock upstream, and an admin API.
 fn policy(preset: &str, mock: &sluice_mock::MockServer) -> String {
     format!(
@@ -21,53 +19,8 @@ fn policy(preset: &str, mock: &sluice_mock::MockServer) -> String {
     )
 }
 
-struct Ops {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl Ops {
-    fn of(s: &mut Sluice) -> Self {
-        let base = s.line("sluice admin on ").expect("the admin API listens");
-        Self { http: client(), base }
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut r =
-            self.http.request(method, format!("{}/admin/v1{path}", self.base)).bearer_auth(TOKEN);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let resp = r.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    async fn tenant(&self, body: Value) -> Value {
-        let (s, v) = self.call(reqwest::Method::POST, "/tenants", Some(body)).await;
-        assert_eq!(s, 201, "{v}");
-        v
-    }
-
-    /// A new key of `tenant` (its secret).
-    async fn key(&self, tenant: &str, body: Value) -> (String, String) {
-        let (s, v) =
-            self.call(reqwest::Method::POST, &format!("/tenants/{tenant}/keys"), Some(body)).await;
-        assert_eq!(s, 201, "{v}");
-        (v["key"]["id"].as_str().unwrap().to_owned(), v["secret"].as_str().unwrap().to_owned())
-    }
-
-    async fn patch(&self, tenant: &str, body: Value) -> Value {
-        let (s, v) =
-            self.call(reqwest::Method::PATCH, &format!("/tenants/{tenant}"), Some(body)).await;
-        assert_eq!(s, 200, "{v}");
-        v
-    }
-}
-
 fn env() -> [(&'static str, &'static str); 2] {
-    [("UPSTREAM_KEY", "k"), ("SLUICE_ADMIN_TOKEN", TOKEN)]
+    [("UPSTREAM_KEY", "k"), ("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN)]
 }
 
 async fn chat_as(s: &Sluice, key: &str, model: &str) -> reqwest::Response {
@@ -236,7 +189,7 @@ async fn the_admin_api_needs_its_token_and_refuses_bad_requests_without_changing
         .unwrap();
     assert_eq!(r.status(), 401);
     // The gateway's keys are not admin tokens, and the admin token is not a key.
-    let r = chat_as(&s, TOKEN, "DeepSeek-V3.1").await;
+    let r = chat_as(&s, ADMIN_TOKEN, "DeepSeek-V3.1").await;
     assert_eq!(r.status(), 401);
 
     ops.tenant(json!({"id": "acme", "tier": "free"})).await;
@@ -300,7 +253,7 @@ async fn the_admin_api_needs_its_token_and_refuses_bad_requests_without_changing
     }
     let r = http
         .post(format!("{}/admin/v1/tenants", ops.base))
-        .bearer_auth(TOKEN)
+        .bearer_auth(ADMIN_TOKEN)
         .header("content-type", "application/json")
         .body("{not json")
         .send()
@@ -319,7 +272,7 @@ async fn no_secret_appears_in_logs_data_file_or_admin_answers() {
     let mock = mock().await;
     let mut s = Sluice::start(
         &policy("sambanova-cloud.toml", &mock),
-        &[("UPSTREAM_KEY", "k"), ("SLUICE_ADMIN_TOKEN", TOKEN), ("RUST_LOG", "trace")],
+        &[("UPSTREAM_KEY", "k"), ("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN), ("RUST_LOG", "trace")],
     );
     let ops = Ops::of(&mut s);
     ops.tenant(json!({"id": "acme", "tier": "free"})).await;
@@ -351,7 +304,7 @@ async fn no_secret_appears_in_logs_data_file_or_admin_answers() {
             "the secret appears in the {what}"
         );
         assert!(
-            !text.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
+            !text.windows(ADMIN_TOKEN.len()).any(|w| w == ADMIN_TOKEN.as_bytes()),
             "the admin token appears in the {what}"
         );
     }
@@ -407,7 +360,7 @@ fn cli(admin: &str, args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(args)
         .env("SLUICE_ADMIN_URL", admin)
-        .env("SLUICE_ADMIN_TOKEN", TOKEN)
+        .env("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN)
         .output()
         .unwrap();
     (

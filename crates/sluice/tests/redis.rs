@@ -278,37 +278,18 @@ async fn redis_down_fail_local_counts_in_memory_then_recovers() {
 async fn tenants_in_redis_a_revoked_key_stops_on_every_instance_within_a_second() {
     let redis = RedisServer::start();
     let mock = mock().await;
-    let token = "admin-token-for-tests-0123456789";
     let text = format!(
         "{}{}\n[store]\nkind = \"redis\"\nurl = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         example("llama-api.toml"),
         upstream_section(&mock),
         redis.url()
     );
-    let env = [("UPSTREAM_KEY", "k"), ("SLUICE_ADMIN_TOKEN", token)];
+    let env = [("UPSTREAM_KEY", "k"), ("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN)];
     let mut a = Sluice::start(&text, &env);
     let b = Sluice::start(&text, &env);
-    let admin = a.line("sluice admin on ").unwrap();
-    let http = client();
-    let r = http
-        .post(format!("{admin}/admin/v1/tenants"))
-        .bearer_auth(token)
-        .json(&serde_json::json!({"id": "team"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let v: serde_json::Value = http
-        .post(format!("{admin}/admin/v1/tenants/team/keys"))
-        .bearer_auth(token)
-        .json(&serde_json::json!({"id": "k1"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let secret = v["secret"].as_str().unwrap().to_owned();
+    let ops = Ops::of(&mut a);
+    ops.tenant(serde_json::json!({"id": "team"})).await;
+    let (_, secret) = ops.key("team", serde_json::json!({"id": "k1"})).await;
     let on_b = |s: String| {
         let (http, url) = (client(), format!("{}/v1/chat/completions", b.url));
         async move {
@@ -327,13 +308,8 @@ async fn tenants_in_redis_a_revoked_key_stops_on_every_instance_within_a_second(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let r = http
-        .delete(format!("{admin}/admin/v1/tenants/team/keys/k1"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    let (status, _) = ops.call(reqwest::Method::DELETE, "/tenants/team/keys/k1", None).await;
+    assert_eq!(status, 204);
     let started = std::time::Instant::now();
     while on_b(secret.clone()).await != 401 {
         assert!(
@@ -344,7 +320,7 @@ async fn tenants_in_redis_a_revoked_key_stops_on_every_instance_within_a_second(
     }
     // The counters were shared meanwhile: A sees B's requests.
     let r = post(
-        &http,
+        &ops.http,
         &format!("{}/v1/chat/completions", a.url),
         Some(&secret),
         &chat("Llama-3.3-70B-Instruct", 5),
@@ -362,7 +338,6 @@ async fn sentinel_failover_keeps_counting_on_the_promoted_replica() {
     let mut sentinels = RedisSentinels::start_with_replica();
     let replica_port = sentinels.replica.as_ref().unwrap().port;
     let mock = mock().await;
-    let token = "admin-token-for-tests-0123456789";
     let urls: Vec<String> = sentinels.urls().iter().map(|u| format!("\"{u}\"")).collect();
     let store = format!(
         "[store]\nkind = \"redis\"\nsentinels = [{}]\nmaster = \"{}\"\ntimeout = \"500ms\"\non_failure = \"closed\"\nprobe_interval = \"200ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
@@ -370,8 +345,8 @@ async fn sentinel_failover_keeps_counting_on_the_promoted_replica() {
         sentinels.name
     );
     let text = policy(&store, "[tiers.default.models]\nm = { rpd = 10 }\n", &mock);
-    let mut s = Sluice::start(&text, &[("UPSTREAM_KEY", "k"), ("SLUICE_ADMIN_TOKEN", token)]);
-    let admin = s.line("sluice admin on ").unwrap();
+    let mut s = Sluice::start(&text, &[("UPSTREAM_KEY", "k"), ("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN)]);
+    let ops = Ops::of(&mut s);
     let c = client();
     let url = format!("{}/v1/chat/completions", s.url);
     for left in [9, 8, 7] {
@@ -403,30 +378,16 @@ async fn sentinel_failover_keeps_counting_on_the_promoted_replica() {
     // Tenants and keys in Redis follow too: a key created now works.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let r = c
-            .post(format!("{admin}/admin/v1/tenants"))
-            .bearer_auth(token)
-            .json(&serde_json::json!({"id": "after"}))
-            .send()
-            .await
-            .unwrap();
-        if r.status() == 201 {
+        let (status, v) = ops
+            .call(reqwest::Method::POST, "/tenants", Some(serde_json::json!({"id": "after"})))
+            .await;
+        if status == 201 {
             break;
         }
-        assert!(Instant::now() < deadline, "admin writes fail after the failover: {}", r.status());
+        assert!(Instant::now() < deadline, "admin writes fail after the failover: {status} {v}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let v: serde_json::Value = c
-        .post(format!("{admin}/admin/v1/tenants/after/keys"))
-        .bearer_auth(token)
-        .json(&serde_json::json!({"id": "k-after"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let secret = v["secret"].as_str().unwrap().to_owned();
+    let (_, secret) = ops.key("after", serde_json::json!({"id": "k-after"})).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while post(&c, &url, Some(&secret), &chat("m", 5), &[]).await.status() != 200 {
         assert!(Instant::now() < deadline, "the new key was not accepted");

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use serde_json::Value;
 use sluice_mock::{MockConfig, MockServer};
 
 /// A secret and its hash (`sluice keys hash`), computed with the binary's
@@ -241,5 +242,62 @@ pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
             return false;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The admin token the tests configure (`SLUICE_ADMIN_TOKEN`).
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+
+/// The admin API of a running Sluice, called with [`ADMIN_TOKEN`].
+pub struct Ops {
+    pub http: reqwest::Client,
+    /// Where the admin API listens (`http://host:port`).
+    pub base: String,
+}
+
+impl Ops {
+    pub fn of(s: &mut Sluice) -> Self {
+        let base = s.line("sluice admin on ").expect("the admin API listens");
+        Self { http: client(), base }
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut r = self
+            .http
+            .request(method, format!("{}/admin/v1{path}", self.base))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn tenant(&self, body: Value) -> Value {
+        let (s, v) = self.call(reqwest::Method::POST, "/tenants", Some(body)).await;
+        assert_eq!(s, 201, "{v}");
+        v
+    }
+
+    /// A new key of `tenant` (its secret).
+    pub async fn key(&self, tenant: &str, body: Value) -> (String, String) {
+        let (s, v) =
+            self.call(reqwest::Method::POST, &format!("/tenants/{tenant}/keys"), Some(body)).await;
+        assert_eq!(s, 201, "{v}");
+        (v["key"]["id"].as_str().unwrap().to_owned(), v["secret"].as_str().unwrap().to_owned())
+    }
+
+    pub async fn patch(&self, tenant: &str, body: Value) -> Value {
+        let (s, v) =
+            self.call(reqwest::Method::PATCH, &format!("/tenants/{tenant}"), Some(body)).await;
+        assert_eq!(s, 200, "{v}");
+        v
     }
 }
