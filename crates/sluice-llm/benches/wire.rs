@@ -78,6 +78,14 @@ fn json(c: &mut Criterion) {
     c.bench_function("usage_from_json", |b| {
         b.iter(|| usage_from_json(black_box(RESPONSE.as_bytes())));
     });
+    // A long answer: 4 KiB of text, some of it escaped.
+    let long = RESPONSE.replace(
+        "Hello! How can I assist you today?",
+        &"Rate limits keep a shared service fair.\\n ".repeat(100),
+    );
+    c.bench_function("usage_from_json_4k", |b| {
+        b.iter(|| usage_from_json(black_box(long.as_bytes())));
+    });
 }
 
 criterion_group!(benches, sse, json);

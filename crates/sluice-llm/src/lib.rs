@@ -29,6 +29,7 @@ pub mod tokens;
 pub mod usage;
 
 mod json;
+mod scan;
 #[cfg(test)]
 mod testutil;
 

@@ -34,12 +34,7 @@ impl Usage {
 /// embeddings; also the Responses API's `input_tokens`/`output_tokens`).
 /// `None` when the body is not JSON or has no usable `usage`.
 pub fn usage_from_json(body: &[u8]) -> Option<Usage> {
-    #[derive(Deserialize)]
-    struct Response {
-        #[serde(default)]
-        usage: Option<UsageJson>,
-    }
-    serde_json::from_slice::<Response>(body).ok()?.usage?.to_usage()
+    crate::scan::response_usage(body)??.to_usage()
 }
 
 /// A `usage` object as providers send it.

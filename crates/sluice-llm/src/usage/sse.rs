@@ -14,16 +14,11 @@
 //! Line endings are `\n` or `\r\n` (what OpenAI, vLLM, SGLang and TGI send);
 //! a lone `\r` is not treated as a line end.
 
-use std::borrow::Cow;
-use std::fmt;
-
 use bytes::BufMut;
-use serde::Deserialize;
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use smallvec::SmallVec;
 
 use super::{Usage, UsageJson};
-use crate::json::{Str, cow};
+use crate::scan;
 use crate::tokens::{Encoding, Estimator, bytes_estimate};
 
 /// Events larger than this are forwarded without being parsed. A real chunk
@@ -328,10 +323,10 @@ impl Stats {
         if !trimmed.starts_with(b"{") {
             return false;
         }
-        let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(trimmed) else {
+        let Some(chunk) = scan::chunk(trimmed) else {
             return false;
         };
-        if chunk.error.is_some() {
+        if chunk.error {
             self.error = true;
         }
         let usage = chunk.usage.and_then(UsageJson::to_usage);
@@ -360,94 +355,6 @@ impl Stats {
             self.stripped = true;
         }
         drop_it
-    }
-}
-
-/// The parts of a chunk the tap reads (`usage: null` reads as `None`).
-#[derive(Deserialize)]
-struct Chunk<'a> {
-    #[serde(borrow, default)]
-    choices: Option<Choices<'a>>,
-    #[serde(default)]
-    usage: Option<UsageJson>,
-    #[serde(default)]
-    error: Option<de::IgnoredAny>,
-}
-
-/// `choices`: how many, and the generated text they carry.
-struct Choices<'a> {
-    count: usize,
-    texts: SmallVec<[Cow<'a, str>; 2]>,
-}
-
-#[derive(Deserialize)]
-struct Choice<'a> {
-    #[serde(borrow, default)]
-    delta: Option<Delta<'a>>,
-    /// Legacy completions.
-    #[serde(borrow, default)]
-    text: Option<Str<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Delta<'a> {
-    #[serde(borrow, default)]
-    content: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    refusal: Option<Str<'a>>,
-    /// vLLM / DeepSeek reasoning models.
-    #[serde(borrow, default)]
-    reasoning_content: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    reasoning: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    tool_calls: Option<Vec<ToolCallDelta<'a>>>,
-    #[serde(borrow, default)]
-    function_call: Option<FunctionDelta<'a>>,
-}
-
-#[derive(Deserialize)]
-struct ToolCallDelta<'a> {
-    #[serde(borrow, default)]
-    function: Option<FunctionDelta<'a>>,
-}
-
-#[derive(Deserialize)]
-struct FunctionDelta<'a> {
-    #[serde(borrow, default)]
-    name: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    arguments: Option<Str<'a>>,
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Choices<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = Choices<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an array of choices")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut c = Choices { count: 0, texts: SmallVec::new() };
-                while let Some(choice) = seq.next_element::<Choice<'a>>()? {
-                    c.count += 1;
-                    c.texts.extend(cow(choice.text));
-                    let Some(d) = choice.delta else { continue };
-                    c.texts.extend(cow(d.content));
-                    c.texts.extend(cow(d.refusal));
-                    c.texts.extend(cow(d.reasoning_content));
-                    c.texts.extend(cow(d.reasoning));
-                    let calls = d.tool_calls.into_iter().flatten().filter_map(|t| t.function);
-                    for f in calls.chain(d.function_call) {
-                        c.texts.extend(cow(f.name));
-                        c.texts.extend(cow(f.arguments));
-                    }
-                }
-                Ok(c)
-            }
-        }
-        d.deserialize_seq(V(std::marker::PhantomData))
     }
 }
 
