@@ -260,8 +260,14 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
             return error_response(&e);
         }
     };
-    let path = parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str());
-    let Some(uri) = upstream.uri(path) else {
+    let cached = match parts.uri.query() {
+        None => endpoint.upstream_uris.get(route.upstream).cloned().flatten(),
+        Some(_) => None,
+    };
+    let uri = cached.or_else(|| {
+        upstream.uri(parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str()))
+    });
+    let Some(uri) = uri else {
         let mut s = settler;
         s.settle(failure_usage);
         return error_response(&ApiError::upstream_error());

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use http::Uri;
 use sluice_config::Config;
 use sluice_config::gateway::{GatewayConfig, TokenEncoding, UpstreamTarget};
 use sluice_core::{
@@ -46,6 +47,9 @@ pub struct Endpoint {
     pub name: String,
     /// How its bodies are read.
     pub kind: EndpointKind,
+    /// Its URI at each upstream (by index into [`Runtime::upstreams`]), for
+    /// requests without a query: made once here, cloned per request.
+    pub upstream_uris: Vec<Option<Uri>>,
 }
 
 /// How a model is served.
@@ -230,7 +234,12 @@ impl Runtime {
             let (Some(path), Some(id)) = (path, policy.endpoint(name)) else { continue };
             endpoints.insert(
                 path.clone(),
-                Endpoint { id, name: name.clone(), kind: EndpointKind::from_path(path) },
+                Endpoint {
+                    id,
+                    name: name.clone(),
+                    kind: EndpointKind::from_path(path),
+                    upstream_uris: upstreams.iter().map(|u| u.uri(path)).collect(),
+                },
             );
         }
 

@@ -15,6 +15,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use sluice_core::{
     Decision, HeaderFamily, HeaderMetric, HeaderSpan, Instant, LimitStatus, Metric, Outcome,
@@ -102,18 +103,19 @@ pub fn for_each_header(
     mut emit: impl FnMut(&HeaderName, HeaderValue),
 ) {
     let profile = policy.headers();
+    let mut values = Values(BytesMut::with_capacity(VALUES_CAPACITY));
     let mut buf = String::with_capacity(32);
     for &family in &profile.families {
         let Some(status) = shown(decision, policy, family) else {
             continue;
         };
         let [limit, remaining, reset] = family_header_names(family);
-        emit(limit, HeaderValue::from(status.amount));
-        emit(remaining, HeaderValue::from(status.remaining));
+        emit(limit, values.number(status.amount));
+        emit(remaining, values.number(status.remaining));
         let Some(at) = status.reset else { continue };
         buf.clear();
         if write_reset(&mut buf, profile.reset, at, now)
-            && let Ok(v) = HeaderValue::from_str(&buf)
+            && let Some(v) = values.text(&buf)
         {
             emit(reset, v);
         }
@@ -126,8 +128,8 @@ pub fn for_each_header(
         Outcome::Limited { retry_at, .. } => {
             let wait = retry_at.since(now);
             let ms = millis_ceil(wait).max(1);
-            emit(&RETRY_AFTER_MS, HeaderValue::from(ms));
-            emit(&RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000)));
+            emit(&RETRY_AFTER_MS, values.number(ms));
+            emit(&RETRY_AFTER, values.number(ms.div_ceil(1000)));
             if wait > opts.no_retry_after {
                 emit(&X_SHOULD_RETRY, HeaderValue::from_static("false"));
             }
@@ -135,6 +137,28 @@ pub fn for_each_header(
         Outcome::TooLarge { .. } => {
             emit(&X_SHOULD_RETRY, HeaderValue::from_static("false"));
         }
+    }
+}
+
+/// Room for the values of a response's headers (three families of three
+/// values each take about 60 bytes).
+const VALUES_CAPACITY: usize = 128;
+
+/// Header values written into one buffer and split off it, so that a
+/// response's values share one allocation instead of taking one each.
+struct Values(BytesMut);
+
+impl Values {
+    fn number(&mut self, n: u64) -> HeaderValue {
+        self.0.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        let digits = self.0.split().freeze();
+        // Digits are always a valid value.
+        HeaderValue::from_maybe_shared(digits).unwrap_or(HeaderValue::from_static("0"))
+    }
+
+    fn text(&mut self, s: &str) -> Option<HeaderValue> {
+        self.0.extend_from_slice(s.as_bytes());
+        HeaderValue::from_maybe_shared(self.0.split().freeze()).ok()
     }
 }
 
@@ -148,6 +172,8 @@ pub fn insert_headers(
     now: Instant,
     opts: &HeaderOptions,
 ) {
+    // Room for them all at once, rather than growing the map on the way.
+    map.reserve(12);
     for_each_header(decision, policy, now, opts, |name, value| {
         map.insert(name.clone(), value);
     });
@@ -182,8 +208,10 @@ pub fn is_rate_limit_header(name: &HeaderName) -> bool {
 
 /// Removes, in place, every header `doomed` picks.
 pub fn remove_headers(map: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
-    while let Some(name) = map.keys().find(|n| doomed(n)).cloned() {
-        map.remove(&name);
+    let names: smallvec::SmallVec<[HeaderName; 8]> =
+        map.keys().filter(|n| doomed(n)).cloned().collect();
+    for name in &names {
+        map.remove(name);
     }
 }
 
