@@ -59,31 +59,24 @@ pub(crate) struct Chunk<'a> {
 #[derive(Debug, Default)]
 pub(crate) struct Choices<'a> {
     pub(crate) count: usize,
-    pub(crate) texts: SmallVec<[Cow<'a, str>; 2]>,
+    pub(crate) texts: Texts<'a>,
 }
 
 /// Reads a stream chunk (one event's data), or nothing if it does not parse.
 pub(crate) fn chunk(data: &[u8]) -> Option<Chunk<'_>> {
     let mut c = Cursor { b: data, i: 0 };
     let mut out = Chunk::default();
-    let mut seen = [false; 3];
-    c.object(|c, key| {
-        match key {
-            b"choices" => {
-                once(&mut seen[0])?;
-                out.choices = c.nullable(choices)?;
-            }
-            b"usage" => {
-                once(&mut seen[1])?;
-                out.usage = c.nullable(Cursor::usage)?;
-            }
-            b"error" => {
-                once(&mut seen[2])?;
-                out.error = !c.skip_value()?;
-            }
-            _ => {
-                c.skip_value()?;
-            }
+    let names = |key: &[u8]| match key {
+        b"choices" => Some(0),
+        b"usage" => Some(1),
+        b"error" => Some(2),
+        _ => None,
+    };
+    c.fields::<3>(names, |c, field| {
+        match field {
+            0 => out.choices = c.nullable(choices)?,
+            1 => out.usage = c.nullable(Cursor::usage)?,
+            _ => out.error = !c.skip_value()?,
         }
         Some(())
     })?;
@@ -95,22 +88,14 @@ pub(crate) fn chunk(data: &[u8]) -> Option<Chunk<'_>> {
 pub(crate) fn response_usage(body: &[u8]) -> Option<Option<UsageJson>> {
     let mut c = Cursor { b: body, i: 0 };
     let mut usage = None;
-    let mut seen = false;
-    c.object(|c, key| {
-        if key == b"usage" {
-            once(&mut seen)?;
+    c.fields::<1>(
+        |key| (key == b"usage").then_some(0),
+        |c, _| {
             usage = c.nullable(Cursor::usage)?;
-        } else {
-            c.skip_value()?;
-        }
-        Some(())
-    })?;
+            Some(())
+        },
+    )?;
     c.at_end().then_some(usage)
-}
-
-/// A field may appear once (serde's "duplicate field" error otherwise).
-fn once(seen: &mut bool) -> Option<()> {
-    if std::mem::replace(seen, true) { None } else { Some(()) }
 }
 
 fn choices<'a>(c: &mut Cursor<'a>) -> Option<Choices<'a>> {
@@ -125,84 +110,48 @@ fn choices<'a>(c: &mut Cursor<'a>) -> Option<Choices<'a>> {
 type Texts<'a> = SmallVec<[Cow<'a, str>; 2]>;
 
 fn choice<'a>(c: &mut Cursor<'a>, texts: &mut Texts<'a>) -> Option<()> {
-    let mut seen = [false; 2];
-    c.object(|c, key| {
-        match key {
-            b"delta" => {
-                once(&mut seen[0])?;
-                c.nullable(|c| delta(c, texts))?;
-            }
-            // Legacy completions.
-            b"text" => {
-                once(&mut seen[1])?;
-                texts.extend(c.nullable(Cursor::string)?);
-            }
-            _ => {
-                c.skip_value()?;
-            }
-        }
-        Some(())
+    // `text`: legacy completions.
+    let names = |key: &[u8]| match key {
+        b"delta" => Some(0),
+        b"text" => Some(1),
+        _ => None,
+    };
+    c.fields::<2>(names, |c, field| match field {
+        0 => c.nullable(|c| delta(c, texts)).map(drop),
+        _ => c.text_into(texts),
     })
 }
 
 fn delta<'a>(c: &mut Cursor<'a>, texts: &mut Texts<'a>) -> Option<()> {
-    let mut seen = [false; 6];
-    c.object(|c, key| {
-        let field = match key {
-            b"content" => 0,
-            b"refusal" => 1,
-            // vLLM / DeepSeek reasoning models.
-            b"reasoning_content" => 2,
-            b"reasoning" => 3,
-            b"tool_calls" => 4,
-            b"function_call" => 5,
-            _ => {
-                c.skip_value()?;
-                return Some(());
-            }
-        };
-        once(&mut seen[field])?;
-        match field {
-            4 => {
-                c.nullable(|c| c.array(|c| tool_call(c, texts)))?;
-            }
-            5 => {
-                c.nullable(|c| function(c, texts))?;
-            }
-            _ => texts.extend(c.nullable(Cursor::string)?),
-        }
-        Some(())
+    // `reasoning_content` and `reasoning`: vLLM / DeepSeek reasoning models.
+    let names = |key: &[u8]| match key {
+        b"content" => Some(0),
+        b"refusal" => Some(1),
+        b"reasoning_content" => Some(2),
+        b"reasoning" => Some(3),
+        b"tool_calls" => Some(4),
+        b"function_call" => Some(5),
+        _ => None,
+    };
+    c.fields::<6>(names, |c, field| match field {
+        4 => c.nullable(|c| c.array(|c| tool_call(c, texts))).map(drop),
+        5 => c.nullable(|c| function(c, texts)).map(drop),
+        _ => c.text_into(texts),
     })
 }
 
 fn tool_call<'a>(c: &mut Cursor<'a>, texts: &mut Texts<'a>) -> Option<()> {
-    let mut seen = false;
-    c.object(|c, key| {
-        if key == b"function" {
-            once(&mut seen)?;
-            c.nullable(|c| function(c, texts))?;
-        } else {
-            c.skip_value()?;
-        }
-        Some(())
-    })
+    let names = |key: &[u8]| (key == b"function").then_some(0);
+    c.fields::<1>(names, |c, _| c.nullable(|c| function(c, texts)).map(drop))
 }
 
 fn function<'a>(c: &mut Cursor<'a>, texts: &mut Texts<'a>) -> Option<()> {
-    let mut seen = [false; 2];
-    c.object(|c, key| {
-        let field = match key {
-            b"name" => 0,
-            b"arguments" => 1,
-            _ => {
-                c.skip_value()?;
-                return Some(());
-            }
-        };
-        once(&mut seen[field])?;
-        texts.extend(c.nullable(Cursor::string)?);
-        Some(())
-    })
+    let names = |key: &[u8]| match key {
+        b"name" => Some(0),
+        b"arguments" => Some(1),
+        _ => None,
+    };
+    c.fields::<2>(names, |c, _| c.text_into(texts))
 }
 
 /// A position in a JSON document. Every method returns `None` when the
@@ -304,6 +253,30 @@ impl<'a> Cursor<'a> {
         };
         self.skip_value()?;
         serde_json::from_slice(&self.b[start..self.i]).ok()
+    }
+
+    /// An object read as a struct of `N` fields, `names` giving a key's
+    /// index (a `match`, which compiles to better code than a search of a
+    /// list): `field` is called with the index of each one present and must consume its value; other
+    /// keys are skipped, and a field that comes twice fails the read (serde's
+    /// "duplicate field").
+    fn fields<const N: usize>(
+        &mut self,
+        names: impl Fn(&[u8]) -> Option<usize>,
+        mut field: impl FnMut(&mut Self, usize) -> Option<()>,
+    ) -> Option<()> {
+        let mut seen = [false; N];
+        self.object(|c, key| match names(key) {
+            Some(i) if !std::mem::replace(&mut seen[i], true) => field(c, i),
+            Some(_) => None,
+            None => c.skip_value().map(drop),
+        })
+    }
+
+    /// An `Option<String>` field: its text, if any, goes to `texts`.
+    fn text_into(&mut self, texts: &mut Texts<'a>) -> Option<()> {
+        texts.extend(self.nullable(Cursor::string)?);
+        Some(())
     }
 
     /// An object: `field` is called with each key (unescaped if need be) and
