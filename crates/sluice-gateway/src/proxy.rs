@@ -260,13 +260,11 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
             return error_response(&e);
         }
     };
-    let cached = match parts.uri.query() {
+    // Without a query, the path is the endpoint's: its URI was made once.
+    let uri = match parts.uri.path_and_query().filter(|p| p.query().is_some()) {
+        Some(with_query) => upstream.uri(with_query.as_str()),
         None => endpoint.upstream_uris.get(route.upstream).cloned().flatten(),
-        Some(_) => None,
     };
-    let uri = cached.or_else(|| {
-        upstream.uri(parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str()))
-    });
     let Some(uri) = uri else {
         let mut s = settler;
         s.settle(failure_usage);

@@ -216,6 +216,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<MockBod
     stats.record(RecordedRequest {
         method: parts.method,
         path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
         headers: parts.headers,
         body: body.as_ref().map_or_else(|_| Bytes::new(), Bytes::clone),
     });

@@ -32,6 +32,8 @@ pub struct RecordedRequest {
     pub method: Method,
     /// The URI path, without the query.
     pub path: String,
+    /// The query, if the URI has one.
+    pub query: Option<String>,
     /// All request headers.
     pub headers: HeaderMap,
     /// The whole request body.

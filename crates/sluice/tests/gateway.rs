@@ -107,10 +107,18 @@ async fn llama_api_headers_and_a_429_with_retry_headers() {
     let r = post(&c, &url, Some(KEY_B), &chat(model, 20), &[]).await;
     assert_eq!(r.status(), 200);
     assert_eq!(num(&r, "x-ratelimit-remaining-requests"), 9);
-    // The upstream saw its own key, never the client's.
+    // The upstream saw its own key, never the client's, at the same path.
     let last = mock.stats.last_request().expect("a request upstream");
     assert_eq!(last.headers["authorization"], "Bearer upstream-secret");
+    assert_eq!((last.path.as_str(), last.query.as_deref()), ("/v1/chat/completions", None));
     assert_eq!(mock.stats.requests(), 11, "denied requests never reach the upstream");
+    // A query goes upstream with the path (e.g. Azure's `api-version`).
+    let r = post(&c, &format!("{url}?api-version=2024-10-21"), Some(KEY_B), &chat(model, 20), &[])
+        .await;
+    assert_eq!(r.status(), 200);
+    let last = mock.stats.last_request().expect("a request upstream");
+    assert_eq!(last.path, "/v1/chat/completions");
+    assert_eq!(last.query.as_deref(), Some("api-version=2024-10-21"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
