@@ -53,7 +53,8 @@ fn main() -> anyhow::Result<()> {
         connect_timeout: Duration::from_secs(2),
         timeout: Duration::from_secs(60),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // The runtime `sluice serve` picks for the same CPUs.
+    let rt = sluice_gateway::tokio_runtime()?;
     rt.block_on(async move {
         let up = Arc::new(UpstreamClient::new(&upstream, &base)?);
         let listener = tokio::net::TcpListener::bind(&listen).await?;

@@ -20,4 +20,4 @@ mod server;
 pub mod upstream;
 
 pub use runtime::{Runtime, RuntimeError};
-pub use server::{Gateway, serve, serve_connections};
+pub use server::{Gateway, serve, serve_connections, tokio_runtime};

@@ -109,6 +109,20 @@ fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
     r
 }
 
+/// The async runtime to serve on: work-stealing across the CPUs the
+/// process may use or, when it may use only one (pinned, or a container
+/// allowed one CPU), a current-thread runtime. That one does the same work
+/// without the cross-thread bookkeeping a lone worker never needs: about 5%
+/// more requests per second in `scripts/bench-gateway` (docs/BENCHMARKS.md).
+pub fn tokio_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    if one_cpu {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    }
+}
+
 /// Serves HTTP/1.1 and HTTP/2 on `listener` until `shutdown` completes,
 /// then stops accepting, lets requests in flight finish (and settle) for up
 /// to `grace`, and returns.

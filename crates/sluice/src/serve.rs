@@ -42,8 +42,7 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>) -> anyhow::Result<Exi
             return Ok(ExitCode::from(2));
         }
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(serve(config_path.to_path_buf(), config, listen))?;
+    sluice_gateway::tokio_runtime()?.block_on(serve(config_path.to_path_buf(), config, listen))?;
     Ok(ExitCode::SUCCESS)
 }
 

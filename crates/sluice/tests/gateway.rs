@@ -387,3 +387,63 @@ async fn shutdown_lets_a_stream_in_flight_finish() {
     assert!(status.success(), "{status}");
     assert_eq!(mock.stats.streams_completed(), 1);
 }
+
+/// Allowed one CPU, `sluice serve` runs on a current-thread runtime: the
+/// same gateway, concurrent requests interleaved on one thread, settled to
+/// the token, and a graceful shutdown that lets a stream finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_one_cpu_requests_interleave_settle_and_shut_down_gracefully() {
+    let mock = mock().await;
+    let s = Sluice::start_on_one_cpu(&output_policy(&mock), &[("UPSTREAM_KEY", "k")]);
+    let cpus = allowed_cpus(s.pid());
+    assert!(cpus.parse::<u32>().is_ok(), "sluice may run on {cpus}, not on one CPU");
+    let c = client();
+    let url = format!("{}/v1/chat/completions", s.url);
+
+    // A slow stream in flight while 20 JSON requests come and go: one
+    // thread serves them all at once.
+    let mut body = chat("m", 500);
+    body["stream"] = json!(true);
+    let headers = [("x-mock-chunk-delay-ms", "150"), ("x-mock-completion-tokens", "10")];
+    let mut stream = post(&c, &url, Some(KEY_A1), &body, &headers).await;
+    assert_eq!(stream.status(), 200);
+    let mut quick = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (c, url) = (c.clone(), url.clone());
+        quick.spawn(async move {
+            let tokens = [("x-mock-completion-tokens", "2")];
+            let r = post(&c, &url, Some(KEY_A1), &chat("m", 50), &tokens).await;
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap();
+        });
+    }
+    while let Some(done) = quick.join_next().await {
+        done.unwrap();
+    }
+    // The stream takes 10 × 150 ms: the others did not wait for it.
+    assert_eq!(mock.stats.streams_completed(), 0, "the quick requests waited for the stream");
+    let mut text = String::new();
+    while let Some(chunk) = stream.chunk().await.unwrap() {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains("data: [DONE]"), "{text}");
+
+    // Settled with what was generated: 10 + 20 × 2, not the reservations.
+    let r = post(&c, &url, Some(KEY_A1), &chat("m", 1), &[]).await;
+    assert_eq!(num(&r, OTPD), 1_000_000 - 10 - 40 - 1);
+    r.text().await.unwrap();
+
+    // A stream in flight at shutdown finishes.
+    let mut body = chat("m", 20);
+    body["stream"] = json!(true);
+    let mut r = post(&c, &url, Some(KEY_A1), &body, &[("x-mock-chunk-delay-ms", "50")]).await;
+    let first = r.chunk().await.unwrap().unwrap();
+    let stopper = tokio::task::spawn_blocking(move || s.terminate());
+    let mut text = String::from_utf8_lossy(&first).into_owned();
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains("data: [DONE]"), "the stream was cut: {text}");
+    let (status, _stderr) = stopper.await.unwrap();
+    assert!(status.success(), "{status}");
+}

@@ -29,6 +29,23 @@ pub fn key_hash(secret: &str) -> String {
 }
 
 /// Reads an example policy.
+/// The first CPU this process may run on.
+pub fn first_allowed_cpu() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list in /proc/self/status");
+    let first = list.trim().split([',', '-']).next().unwrap();
+    first.parse().unwrap()
+}
+
+/// The CPUs process `pid` may run on, as /proc shows them (e.g. "0-1").
+pub fn allowed_cpus(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap().trim().to_string()
+}
+
 pub fn example(name: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -59,7 +76,17 @@ impl Sluice {
 
     /// Starts `sluice serve` with its policy (and data file) in `dir`.
     pub fn start_in(dir: &std::path::Path, policy: &str, env: &[(&str, &str)]) -> Self {
-        Self::spawn(dir, policy, env, &["--listen", "127.0.0.1:0"], "sluice listening on ")
+        Self::spawn(dir, policy, env, &["--listen", "127.0.0.1:0"], "sluice listening on ", None)
+    }
+
+    /// Starts `sluice serve` allowed to run on one CPU only (`taskset`), as
+    /// a pinned process or a one-CPU container is: it then serves on a
+    /// current-thread runtime.
+    pub fn start_on_one_cpu(policy: &str, env: &[(&str, &str)]) -> Self {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("sluice-e2e-{}-{n}", std::process::id()));
+        let args = ["--listen", "127.0.0.1:0"];
+        Self::spawn(&dir, policy, env, &args, "sluice listening on ", Some(first_allowed_cpu()))
     }
 
     /// Starts `sluice serve` with no `--listen`, and waits for the stdout
@@ -67,7 +94,7 @@ impl Sluice {
     pub fn start_without_listen(policy: &str, env: &[(&str, &str)], ready: &str) -> Self {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("sluice-e2e-{}-{n}", std::process::id()));
-        Self::spawn(&dir, policy, env, &[], ready)
+        Self::spawn(&dir, policy, env, &[], ready, None)
     }
 
     fn spawn(
@@ -76,12 +103,21 @@ impl Sluice {
         env: &[(&str, &str)],
         args: &[&str],
         ready: &str,
+        cpu: Option<u32>,
     ) -> Self {
         let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("policy.toml");
         std::fs::write(&path, policy).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        let mut cmd = match cpu {
+            // util-linux's taskset: on every Debian machine.
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string(), env!("CARGO_BIN_EXE_sluice")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_sluice")),
+        };
         cmd.args(["serve", "--config"])
             .arg(&path)
             .args(args)
