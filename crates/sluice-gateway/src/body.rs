@@ -58,10 +58,18 @@ pub struct JsonFrames {
     /// The others.
     rest: Vec<Bytes>,
     len: usize,
+    /// The usage of a body that came whole in one frame, read as it passed
+    /// (nothing kept).
+    whole: Option<Option<sluice_llm::usage::Usage>>,
 }
 
 impl JsonFrames {
-    fn push(&mut self, frame: &Bytes) {
+    /// Takes note of `frame`; `last`: the body ends with it.
+    fn push(&mut self, frame: &Bytes, last: bool) {
+        if last && self.first.is_none() {
+            self.whole = Some(usage_from_json(frame));
+            return;
+        }
         if self.len + frame.len() <= JSON_KEEP {
             self.len += frame.len();
             if self.first.is_none() {
@@ -74,6 +82,9 @@ impl JsonFrames {
 
     /// The `usage` of the body kept.
     fn usage(&self) -> Option<sluice_llm::usage::Usage> {
+        if let Some(whole) = self.whole {
+            return whole;
+        }
         match (&self.first, self.rest.is_empty()) {
             (Some(one), true) => usage_from_json(one),
             (first, _) => {
@@ -219,7 +230,7 @@ impl<S: CounterStore + Unpin> Body for Metered<S> {
                     let last = this.inner.is_end_stream();
                     let out = match &mut this.tap {
                         Tap::Json(frames) => {
-                            frames.push(&frame);
+                            frames.push(&frame, last);
                             frame
                         }
                         Tap::None => frame,

@@ -252,7 +252,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
 
     // Forward.
     let upstream = &rt.upstreams[route.upstream];
-    let upstream_body = match upstream_body(&body, stream, route) {
+    let upstream_body = match upstream_body(body, stream, route) {
         Ok(b) => b,
         Err(e) => {
             let mut s = settler;
@@ -326,8 +326,8 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
 }
 
 /// The body sent upstream: streams ask for usage; a renamed model is renamed.
-fn upstream_body(body: &Bytes, stream: bool, route: &Route) -> Result<Bytes, ApiError> {
-    let mut out = body.clone();
+fn upstream_body(body: Bytes, stream: bool, route: &Route) -> Result<Bytes, ApiError> {
+    let mut out = body;
     if let Some(name) = &route.upstream_model {
         let mut v: serde_json::Value = serde_json::from_slice(&out)
             .map_err(|_| ApiError::bad_request("The request body is not valid JSON.", None))?;

@@ -275,11 +275,13 @@ struct Pool {
 }
 
 struct Idle {
-    conn: Conn,
+    conn: Box<Conn>,
     since: Instant,
 }
 
-/// An HTTP/1.1 connection, driven by whoever holds it.
+/// An HTTP/1.1 connection, driven by whoever holds it. Boxed where it is
+/// kept and lent (hyper's connection state is large; a box moves as a
+/// pointer between the pool, the request and the response body).
 struct Conn {
     tx: Sender,
     conn: Connection,
@@ -318,7 +320,7 @@ impl Conn {
 
 impl Pool {
     /// The most recently used idle connection that is not too old.
-    fn checkout(&self) -> Option<Conn> {
+    fn checkout(&self) -> Option<Box<Conn>> {
         let mut idle = self.idle.lock();
         while let Some(entry) = idle.pop() {
             if entry.since.elapsed() > IDLE_TIMEOUT {
@@ -334,7 +336,7 @@ impl Pool {
     }
 
     /// Puts a connection whose response has ended back.
-    fn checkin(self: &Arc<Self>, conn: Conn) {
+    fn checkin(self: &Arc<Self>, conn: Box<Conn>) {
         if conn.closed || conn.tx.is_closed() {
             return;
         }
@@ -351,12 +353,12 @@ impl Pool {
     }
 
     /// A new connection.
-    async fn connect(&self) -> Result<Conn, String> {
+    async fn connect(&self) -> Result<Box<Conn>, String> {
         let mut connector = self.connector.clone();
         poll_fn(|cx| connector.poll_ready(cx)).await.map_err(|e| chain(&e))?;
         let io = connector.call(self.dst.clone()).await.map_err(|e| chain(&e))?;
         let (tx, conn) = http1::Builder::new().handshake(io).await.map_err(|e| chain(&e))?;
-        Ok(Conn { tx, conn, closed: false })
+        Ok(Box::new(Conn { tx, conn, closed: false }))
     }
 
     /// Sends `req` on an idle connection or a new one. A request that could
@@ -417,7 +419,7 @@ async fn sweep(pool: Weak<Pool>) {
 /// A connection lent to a response.
 struct Lent {
     pool: Arc<Pool>,
-    conn: Conn,
+    conn: Box<Conn>,
 }
 
 /// An upstream response body. Polling it drives its connection (when it is
@@ -429,7 +431,7 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    fn pooled(inner: Incoming, pool: Arc<Pool>, conn: Conn) -> Self {
+    fn pooled(inner: Incoming, pool: Arc<Pool>, conn: Box<Conn>) -> Self {
         let mut body = Self { inner, lent: Some(Lent { pool, conn }) };
         if body.inner.is_end_stream() {
             body.release();

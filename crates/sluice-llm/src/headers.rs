@@ -104,7 +104,6 @@ pub fn for_each_header(
 ) {
     let profile = policy.headers();
     let mut values = Values(BytesMut::with_capacity(VALUES_CAPACITY));
-    let mut buf = String::with_capacity(32);
     for &family in &profile.families {
         let Some(status) = shown(decision, policy, family) else {
             continue;
@@ -113,9 +112,8 @@ pub fn for_each_header(
         emit(limit, values.number(status.amount));
         emit(remaining, values.number(status.remaining));
         let Some(at) = status.reset else { continue };
-        buf.clear();
-        if write_reset(&mut buf, profile.reset, at, now)
-            && let Some(v) = values.text(&buf)
+        if write_reset(&mut values.0, profile.reset, at, now)
+            && let Some(v) = values.take()
         {
             emit(reset, v);
         }
@@ -156,8 +154,8 @@ impl Values {
         HeaderValue::from_maybe_shared(digits).unwrap_or(HeaderValue::from_static("0"))
     }
 
-    fn text(&mut self, s: &str) -> Option<HeaderValue> {
-        self.0.extend_from_slice(s.as_bytes());
+    /// What was written into the buffer since the last value.
+    fn take(&mut self) -> Option<HeaderValue> {
         HeaderValue::from_maybe_shared(self.0.split().freeze()).ok()
     }
 }
@@ -233,7 +231,12 @@ fn shown<'d>(
 }
 
 /// Writes the reset of a status; `false` when the format omits it.
-fn write_reset(buf: &mut String, format: ResetFormat, at: Instant, now: Instant) -> bool {
+fn write_reset(
+    buf: &mut impl std::fmt::Write,
+    format: ResetFormat,
+    at: Instant,
+    now: Instant,
+) -> bool {
     let wait = at.since(now);
     match format {
         ResetFormat::Omit => return false,
