@@ -113,7 +113,7 @@ fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
 /// process may use or, when it may use only one (pinned, or a container
 /// allowed one CPU), a current-thread runtime. That one does the same work
 /// without the cross-thread bookkeeping a lone worker never needs: about 5%
-/// more requests per second in `scripts/bench-gateway` (docs/BENCHMARKS.md).
+/// more requests per second pinned to one CPU (docs/BENCHMARKS.md).
 pub fn tokio_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
     if one_cpu {

@@ -31,13 +31,8 @@ pub fn key_hash(secret: &str) -> String {
 /// Reads an example policy.
 /// The first CPU this process may run on.
 pub fn first_allowed_cpu() -> u32 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let list = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .expect("Cpus_allowed_list in /proc/self/status");
-    let first = list.trim().split([',', '-']).next().unwrap();
-    first.parse().unwrap()
+    let list = allowed_cpus(std::process::id());
+    list.split([',', '-']).next().unwrap().parse().unwrap()
 }
 
 /// The CPUs process `pid` may run on, as /proc shows them (e.g. "0-1").
@@ -52,6 +47,12 @@ pub fn example(name: &str) -> String {
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A folder of its own for one `sluice serve` (policy, data file).
+fn fresh_dir() -> PathBuf {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("sluice-e2e-{}-{n}", std::process::id()))
+}
 
 /// A running `sluice serve`.
 pub struct Sluice {
@@ -69,9 +70,7 @@ impl Sluice {
     /// Starts `sluice serve` with this policy text; env vars are set for the
     /// process only.
     pub fn start(policy: &str, env: &[(&str, &str)]) -> Self {
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("sluice-e2e-{}-{n}", std::process::id()));
-        Self::start_in(&dir, policy, env)
+        Self::start_in(&fresh_dir(), policy, env)
     }
 
     /// Starts `sluice serve` with its policy (and data file) in `dir`.
@@ -83,18 +82,15 @@ impl Sluice {
     /// a pinned process or a one-CPU container is: it then serves on a
     /// current-thread runtime.
     pub fn start_on_one_cpu(policy: &str, env: &[(&str, &str)]) -> Self {
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("sluice-e2e-{}-{n}", std::process::id()));
         let args = ["--listen", "127.0.0.1:0"];
-        Self::spawn(&dir, policy, env, &args, "sluice listening on ", Some(first_allowed_cpu()))
+        let cpu = Some(first_allowed_cpu());
+        Self::spawn(&fresh_dir(), policy, env, &args, "sluice listening on ", cpu)
     }
 
     /// Starts `sluice serve` with no `--listen`, and waits for the stdout
     /// line that starts with `ready` (`url` is then that line's rest).
     pub fn start_without_listen(policy: &str, env: &[(&str, &str)], ready: &str) -> Self {
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("sluice-e2e-{}-{n}", std::process::id()));
-        Self::spawn(&dir, policy, env, &[], ready, None)
+        Self::spawn(&fresh_dir(), policy, env, &[], ready, None)
     }
 
     fn spawn(
