@@ -6,7 +6,7 @@
 //! depend on how much of a stored hash an attacker's guess matches. The secret
 //! itself is never stored, logged, or echoed in an error.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 
 use http::HeaderMap;
 use sha2::{Digest, Sha256};

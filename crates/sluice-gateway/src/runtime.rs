@@ -3,7 +3,7 @@
 //! A reload builds a new `Runtime` and swaps it in whole; a request keeps the
 //! one it started with.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::sync::Arc;
 
 use http::Uri;
@@ -98,6 +98,11 @@ pub enum RuntimeError {
 }
 
 /// The served state.
+///
+/// Its maps hash with hashbrown's default (foldhash, seeded per process), not
+/// SipHash: every request looks up three of them, and they are built from
+/// the configuration, never from requests, so no client can fill them with
+/// colliding keys.
 #[derive(Debug)]
 pub struct Runtime {
     /// The policy.

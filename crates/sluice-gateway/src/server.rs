@@ -36,8 +36,11 @@ pub struct Gateway<S> {
     pub clock: Arc<dyn Clock>,
     /// Token estimates (tokenizers load once).
     pub estimator: Arc<Estimator>,
-    ids: RandomState,
+    /// Request ids: a counter, started at a random point of the sequence.
     seq: AtomicU64,
+    /// A random key mixed into every id, so that ids do not reveal how many
+    /// requests this process has seen.
+    id_key: u64,
 }
 
 impl<S: CounterStore + Clone + Unpin> Gateway<S> {
@@ -53,8 +56,8 @@ impl<S: CounterStore + Clone + Unpin> Gateway<S> {
             store,
             clock,
             estimator,
-            ids: RandomState::new(),
-            seq: AtomicU64::new(0),
+            seq: AtomicU64::new(RandomState::new().hash_one(0u64)),
+            id_key: RandomState::new().hash_one(1u64),
         })
     }
 
@@ -68,11 +71,14 @@ impl<S: CounterStore + Clone + Unpin> Gateway<S> {
         self.runtime.store(Arc::new(runtime));
     }
 
+    /// A new request id: `req_` and 32 hex digits. Its first half is a
+    /// bijection of the counter (so no two ids of one process are equal), its
+    /// second half the same mixed with a random key; two multiplications
+    /// each, not a keyed hash.
     fn request_id(&self) -> HeaderValue {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        let a = self.ids.hash_one(n);
-        let b = self.ids.hash_one(!n);
-        // `req_` and 32 hex digits.
+        let a = mix64(n);
+        let b = mix64(a ^ self.id_key);
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut id = *b"req_00000000000000000000000000000000";
         for (i, digit) in id[4..].iter_mut().enumerate() {
@@ -100,6 +106,16 @@ impl<S: CounterStore + Clone + Unpin> Gateway<S> {
         resp.headers_mut().insert(HeaderName::from_static("x-request-id"), request_id);
         resp
     }
+}
+
+/// MurmurHash3's 64-bit finalizer: a bijection of `u64` that spreads every
+/// input bit over the whole output.
+fn mix64(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
@@ -197,4 +213,24 @@ where
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::mix64;
+
+    /// Request ids come from a counter through `mix64`: a bijection, so no
+    /// two requests of one process share an id, and neighbours look
+    /// unrelated.
+    #[test]
+    fn request_ids_never_repeat_and_do_not_show_the_count() {
+        let ids: HashSet<u64> = (0..200_000u64).map(mix64).collect();
+        assert_eq!(ids.len(), 200_000);
+        // Consecutive counts differ in about half their bits.
+        let flipped: u32 = (0..1_000u64).map(|n| (mix64(n) ^ mix64(n + 1)).count_ones()).sum();
+        let mean = f64::from(flipped) / 1_000.0;
+        assert!((24.0..40.0).contains(&mean), "mean bits flipped {mean}");
+    }
 }

@@ -245,17 +245,32 @@ fn write_reset(
         }
         ResetFormat::Seconds => {
             // Milliseconds as a decimal, trailing zeros trimmed: `33011.38`.
+            // Digit by digit, not `write!`: the formatting machinery cost
+            // more than the digits (measured, docs/BENCHMARKS.md).
             let ms = millis_ceil(wait);
-            let (secs, frac) = (ms / 1000, ms % 1000);
-            let _ = match frac {
-                0 => write!(buf, "{secs}"),
-                f if f % 100 == 0 => write!(buf, "{secs}.{}", f / 100),
-                f if f % 10 == 0 => write!(buf, "{secs}.{:02}", f / 10),
-                f => write!(buf, "{secs}.{f:03}"),
-            };
+            let _ = buf.write_str(itoa::Buffer::new().format(ms / 1000));
+            let frac = ms % 1000;
+            if frac != 0 {
+                let digits = [
+                    b'.',
+                    b'0' + (frac / 100) as u8,
+                    b'0' + (frac / 10 % 10) as u8,
+                    b'0' + (frac % 10) as u8,
+                ];
+                let len = if frac.is_multiple_of(100) {
+                    2
+                } else if frac.is_multiple_of(10) {
+                    3
+                } else {
+                    4
+                };
+                // ASCII digits and a dot.
+                let _ = buf.write_str(std::str::from_utf8(&digits[..len]).unwrap_or_default());
+            }
         }
         ResetFormat::Epoch => {
-            let _ = write!(buf, "{}", at.as_nanos().div_ceil(1_000_000_000));
+            let _ =
+                buf.write_str(itoa::Buffer::new().format(at.as_nanos().div_ceil(1_000_000_000)));
         }
     }
     true

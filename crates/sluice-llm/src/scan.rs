@@ -10,27 +10,59 @@
 //! by counting brackets.
 //!
 //! What it reads, it reads as serde does: text is unescaped by serde_json
-//! (when it has escapes), a `usage` object is deserialized by serde, and a
-//! duplicate field, a field of the wrong type or a document that does not
-//! parse gives nothing, as the derived deserializers would. It is more
-//! lenient only in what it skips: a malformed number, a stray bracket or
-//! invalid UTF-8 inside a value it does not read goes unnoticed. And it
-//! reads structs from JSON objects only (serde would also take the array
-//! form, `[field1, field2]`, which no server sends). The tests compare it
-//! with serde readers on generated documents.
+//! (when it has escapes), a token count that is not a plain integer is
+//! deserialized by serde, and a duplicate field, a field of the wrong type
+//! or a document that does not parse gives nothing, as the derived
+//! deserializers would. It is more lenient only in what it skips: a
+//! malformed number, a stray bracket or invalid UTF-8 inside a value it does
+//! not read goes unnoticed (the fields of `usage` other than its counts, such
+//! as `prompt_tokens_details`, included). And it reads the chunk's structs
+//! from JSON objects only (serde would also take the array form, `[field1,
+//! field2]`, which no server sends; a `usage` in that form goes to serde).
+//! The tests compare it with serde readers on generated documents.
 
 use std::borrow::Cow;
 
 use smallvec::SmallVec;
 
-use crate::usage::UsageJson;
+use crate::usage::{UsageJson, count_from_json};
 
 /// serde_json's nesting limit.
 const MAX_DEPTH: usize = 128;
 
-/// Strings are searched byte by byte for this long before `memchr` takes
-/// over.
+/// Strings are searched eight bytes at a time for this long before `memchr`
+/// takes over (its setup costs more than it saves on a few bytes).
 const SHORT: usize = 64;
+
+/// Where the first `"` or `\\` of `b` is, if any.
+fn quote_or_backslash(b: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // A word's zero bytes, as their high bits; only the lowest one is
+    // exact (a borrow may mark the bytes above it), which is all this needs.
+    let zeros = |w: u64| w.wrapping_sub(ONES) & !w & HIGHS;
+    let head = &b[..b.len().min(SHORT)];
+    let mut words = head.chunks_exact(8);
+    let mut at = 0;
+    for word in &mut words {
+        let mut eight = [0u8; 8];
+        eight.copy_from_slice(word);
+        let w = u64::from_le_bytes(eight);
+        let hits = zeros(w ^ (ONES * u64::from(b'"'))) | zeros(w ^ (ONES * u64::from(b'\\')));
+        if hits != 0 {
+            // Little-endian: the lowest bit is the first byte.
+            return Some(at + (hits.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    if let Some(i) = words.remainder().iter().position(|&c| c == b'"' || c == b'\\') {
+        return Some(at + i);
+    }
+    if head.len() < SHORT {
+        return None;
+    }
+    memchr::memchr2(b'"', b'\\', &b[SHORT..]).map(|i| SHORT + i)
+}
 
 /// The bytes [`Cursor::skip_container`] stops at: quotes and brackets.
 static STRUCTURAL: [bool; 256] = {
@@ -197,17 +229,7 @@ impl<'a> Cursor<'a> {
         let mut escaped = false;
         loop {
             let rest = self.b.get(self.i..)?;
-            // Short strings (most of them) by a plain loop, long ones by
-            // `memchr`, whose setup costs more than it saves on a few bytes.
-            let head = &rest[..rest.len().min(SHORT)];
-            let at = match head.iter().position(|&b| b == b'"' || b == b'\\') {
-                Some(at) => at,
-                None if head.len() == SHORT => {
-                    SHORT + memchr::memchr2(b'"', b'\\', &rest[SHORT..])?
-                }
-                None => return None,
-            };
-            self.i += at;
+            self.i += quote_or_backslash(rest)?;
             if self.b[self.i] == b'"' {
                 self.i += 1;
                 return Some((start, escaped));
@@ -245,14 +267,50 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// A `usage` value, deserialized by serde from its bytes.
+    /// A `usage` value: an object whose token counts are read as serde
+    /// reads [`UsageJson`]'s fields.
     fn usage(&mut self) -> Option<UsageJson> {
-        let start = {
-            self.ws();
-            self.i
+        if self.peek()? == b'[' {
+            // The array form of a struct, which serde takes: let it.
+            let start = self.i;
+            self.skip_value()?;
+            return serde_json::from_slice(&self.b[start..self.i]).ok();
+        }
+        let mut counts = [None; 5];
+        let names = |key: &[u8]| match key {
+            b"prompt_tokens" => Some(0),
+            b"completion_tokens" => Some(1),
+            b"total_tokens" => Some(2),
+            b"input_tokens" => Some(3),
+            b"output_tokens" => Some(4),
+            _ => None,
         };
+        self.fields::<5>(names, |c, field| {
+            counts[field] = c.nullable(Cursor::count)?;
+            Some(())
+        })?;
+        Some(UsageJson::from_fields(counts))
+    }
+
+    /// A token count. Plain integers (the usual case) are read here; any
+    /// other value is handed to serde, which reads floats, negatives and
+    /// huge numbers as the usage's deserializer does, and refuses the rest.
+    fn count(&mut self) -> Option<u64> {
+        self.ws();
+        let start = self.i;
+        let rest = self.b.get(start..)?;
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        // Up to 19 digits always fit in a u64; a leading zero, a fraction or
+        // an exponent go to serde.
+        let plain = (1..=19).contains(&digits)
+            && (digits == 1 || rest[0] != b'0')
+            && !matches!(rest.get(digits), Some(b'.' | b'e' | b'E'));
+        if plain {
+            self.i += digits;
+            return Some(rest[..digits].iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')));
+        }
         self.skip_value()?;
-        serde_json::from_slice(&self.b[start..self.i]).ok()
+        count_from_json(&self.b[start..self.i])
     }
 
     /// An object read as a struct of `N` fields, `names` giving a key's

@@ -53,6 +53,21 @@ pub(crate) struct UsageJson {
 }
 
 impl UsageJson {
+    /// A usage object from its fields, as [`crate::scan`] reads them:
+    /// `prompt_tokens`, `completion_tokens`, `total_tokens`, `input_tokens`,
+    /// `output_tokens`.
+    pub(crate) fn from_fields(
+        [prompt, completion, total, input, output]: [Option<u64>; 5],
+    ) -> Self {
+        Self {
+            prompt_tokens: prompt.map(Count),
+            completion_tokens: completion.map(Count),
+            total_tokens: total.map(Count),
+            input_tokens: input.map(Count),
+            output_tokens: output.map(Count),
+        }
+    }
+
     /// The usage, if the object says anything at all.
     pub(crate) fn to_usage(self) -> Option<Usage> {
         let get = |c: Option<Count>| c.map(|c| c.0);
@@ -67,6 +82,12 @@ impl UsageJson {
         let output = output.unwrap_or_else(|| total.map_or(0, |t| t.saturating_sub(input)));
         Some(Usage { input, output })
     }
+}
+
+/// A token count read by serde from the JSON of one value, as a
+/// [`UsageJson`] field reads it; `None` if it is not a number.
+pub(crate) fn count_from_json(value: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<Count>(value).ok().map(|c| c.0)
 }
 
 /// A token count: a non-negative integer, tolerating `12.0` and negatives

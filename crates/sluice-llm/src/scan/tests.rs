@@ -480,3 +480,58 @@ proptest! {
         let _ = response_usage(&all);
     }
 }
+
+// ------------------------------------------------------------ the pieces --
+
+#[test]
+fn finds_the_first_quote_or_backslash_at_any_offset() {
+    // Every length up to past the word-at-a-time part, every position of
+    // the stop byte, and bytes around it that differ from it by one bit
+    // (the word trick's usual false friends).
+    for len in 0..80 {
+        for at in 0..=len {
+            for stop in [b'"', b'\\'] {
+                let mut b: Vec<u8> =
+                    (0..len).map(|i| [b'a', b'#', b'!', b']', 0xa2, 0xdc][i % 6]).collect();
+                if at < len {
+                    b[at] = stop;
+                }
+                let want = b.iter().position(|&c| c == b'"' || c == b'\\');
+                assert_eq!(super::quote_or_backslash(&b), want, "len {len} at {at} stop {stop}");
+            }
+        }
+    }
+}
+
+#[test]
+fn token_counts_read_as_serde_reads_them() {
+    for (body, want) in [
+        (
+            r#"{"usage":{"prompt_tokens":0,"completion_tokens":7}}"#,
+            Some(Some(Usage { input: 0, output: 7 })),
+        ),
+        (
+            r#"{"usage":{"prompt_tokens":9999999999999999999,"completion_tokens":1}}"#,
+            Some(Some(Usage { input: 9_999_999_999_999_999_999, output: 1 })),
+        ),
+        (
+            r#"{"usage":{"prompt_tokens":99999999999999999999,"completion_tokens":1}}"#,
+            Some(Some(Usage { input: u64::MAX, output: 1 })),
+        ),
+        (
+            r#"{"usage":{"prompt_tokens":12.6,"completion_tokens":1e2}}"#,
+            Some(Some(Usage { input: 13, output: 100 })),
+        ),
+        (
+            r#"{"usage":{"prompt_tokens":-4,"completion_tokens":3}}"#,
+            Some(Some(Usage { input: 0, output: 3 })),
+        ),
+        (r#"{"usage":{"prompt_tokens":01}}"#, None),
+        (r#"{"usage":{"prompt_tokens":5,"prompt_tokens":6}}"#, None),
+        (r#"{"usage":{"prompt_tokens":"5"}}"#, None),
+        (r#"{"usage":{"prompt_tokens":5x}}"#, None),
+    ] {
+        assert_eq!(response_by_walker(body.as_bytes()), want, "{body}");
+        assert_eq!(response_by_serde(body.as_bytes()), want, "{body} (serde)");
+    }
+}
