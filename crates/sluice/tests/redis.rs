@@ -395,3 +395,84 @@ async fn sentinel_failover_keeps_counting_on_the_promoted_replica() {
     }
     assert!(sentinels.replica.as_ref().unwrap().command("ROLE").contains("master"));
 }
+
+/// Sentinel failover from a hung master: the master is stopped (SIGSTOP:
+/// its connections stay open and nothing answers, as with a frozen VM or a
+/// partition that drops packets), so no command fails, each one times out.
+/// The sentinels promote the replica, and Sluice, having given up on the
+/// silent connection after a few timeouts, asks them again and counts on
+/// the promoted replica — without a restart, and without waiting for the
+/// kernel to give up on the TCP connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_from_a_hung_master_keeps_counting_on_the_promoted_replica() {
+    let mut sentinels = RedisSentinels::start_with_replica();
+    let replica_port = sentinels.replica.as_ref().unwrap().port;
+    let mock = mock().await;
+    let urls: Vec<String> = sentinels.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    // A timeout shorter than the redis client's own (500 ms), so that it is
+    // Sluice's timeout that gives up on each command, as by default (50 ms).
+    let store = format!(
+        "[store]\nkind = \"redis\"\nsentinels = [{}]\nmaster = \"{}\"\ntimeout = \"200ms\"\non_failure = \"closed\"\nprobe_interval = \"200ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        urls.join(", "),
+        sentinels.name
+    );
+    let text = policy(&store, "[tiers.default.models]\nm = { rpd = 10 }\n", &mock);
+    let mut s = Sluice::start(&text, &[("UPSTREAM_KEY", "k"), ("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN)]);
+    let ops = Ops::of(&mut s);
+    let c = client();
+    let url = format!("{}/v1/chat/completions", s.url);
+    for left in [9, 8, 7] {
+        let r = post(&c, &url, Some(KEY), &chat("m", 5), &[]).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(num(&r, "x-ratelimit-remaining-requests-day"), left);
+    }
+    // The replica has every write, then the master hangs.
+    assert!(sentinels.master.command("WAIT 1 2000").starts_with(":1"));
+    sentinels.master.pause();
+    // Refused (fail closed) while the master does not answer, through the
+    // promotion, until Sluice has found the new master.
+    let promoted_by = Instant::now() + Duration::from_secs(30);
+    let mut promoted = None;
+    let r = loop {
+        if promoted.is_none() && sentinels.master_port() == Some(replica_port) {
+            promoted = Some(Instant::now());
+        }
+        if let Some(at) = promoted {
+            let waited = at.elapsed();
+            assert!(
+                waited < Duration::from_secs(10),
+                "Sluice did not follow the failover within 10 s of the promotion"
+            );
+        } else {
+            assert!(Instant::now() < promoted_by, "the sentinels did not promote the replica");
+        }
+        let r = post(&c, &url, Some(KEY), &chat("m", 5), &[]).await;
+        if r.status() == 200 {
+            break r;
+        }
+        assert_eq!(r.status(), 503, "a refusal while the master is away");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(num(&r, "x-ratelimit-remaining-requests-day"), 6, "the counts were kept");
+    // Tenants and keys in Redis follow too: a key created now works.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, v) = ops
+            .call(reqwest::Method::POST, "/tenants", Some(serde_json::json!({"id": "after"})))
+            .await;
+        if status == 201 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "admin writes fail after the failover: {status} {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, secret) = ops.key("after", serde_json::json!({"id": "k-after"})).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while post(&c, &url, Some(&secret), &chat("m", 5), &[]).await.status() != 200 {
+        assert!(Instant::now() < deadline, "the new key was not accepted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(sentinels.replica.as_ref().unwrap().command("ROLE").contains("master"));
+    // The old master is still stopped: it never answered again.
+    sentinels.master.kill();
+}

@@ -3,13 +3,91 @@
 //! was refused) or is no longer the master (`READONLY`, after a demotion)
 //! drops the connection, and the next command asks the sentinels again.
 //! Both the counter store and the tenant store use it.
+//!
+//! A master can also hang rather than die: the process is stopped, its VM
+//! frozen, or a partition drops packets. The TCP connection stays open and
+//! nothing answers, so no error comes in time: the caller's timeout (the
+//! `Guarded` store's, 50 ms by default, shorter than the redis client's own
+//! 500 ms response timeout, whose error would drop the connection) drops the
+//! command's future before its outcome can be noted. Left at that, the
+//! connection would be kept until the kernel gives up on it (many minutes),
+//! long after the sentinels promoted a replica. So every lent connection is
+//! a [`Lent`] guard: a command whose future is dropped before its outcome is
+//! noted is a *stall* of that connection, and [`STALLS_BEFORE_ASKING`]
+//! stalls in a row, with no answer in between, drop the connection: the
+//! next command asks the sentinels again. Until they have promoted a
+//! replica they name the hung master, whose role check does not answer
+//! either, so asking fails (within [`ASKING_TIMEOUT`] at most); once they
+//! have, the next command finds the new master. Any answer (a reply, or an
+//! ordinary error reply) clears the count, so a master that is only slow now
+//! and then keeps its connection; a caller that gives up for another
+//! reason (a client that went away) counts as a stall too, and the worst a
+//! false stall can do is one reconnection to the same master. The count
+//! costs one atomic load per command (and a store only after a stall);
+//! stalls of an older connection are not counted against a newer one.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 use parking_lot::Mutex;
-use redis::RedisError;
 use redis::aio::MultiplexedConnection;
 use redis::sentinel::{SentinelClient, SentinelServerType};
+use redis::{AsyncConnectionConfig, RedisError};
+
+/// Commands in a row, with no answer in between, that the master left
+/// unanswered before its connection is dropped and the sentinels asked
+/// again.
+pub(crate) const STALLS_BEFORE_ASKING: u32 = 3;
+
+/// The most asking the sentinels (and connecting to the master they name)
+/// may take. The redis crate bounds each step; this bounds them together.
+pub(crate) const ASKING_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The most connecting to the master may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Commands on the current connection that the master left unanswered, in
+/// a row.
+#[derive(Debug, Default)]
+pub(crate) struct Stalls {
+    in_a_row: AtomicU32,
+}
+
+impl Stalls {
+    /// Notes an answer: the master is alive. A load, and a store only
+    /// after stalls, so the hot path writes no shared memory.
+    pub(crate) fn answered(&self) {
+        if self.in_a_row.load(Ordering::Relaxed) != 0 {
+            self.in_a_row.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Notes a command left unanswered; whether the connection should now
+    /// be dropped (the count then starts again).
+    pub(crate) fn stalled(&self) -> bool {
+        let n = self.in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= STALLS_BEFORE_ASKING {
+            self.in_a_row.store(0, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Starts again (a new connection).
+    fn clear(&self) {
+        self.in_a_row.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Why the sentinels could not be asked: not in time.
+fn asking_timed_out() -> RedisError {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("the sentinels, or the master they name, did not answer within {ASKING_TIMEOUT:?}"),
+    )
+    .into()
+}
 
 /// The current master's connection, found through the sentinels.
 pub(crate) struct SentinelConn {
@@ -18,13 +96,27 @@ pub(crate) struct SentinelConn {
     /// so that a late error on an old connection does not drop a new one.
     conn: Mutex<Option<(u64, MultiplexedConnection)>>,
     made: AtomicU64,
+    /// Commands on the current connection left unanswered, in a row.
+    stalls: Stalls,
 }
 
 /// A connection lent by [`SentinelConn::get`]: give it back to
-/// [`SentinelConn::after`] with the command's outcome.
-pub(crate) struct Lent {
+/// [`SentinelConn::after`] with the command's outcome. Dropped without
+/// that (its command's future was dropped, by a timeout), it counts as a
+/// stall of its connection.
+pub(crate) struct Lent<'a> {
+    owner: &'a SentinelConn,
     generation: u64,
     pub(crate) conn: MultiplexedConnection,
+    noted: bool,
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if !self.noted {
+            self.owner.stalled(self.generation);
+        }
+    }
 }
 
 impl SentinelConn {
@@ -36,28 +128,34 @@ impl SentinelConn {
             None,
             SentinelServerType::Master,
         )?;
-        let c = client.get_async_connection().await?;
+        let c = ask(&mut client).await?;
         Ok(Self {
             client: tokio::sync::Mutex::new(client),
             conn: Mutex::new(Some((0, c))),
             made: AtomicU64::new(1),
+            stalls: Stalls::default(),
         })
     }
 
     /// The connection to the master, asking the sentinels if there is none.
     /// Callers that waited while another asked use the connection it found.
-    pub(crate) async fn get(&self) -> Result<Lent, RedisError> {
+    pub(crate) async fn get(&self) -> Result<Lent<'_>, RedisError> {
         if let Some((generation, conn)) = self.conn.lock().clone() {
-            return Ok(Lent { generation, conn });
+            return Ok(self.lend(generation, conn));
         }
         let mut client = self.client.lock().await;
         if let Some((generation, conn)) = self.conn.lock().clone() {
-            return Ok(Lent { generation, conn });
+            return Ok(self.lend(generation, conn));
         }
-        let conn = client.get_async_connection().await?;
+        let conn = ask(&mut client).await?;
         let generation = self.made.fetch_add(1, Ordering::Relaxed);
+        self.stalls.clear();
         *self.conn.lock() = Some((generation, conn.clone()));
-        Ok(Lent { generation, conn })
+        Ok(self.lend(generation, conn))
+    }
+
+    fn lend(&self, generation: u64, conn: MultiplexedConnection) -> Lent<'_> {
+        Lent { owner: self, generation, conn, noted: false }
     }
 
     /// The connection if there is one (no asking).
@@ -67,15 +165,36 @@ impl SentinelConn {
 
     /// Notes the outcome of a command run on `lent`: an error that means
     /// the master moved makes the next command ask the sentinels (unless a
-    /// newer connection was made meanwhile).
-    pub(crate) fn after<T>(&self, lent: &Lent, result: &Result<T, RedisError>) {
-        if let Err(e) = result
-            && master_moved(e)
-        {
-            let mut conn = self.conn.lock();
-            if conn.as_ref().is_some_and(|(g, _)| *g == lent.generation) {
-                *conn = None;
-            }
+    /// newer connection was made meanwhile). Any other outcome is an
+    /// answer, which clears the stalls.
+    pub(crate) fn after<T>(&self, mut lent: Lent<'_>, result: &Result<T, RedisError>) {
+        lent.noted = true;
+        match result {
+            Err(e) if master_moved(e) => self.forget(lent.generation),
+            _ => self.stalls.answered(),
+        }
+    }
+
+    /// A command on generation `generation` got no answer.
+    fn stalled(&self, generation: u64) {
+        // Stalls of an older connection say nothing of the current one.
+        if self.made.load(Ordering::Relaxed) != generation + 1 {
+            return;
+        }
+        if self.stalls.stalled() {
+            tracing::warn!(
+                stalls = STALLS_BEFORE_ASKING,
+                "the Redis master did not answer: asking the sentinels again"
+            );
+            self.forget(generation);
+        }
+    }
+
+    /// Drops generation `generation`'s connection, if it is still the one.
+    fn forget(&self, generation: u64) {
+        let mut conn = self.conn.lock();
+        if conn.as_ref().is_some_and(|(g, _)| *g == generation) {
+            *conn = None;
         }
     }
 
@@ -87,9 +206,19 @@ impl SentinelConn {
     {
         let lent = self.get().await?;
         let result = f(lent.conn.clone()).await;
-        self.after(&lent, &result);
+        self.after(lent, &result);
         result
     }
+}
+
+/// Asks the sentinels for the master and connects to it, within
+/// [`ASKING_TIMEOUT`] (a hung master still named accepts the connection and
+/// never answers the check).
+async fn ask(client: &mut SentinelClient) -> Result<MultiplexedConnection, RedisError> {
+    let config = AsyncConnectionConfig::new().set_connection_timeout(Some(CONNECT_TIMEOUT));
+    tokio::time::timeout(ASKING_TIMEOUT, client.get_async_connection_with_config(&config))
+        .await
+        .map_err(|_| asking_timed_out())?
 }
 
 /// Whether an error says the master is gone (the connection broke or was
@@ -108,9 +237,75 @@ fn master_moved(e: &RedisError) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use sluice_testkit::RedisServer;
+    use std::time::{Duration, Instant};
 
-    use super::master_moved;
+    use redis::aio::MultiplexedConnection;
+    use sluice_testkit::{RedisSentinels, RedisServer};
+
+    use super::{STALLS_BEFORE_ASKING, SentinelConn, Stalls, master_moved};
+
+    /// A few stalls in a row give up on the connection; an answer in
+    /// between starts the count again, and so does giving up.
+    #[test]
+    fn stalls_in_a_row_give_up_on_the_connection() {
+        let stalls = Stalls::default();
+        for _ in 1..STALLS_BEFORE_ASKING {
+            assert!(!stalls.stalled());
+        }
+        stalls.answered();
+        for _ in 1..STALLS_BEFORE_ASKING {
+            assert!(!stalls.stalled(), "an answer starts the count again");
+        }
+        assert!(stalls.stalled(), "{STALLS_BEFORE_ASKING} in a row");
+        for _ in 1..STALLS_BEFORE_ASKING {
+            assert!(!stalls.stalled(), "giving up starts the count again");
+        }
+        assert!(stalls.stalled());
+    }
+
+    async fn port(c: MultiplexedConnection) -> Result<u16, redis::RedisError> {
+        let mut c = c;
+        let (_, port): (String, u16) =
+            redis::cmd("CONFIG").arg("GET").arg("port").query_async(&mut c).await?;
+        Ok(port)
+    }
+
+    /// A hung master (SIGSTOP: connections stay open, nothing answers):
+    /// each command is dropped by its caller's timeout, never failing. After
+    /// a few such stalls the connection is given up, and once the sentinels
+    /// have promoted the replica, commands run there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_master_is_given_up_after_a_few_stalls() {
+        let mut sentinels = RedisSentinels::start_with_replica();
+        let master_port = sentinels.master.port;
+        let replica_port = sentinels.replica.as_ref().map(|r| r.port).expect("a replica");
+        let conn =
+            SentinelConn::connect(&sentinels.urls(), &sentinels.name).await.expect("connect");
+        assert_eq!(conn.run(port).await.expect("the master answers"), master_port);
+
+        sentinels.master.pause();
+        let short = Duration::from_millis(50);
+        for _ in 1..STALLS_BEFORE_ASKING {
+            assert!(tokio::time::timeout(short, conn.run(port)).await.is_err(), "no answer");
+            assert!(conn.current().is_some(), "kept after fewer stalls");
+        }
+        assert!(tokio::time::timeout(short, conn.run(port)).await.is_err(), "no answer");
+        assert!(conn.current().is_none(), "given up after {STALLS_BEFORE_ASKING} stalls");
+
+        // Asking fails (the sentinels name the hung master) until they
+        // promote the replica; then the commands run there.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let asked = tokio::time::timeout(Duration::from_secs(5), conn.run(port)).await;
+            let asked = asked.expect("asking the sentinels is bounded");
+            if asked.as_ref().is_ok_and(|p| *p == replica_port) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not on the promoted replica: {asked:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        sentinels.master.kill();
+    }
 
     /// What a demoted master answers: `READONLY` to a write, and
     /// `EXECABORT` (wrapping `READONLY`) to a transaction of writes, which

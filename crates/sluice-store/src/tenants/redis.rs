@@ -57,7 +57,7 @@ macro_rules! with_conn {
                 Ok(lent) => {
                     let mut $c = lent.conn.clone();
                     let result = $body;
-                    s.after(&lent, &result);
+                    s.after(lent, &result);
                     result
                 }
                 Err(e) => Err(e),
