@@ -530,6 +530,8 @@ fn token_counts_read_as_serde_reads_them() {
         (r#"{"usage":{"prompt_tokens":5,"prompt_tokens":6}}"#, None),
         (r#"{"usage":{"prompt_tokens":"5"}}"#, None),
         (r#"{"usage":{"prompt_tokens":5x}}"#, None),
+        // The array form of a struct, which serde takes (all fields absent).
+        (r#"{"usage":[]}"#, Some(None)),
     ] {
         assert_eq!(response_by_walker(body.as_bytes()), want, "{body}");
         assert_eq!(response_by_serde(body.as_bytes()), want, "{body} (serde)");
