@@ -34,7 +34,7 @@ const MAX_DEPTH: usize = 128;
 /// takes over (its setup costs more than it saves on a few bytes).
 const SHORT: usize = 64;
 
-/// Where the first `"` or `\\` of `b` is, if any.
+/// Where the first `"` or `\` of `b` is, if any.
 fn quote_or_backslash(b: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
