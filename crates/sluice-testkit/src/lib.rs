@@ -134,18 +134,6 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     extra: Vec<String>,
-    /// Stopped by [`RedisServer::pause`] and not yet resumed.
-    paused: bool,
-}
-
-/// Sends `signal` (`STOP`, `CONT`) to `child`.
-fn signal(child: &Child, signal: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(child.id().to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{signal} {} failed: {status}", child.id());
 }
 
 impl RedisServer {
@@ -167,7 +155,7 @@ impl RedisServer {
     fn start_bin(bin: PathBuf, extra: &[&str]) -> Self {
         let dir = temp_dir("redis");
         let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
-        let mut s = Self { bin, child: None, port: 0, dir, extra, paused: false };
+        let mut s = Self { bin, child: None, port: 0, dir, extra };
         s.spawn(free_port());
         s
     }
@@ -201,18 +189,13 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Kills the server (as a crash would); a paused one too.
+    /// Kills the server (as a crash would); a paused one too (SIGKILL ends
+    /// a stopped process).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            // SIGKILL ends a stopped process as well; the SIGCONT after
-            // it leaves nothing to chance.
             let _ = c.kill();
-            if self.paused {
-                let _ = Command::new("kill").arg("-CONT").arg(c.id().to_string()).status();
-            }
             let _ = c.wait();
         }
-        self.paused = false;
     }
 
     /// Stops the server with SIGSTOP (as a hung process, a frozen VM or a
@@ -220,16 +203,12 @@ impl RedisServer {
     /// connections and open connections stay open, but nothing answers.
     pub fn pause(&mut self) {
         if let Some(c) = &self.child {
-            signal(c, "STOP");
-            self.paused = true;
-        }
-    }
-
-    /// Continues a paused server (SIGCONT).
-    pub fn resume(&mut self) {
-        if let Some(c) = &self.child {
-            signal(c, "CONT");
-            self.paused = false;
+            let status = Command::new("kill")
+                .arg("-STOP")
+                .arg(c.id().to_string())
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill -STOP {} failed: {status}", c.id());
         }
     }
 

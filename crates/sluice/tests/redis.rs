@@ -330,35 +330,85 @@ async fn tenants_in_redis_a_revoked_key_stops_on_every_instance_within_a_second(
     assert_eq!(r.status(), 401, "revoked on A too");
 }
 
-/// Sentinel failover: the master dies, the sentinels promote its replica,
-/// and Sluice follows them — counts kept, admin writes landing on the new
-/// master — without a restart.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sentinel_failover_keeps_counting_on_the_promoted_replica() {
-    let mut sentinels = RedisSentinels::start_with_replica();
+/// Sluice on a master that sentinels watch, with one replica: fail closed,
+/// a limit of 10 requests a day, three of them spent, and every write on the
+/// replica. What both failover tests start from.
+struct SentinelFixture {
+    // Fields drop in this order: Sluice stops before its store does.
+    _sluice: Sluice,
+    ops: Ops,
+    client: reqwest::Client,
+    url: String,
+    sentinels: RedisSentinels,
+    replica_port: u16,
+    _mock: sluice_mock::MockServer,
+}
+
+async fn sentinel_fixture(store_timeout: &str) -> SentinelFixture {
+    let sentinels = RedisSentinels::start_with_replica();
     let replica_port = sentinels.replica.as_ref().unwrap().port;
     let mock = mock().await;
     let urls: Vec<String> = sentinels.urls().iter().map(|u| format!("\"{u}\"")).collect();
     let store = format!(
-        "[store]\nkind = \"redis\"\nsentinels = [{}]\nmaster = \"{}\"\ntimeout = \"500ms\"\non_failure = \"closed\"\nprobe_interval = \"200ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        "[store]\nkind = \"redis\"\nsentinels = [{}]\nmaster = \"{}\"\ntimeout = \"{store_timeout}\"\non_failure = \"closed\"\nprobe_interval = \"200ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         urls.join(", "),
         sentinels.name
     );
     let text = policy(&store, "[tiers.default.models]\nm = { rpd = 10 }\n", &mock);
     let mut s = Sluice::start(&text, &[("UPSTREAM_KEY", "k"), ("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN)]);
     let ops = Ops::of(&mut s);
-    let c = client();
+    let client = client();
     let url = format!("{}/v1/chat/completions", s.url);
     for left in [9, 8, 7] {
-        let r = post(&c, &url, Some(KEY), &chat("m", 5), &[]).await;
+        let r = post(&client, &url, Some(KEY), &chat("m", 5), &[]).await;
         assert_eq!(r.status(), 200);
         assert_eq!(num(&r, "x-ratelimit-remaining-requests-day"), left);
     }
-    // The replica has every write, then the master dies.
     assert!(sentinels.master.command("WAIT 1 2000").starts_with(":1"));
-    sentinels.master.kill();
+    SentinelFixture { _sluice: s, ops, client, url, sentinels, replica_port, _mock: mock }
+}
+
+impl SentinelFixture {
+    /// Asserts that `admitted`, the first request admitted after the
+    /// failover, was counted on what the replica kept, and that tenants
+    /// and keys follow too: an admin write lands and a key created now works.
+    async fn assert_followed(&self, admitted: reqwest::Response) {
+        assert_eq!(num(&admitted, "x-ratelimit-remaining-requests-day"), 6, "the counts were kept");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, v) = self
+                .ops
+                .call(reqwest::Method::POST, "/tenants", Some(serde_json::json!({"id": "after"})))
+                .await;
+            if status == 201 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "admin writes fail after the failover: {status} {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (_, secret) = self.ops.key("after", serde_json::json!({"id": "k-after"})).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while post(&self.client, &self.url, Some(&secret), &chat("m", 5), &[]).await.status() != 200
+        {
+            assert!(Instant::now() < deadline, "the new key was not accepted");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(self.sentinels.replica.as_ref().unwrap().command("ROLE").contains("master"));
+    }
+}
+
+/// Sentinel failover: the master dies, the sentinels promote its replica,
+/// and Sluice follows them — counts kept, admin writes landing on the new
+/// master — without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_keeps_counting_on_the_promoted_replica() {
+    let mut f = sentinel_fixture("500ms").await;
+    f.sentinels.master.kill();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while sentinels.master_port() != Some(replica_port) {
+    while f.sentinels.master_port() != Some(f.replica_port) {
         assert!(Instant::now() < deadline, "the sentinels did not promote the replica");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -366,7 +416,7 @@ async fn sentinel_failover_keeps_counting_on_the_promoted_replica() {
     // master; then admitted on the counts the replica kept.
     let deadline = Instant::now() + Duration::from_secs(10);
     let r = loop {
-        let r = post(&c, &url, Some(KEY), &chat("m", 5), &[]).await;
+        let r = post(&f.client, &f.url, Some(KEY), &chat("m", 5), &[]).await;
         if r.status() == 200 {
             break r;
         }
@@ -374,26 +424,7 @@ async fn sentinel_failover_keeps_counting_on_the_promoted_replica() {
         assert!(Instant::now() < deadline, "Sluice did not follow the failover");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(num(&r, "x-ratelimit-remaining-requests-day"), 6, "the counts were kept");
-    // Tenants and keys in Redis follow too: a key created now works.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, v) = ops
-            .call(reqwest::Method::POST, "/tenants", Some(serde_json::json!({"id": "after"})))
-            .await;
-        if status == 201 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "admin writes fail after the failover: {status} {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (_, secret) = ops.key("after", serde_json::json!({"id": "k-after"})).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while post(&c, &url, Some(&secret), &chat("m", 5), &[]).await.status() != 200 {
-        assert!(Instant::now() < deadline, "the new key was not accepted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(sentinels.replica.as_ref().unwrap().command("ROLE").contains("master"));
+    f.assert_followed(r).await;
 }
 
 /// Sentinel failover from a hung master: the master is stopped (SIGSTOP:
@@ -405,36 +436,16 @@ async fn sentinel_failover_keeps_counting_on_the_promoted_replica() {
 /// kernel to give up on the TCP connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_from_a_hung_master_keeps_counting_on_the_promoted_replica() {
-    let mut sentinels = RedisSentinels::start_with_replica();
-    let replica_port = sentinels.replica.as_ref().unwrap().port;
-    let mock = mock().await;
-    let urls: Vec<String> = sentinels.urls().iter().map(|u| format!("\"{u}\"")).collect();
     // A timeout shorter than the redis client's own (500 ms), so that it is
     // Sluice's timeout that gives up on each command, as by default (50 ms).
-    let store = format!(
-        "[store]\nkind = \"redis\"\nsentinels = [{}]\nmaster = \"{}\"\ntimeout = \"200ms\"\non_failure = \"closed\"\nprobe_interval = \"200ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-        urls.join(", "),
-        sentinels.name
-    );
-    let text = policy(&store, "[tiers.default.models]\nm = { rpd = 10 }\n", &mock);
-    let mut s = Sluice::start(&text, &[("UPSTREAM_KEY", "k"), ("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN)]);
-    let ops = Ops::of(&mut s);
-    let c = client();
-    let url = format!("{}/v1/chat/completions", s.url);
-    for left in [9, 8, 7] {
-        let r = post(&c, &url, Some(KEY), &chat("m", 5), &[]).await;
-        assert_eq!(r.status(), 200);
-        assert_eq!(num(&r, "x-ratelimit-remaining-requests-day"), left);
-    }
-    // The replica has every write, then the master hangs.
-    assert!(sentinels.master.command("WAIT 1 2000").starts_with(":1"));
-    sentinels.master.pause();
+    let mut f = sentinel_fixture("200ms").await;
+    f.sentinels.master.pause();
     // Refused (fail closed) while the master does not answer, through the
     // promotion, until Sluice has found the new master.
     let promoted_by = Instant::now() + Duration::from_secs(30);
     let mut promoted = None;
     let r = loop {
-        if promoted.is_none() && sentinels.master_port() == Some(replica_port) {
+        if promoted.is_none() && f.sentinels.master_port() == Some(f.replica_port) {
             promoted = Some(Instant::now());
         }
         if let Some(at) = promoted {
@@ -446,33 +457,14 @@ async fn sentinel_failover_from_a_hung_master_keeps_counting_on_the_promoted_rep
         } else {
             assert!(Instant::now() < promoted_by, "the sentinels did not promote the replica");
         }
-        let r = post(&c, &url, Some(KEY), &chat("m", 5), &[]).await;
+        let r = post(&f.client, &f.url, Some(KEY), &chat("m", 5), &[]).await;
         if r.status() == 200 {
             break r;
         }
         assert_eq!(r.status(), 503, "a refusal while the master is away");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(num(&r, "x-ratelimit-remaining-requests-day"), 6, "the counts were kept");
-    // Tenants and keys in Redis follow too: a key created now works.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, v) = ops
-            .call(reqwest::Method::POST, "/tenants", Some(serde_json::json!({"id": "after"})))
-            .await;
-        if status == 201 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "admin writes fail after the failover: {status} {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (_, secret) = ops.key("after", serde_json::json!({"id": "k-after"})).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while post(&c, &url, Some(&secret), &chat("m", 5), &[]).await.status() != 200 {
-        assert!(Instant::now() < deadline, "the new key was not accepted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(sentinels.replica.as_ref().unwrap().command("ROLE").contains("master"));
+    f.assert_followed(r).await;
     // The old master is still stopped: it never answered again.
-    sentinels.master.kill();
+    f.sentinels.master.kill();
 }
