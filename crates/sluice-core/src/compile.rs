@@ -27,7 +27,7 @@ pub(crate) fn compile(b: &PolicyBuilder) -> Result<Policy, PolicyError> {
     let mut p = Policy {
         name: b.name.clone(),
         models: Vec::new(),
-        model_index: HashMap::new(),
+        model_index: hashbrown::HashMap::new(),
         classes: Interner::default(),
         endpoints: Vec::new(),
         endpoint_index: HashMap::new(),

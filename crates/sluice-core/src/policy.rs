@@ -674,7 +674,11 @@ pub(crate) fn hint<'a>(names: impl Iterator<Item = &'a str>) -> String {
 pub struct Policy {
     pub(crate) name: String,
     pub(crate) models: Vec<Model>,
-    pub(crate) model_index: HashMap<Box<str>, ModelId>,
+    /// Looked up on every request with the client's model name: hashed
+    /// with hashbrown's default (foldhash, seeded per process) rather than
+    /// SipHash. Its keys come from the policy, never from requests, so no
+    /// client can fill it with colliding names.
+    pub(crate) model_index: hashbrown::HashMap<Box<str>, ModelId>,
     pub(crate) classes: Interner,
     pub(crate) endpoints: Vec<Endpoint>,
     pub(crate) endpoint_index: HashMap<Box<str>, EndpointId>,

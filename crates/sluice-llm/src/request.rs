@@ -18,6 +18,7 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde_json::value::RawValue;
+use smallvec::{SmallVec, smallvec};
 
 use crate::json::{Str, cow};
 
@@ -274,7 +275,7 @@ struct ChatBody<'a> {
     #[serde(borrow, default)]
     model: Option<Str<'a>>,
     #[serde(borrow, default)]
-    messages: Option<Vec<Message<'a>>>,
+    messages: Option<Messages<'a>>,
     #[serde(default)]
     max_tokens: Option<u64>,
     #[serde(default)]
@@ -289,6 +290,65 @@ struct ChatBody<'a> {
     tools: Option<&'a RawValue>,
     #[serde(borrow, default)]
     functions: Option<&'a RawValue>,
+}
+
+/// `messages`, folded as they are read into what admission needs (no
+/// vector of messages is built).
+struct Messages<'a> {
+    /// Their texts, in body order.
+    texts: Vec<Cow<'a, str>>,
+    /// Tokens known without a tokenizer (per message and per name).
+    fixed: u64,
+    /// Non-text content parts.
+    media: u32,
+}
+
+impl<'a> Messages<'a> {
+    fn add(&mut self, m: Message<'a>) {
+        self.fixed = self.fixed.saturating_add(TOKENS_PER_MESSAGE);
+        self.texts.extend(cow(m.role));
+        if let Some(c) = m.content {
+            self.texts.extend(c.texts);
+            self.media = self.media.saturating_add(c.media);
+        }
+        if let Some(name) = cow(m.name) {
+            self.fixed = self.fixed.saturating_add(TOKENS_PER_NAME);
+            self.texts.push(name);
+        }
+        self.texts.extend(cow(m.refusal));
+        self.texts.extend(cow(m.tool_call_id));
+        for call in m.tool_calls.into_iter().flatten().filter_map(|c| c.function) {
+            self.texts.extend(cow(call.name));
+            self.texts.extend(cow(call.arguments));
+        }
+        if let Some(call) = m.function_call {
+            self.texts.extend(cow(call.name));
+            self.texts.extend(cow(call.arguments));
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Messages<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Messages<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                // What serde says for a `Vec`, which this replaces.
+                f.write_str("a sequence")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                // A role and a content each, usually.
+                let room = seq.size_hint().unwrap_or(1).min(1024) * 2;
+                let mut out = Messages { texts: Vec::with_capacity(room), fixed: 0, media: 0 };
+                while let Some(m) = seq.next_element::<Message<'a>>()? {
+                    out.add(m);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(V(std::marker::PhantomData))
+    }
 }
 
 #[derive(Deserialize)]
@@ -328,7 +388,8 @@ struct FunctionCall<'a> {
 
 /// A message's `content`: a string or an array of parts.
 struct Content<'a> {
-    texts: Vec<Cow<'a, str>>,
+    /// Usually one (a string), so kept inline.
+    texts: SmallVec<[Cow<'a, str>; 1]>,
     media: u32,
 }
 
@@ -352,16 +413,16 @@ impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
                 f.write_str("a string or an array of content parts")
             }
             fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Content { texts: vec![Cow::Borrowed(v)], media: 0 })
+                Ok(Content { texts: smallvec![Cow::Borrowed(v)], media: 0 })
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
                 self.visit_string(v.to_owned())
             }
             fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Content { texts: vec![Cow::Owned(v)], media: 0 })
+                Ok(Content { texts: smallvec![Cow::Owned(v)], media: 0 })
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut c = Content { texts: Vec::new(), media: 0 };
+                let mut c = Content { texts: SmallVec::new(), media: 0 };
                 while let Some(part) = seq.next_element::<Part<'a>>()? {
                     match part.kind.as_ref().map(|k| &*k.0) {
                         Some("text" | "input_text" | "output_text") | None => {
@@ -570,30 +631,8 @@ fn chat(b: ChatBody<'_>) -> Result<RequestFacts<'_>, RequestError> {
     f.n = at_least_one("n", b.n)?.unwrap_or(1);
     (f.stream, f.include_usage, f.continuous_usage) =
         stream_flags(b.stream, b.stream_options.as_ref());
-    let mut fixed = REPLY_PRIMING_TOKENS;
-    f.texts.reserve(messages.len() * 2);
-    for m in messages {
-        fixed = fixed.saturating_add(TOKENS_PER_MESSAGE);
-        f.texts.extend(cow(m.role));
-        if let Some(c) = m.content {
-            f.texts.extend(c.texts);
-            f.media_parts = f.media_parts.saturating_add(c.media);
-        }
-        if let Some(name) = cow(m.name) {
-            fixed = fixed.saturating_add(TOKENS_PER_NAME);
-            f.texts.push(name);
-        }
-        f.texts.extend(cow(m.refusal));
-        f.texts.extend(cow(m.tool_call_id));
-        for call in m.tool_calls.into_iter().flatten().filter_map(|c| c.function) {
-            f.texts.extend(cow(call.name));
-            f.texts.extend(cow(call.arguments));
-        }
-        if let Some(call) = m.function_call {
-            f.texts.extend(cow(call.name));
-            f.texts.extend(cow(call.arguments));
-        }
-    }
+    f.texts = messages.texts;
+    f.media_parts = messages.media;
     // Tool definitions are rendered into the prompt; their JSON text is a
     // fair (slightly high) stand-in for what the model sees.
     for raw in [b.tools, b.functions].into_iter().flatten() {
@@ -601,7 +640,7 @@ fn chat(b: ChatBody<'_>) -> Result<RequestFacts<'_>, RequestError> {
             f.texts.push(Cow::Borrowed(raw.get()));
         }
     }
-    f.fixed_tokens = fixed;
+    f.fixed_tokens = REPLY_PRIMING_TOKENS.saturating_add(messages.fixed);
     Ok(f)
 }
 
@@ -842,6 +881,14 @@ mod tests {
         assert_eq!(e.param(), Some("messages[0].content[0].text"));
         let e = err(EndpointKind::ChatCompletions, r#"{"model":"m","messages":"hi"}"#);
         assert_eq!(e.param(), Some("messages"));
+        assert_eq!(
+            e.to_string(),
+            "Invalid type for 'messages': invalid type: string \"hi\", expected a sequence."
+        );
+        let e =
+            err(EndpointKind::ChatCompletions, r#"{"model":"m","messages":[{"role":"user"},7]}"#);
+        assert_eq!(e.param(), Some("messages[1]"));
+        assert!(e.to_string().contains("expected a message object"), "{e}");
         let e =
             err(EndpointKind::ChatCompletions, r#"{"model":"m","messages":[],"max_tokens":"9"}"#);
         assert_eq!(e.param(), Some("max_tokens"));
