@@ -25,10 +25,22 @@
 //! false stall can do is one reconnection to the same master. The count
 //! costs one atomic load per command (and a store only after a stall);
 //! stalls of an older connection are not counted against a newer one.
+//!
+//! Asking the sentinels takes several round trips (to a sentinel, then to
+//! the master it names), more than a caller's 50 ms when the sentinels are
+//! far away or the first one listed is down. So the asking runs as a task
+//! of its own, one at a time, that every caller waiting for a connection
+//! shares: a caller that gives up does not cancel it, and once it has
+//! found the master the next command uses the connection. Asked inside
+//! the caller's future, it would be dropped with each caller's timeout and
+//! never finish.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
 use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
 use redis::sentinel::{SentinelClient, SentinelServerType};
@@ -89,15 +101,44 @@ fn asking_timed_out() -> RedisError {
     .into()
 }
 
+/// Why asking ended without an answer: its task failed.
+fn asking_failed(e: &tokio::task::JoinError) -> RedisError {
+    std::io::Error::other(format!("asking the sentinels failed: {e}")).into()
+}
+
 /// The current master's connection, found through the sentinels.
 pub(crate) struct SentinelConn {
+    inner: Arc<Inner>,
+}
+
+/// A connection and its generation (how many were made before it).
+type Found = (u64, MultiplexedConnection);
+
+/// An asking under way, shared by the callers that wait for it.
+type Asking = Shared<BoxFuture<'static, Result<Found, RedisError>>>;
+
+struct Inner {
     client: tokio::sync::Mutex<SentinelClient>,
-    /// The connection and its generation (how many were made before it),
-    /// so that a late error on an old connection does not drop a new one.
-    conn: Mutex<Option<(u64, MultiplexedConnection)>>,
+    /// The connection and its generation, so that a late error on an old
+    /// connection does not drop a new one.
+    conn: Mutex<Option<Found>>,
     made: AtomicU64,
     /// Commands on the current connection left unanswered, in a row.
     stalls: Stalls,
+    /// The asking under way, if any.
+    asking: Mutex<Option<Asking>>,
+}
+
+impl Inner {
+    /// Asks the sentinels and installs the connection found.
+    async fn ask(&self) -> Result<Found, RedisError> {
+        let mut client = self.client.lock().await;
+        let conn = ask(&mut client).await?;
+        let generation = self.made.fetch_add(1, Ordering::Relaxed);
+        self.stalls.clear();
+        *self.conn.lock() = Some((generation, conn.clone()));
+        Ok((generation, conn))
+    }
 }
 
 /// A connection lent by [`SentinelConn::get`]: give it back to
@@ -130,28 +171,46 @@ impl SentinelConn {
         )?;
         let c = ask(&mut client).await?;
         Ok(Self {
-            client: tokio::sync::Mutex::new(client),
-            conn: Mutex::new(Some((0, c))),
-            made: AtomicU64::new(1),
-            stalls: Stalls::default(),
+            inner: Arc::new(Inner {
+                client: tokio::sync::Mutex::new(client),
+                conn: Mutex::new(Some((0, c))),
+                made: AtomicU64::new(1),
+                stalls: Stalls::default(),
+                asking: Mutex::new(None),
+            }),
         })
     }
 
     /// The connection to the master, asking the sentinels if there is none.
-    /// Callers that waited while another asked use the connection it found.
+    /// Callers that come while another asks wait for the same answer.
     pub(crate) async fn get(&self) -> Result<Lent<'_>, RedisError> {
-        if let Some((generation, conn)) = self.conn.lock().clone() {
+        if let Some((generation, conn)) = self.inner.conn.lock().clone() {
             return Ok(self.lend(generation, conn));
         }
-        let mut client = self.client.lock().await;
-        if let Some((generation, conn)) = self.conn.lock().clone() {
-            return Ok(self.lend(generation, conn));
-        }
-        let conn = ask(&mut client).await?;
-        let generation = self.made.fetch_add(1, Ordering::Relaxed);
-        self.stalls.clear();
-        *self.conn.lock() = Some((generation, conn.clone()));
+        let (generation, conn) = self.asking().await?;
         Ok(self.lend(generation, conn))
+    }
+
+    /// The asking under way, or a new one, in a task of its own (see the
+    /// module's doc): dropping the returned future does not stop it.
+    fn asking(&self) -> Asking {
+        let mut slot = self.inner.asking.lock();
+        if let Some(asking) = &*slot {
+            return asking.clone();
+        }
+        let inner = Arc::clone(&self.inner);
+        let task = tokio::spawn(async move {
+            let found = inner.ask().await;
+            // Done: the next caller without a connection asks again. (This
+            // waits for the spawner to have stored the asking, since it holds
+            // the lock until then.)
+            *inner.asking.lock() = None;
+            found
+        });
+        let asking =
+            async move { task.await.unwrap_or_else(|e| Err(asking_failed(&e))) }.boxed().shared();
+        *slot = Some(asking.clone());
+        asking
     }
 
     fn lend(&self, generation: u64, conn: MultiplexedConnection) -> Lent<'_> {
@@ -160,7 +219,7 @@ impl SentinelConn {
 
     /// The connection if there is one (no asking).
     pub(crate) fn current(&self) -> Option<MultiplexedConnection> {
-        self.conn.lock().as_ref().map(|(_, c)| c.clone())
+        self.inner.conn.lock().as_ref().map(|(_, c)| c.clone())
     }
 
     /// Notes the outcome of a command run on `lent`: an error that means
@@ -171,17 +230,17 @@ impl SentinelConn {
         lent.noted = true;
         match result {
             Err(e) if master_moved(e) => self.forget(lent.generation),
-            _ => self.stalls.answered(),
+            _ => self.inner.stalls.answered(),
         }
     }
 
     /// A command on generation `generation` got no answer.
     fn stalled(&self, generation: u64) {
         // Stalls of an older connection say nothing of the current one.
-        if self.made.load(Ordering::Relaxed) != generation + 1 {
+        if self.inner.made.load(Ordering::Relaxed) != generation + 1 {
             return;
         }
-        if self.stalls.stalled() {
+        if self.inner.stalls.stalled() {
             tracing::warn!(
                 stalls = STALLS_BEFORE_ASKING,
                 "the Redis master did not answer: asking the sentinels again"
@@ -192,7 +251,7 @@ impl SentinelConn {
 
     /// Drops generation `generation`'s connection, if it is still the one.
     fn forget(&self, generation: u64) {
-        let mut conn = self.conn.lock();
+        let mut conn = self.inner.conn.lock();
         if conn.as_ref().is_some_and(|(g, _)| *g == generation) {
             *conn = None;
         }
@@ -305,6 +364,87 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         sentinels.master.kill();
+    }
+
+    /// A TCP relay to `port` that holds every chunk for `delay` each way:
+    /// a sentinel far away (or behind a slow link).
+    async fn slow_relay(port: u16, delay: Duration) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+        use tokio::net::{TcpListener, TcpStream};
+
+        async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Duration) {
+            let mut buf = vec![0u8; 16 * 1024];
+            while let Ok(n @ 1..) = from.read(&mut buf).await {
+                tokio::time::sleep(delay).await;
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            let _ = to.shutdown().await;
+        }
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the relay");
+        let relay = listener.local_addr().expect("relay address").port();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(("127.0.0.1", port)).await else {
+                        return;
+                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::join!(
+                        pipe(client_read, server_write, delay),
+                        pipe(server_read, client_write, delay)
+                    );
+                });
+            }
+        });
+        relay
+    }
+
+    /// Sentinels far away: asking them takes longer than a caller waits
+    /// (50 ms, the guarded store's timeout). Callers keep giving up, and
+    /// the asking still ends and its connection is used; asked inside the
+    /// callers' futures, it was dropped with each of them and never ended.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn asking_far_sentinels_outlasts_the_callers_who_give_up() {
+        let sentinels = RedisSentinels::start();
+        let master_port = sentinels.master.port;
+        let sentinel_port: u16 = sentinels.urls()[0]
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a sentinel's port");
+        let far = format!(
+            "redis://127.0.0.1:{}",
+            slow_relay(sentinel_port, Duration::from_millis(40)).await
+        );
+        let conn = SentinelConn::connect(&[far], &sentinels.name).await.expect("connect");
+        assert_eq!(conn.run(port).await.expect("the master answers"), master_port);
+
+        // The connection is lost (as in a failover): the next command asks.
+        conn.forget(0);
+        assert!(conn.current().is_none());
+        let short = Duration::from_millis(50);
+        let started = Instant::now();
+        let mut gave_up = 0;
+        loop {
+            match tokio::time::timeout(short, conn.run(port)).await {
+                Ok(answer) => {
+                    assert_eq!(answer.expect("the master answers"), master_port);
+                    break;
+                }
+                Err(_) => gave_up += 1,
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no connection after {gave_up} callers gave up: the asking ended with them"
+            );
+        }
+        // Else this would show nothing: the asking outlasted a caller.
+        assert!(gave_up > 0, "asking took less than {short:?}");
     }
 
     /// What a demoted master answers: `READONLY` to a write, and
