@@ -194,8 +194,14 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
+    #[inline]
     fn ws(&mut self) {
-        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.b.get(self.i) {
+        while let Some(&c) = self.b.get(self.i) {
+            // Servers send compact JSON, and no whitespace byte is above a
+            // space: one comparison settles the usual case.
+            if c > b' ' || !matches!(c, b' ' | b'\n' | b'\r' | b'\t') {
+                break;
+            }
             self.i += 1;
         }
     }
@@ -220,6 +226,7 @@ impl<'a> Cursor<'a> {
 
     /// A string (cursor at its opening quote): where it starts (the quote)
     /// and whether it has escapes; the cursor ends after its closing quote.
+    #[inline]
     fn raw_string(&mut self) -> Option<(usize, bool)> {
         let start = self.i;
         if self.b.get(start) != Some(&b'"') {
