@@ -64,20 +64,8 @@ for i = 1, n do
   local c = { key = key, field = field, kind = kind, cost = cost, shadow = shadow }
   if kind == "r" then
     local burst, period = p1, p2
-    local ahead = 0
-    local s = redis.call("HGET", key, field)
-    if s then
-      local a, at = string.match(s, "^r:(%d+):(%d+)$")
-      a, at = tonumber(a), tonumber(at)
-      if a then
-        -- The debt seen from now. A time before the state's (a client
-        -- clock behind another's, or requests reaching Redis out of order)
-        -- sees a larger debt: keeping `a` would move the theoretical
-        -- arrival time back and admit more than the limit.
-        ahead = a - (now - at) * amount
-        if ahead < 0 then ahead = 0 end
-      end
-    end
+    -- The debt seen from now (rolling.lua).
+    local ahead = rolling_debt(redis.call("HGET", key, field), now, amount)
     local cap = burst * period
     local nxt = ahead + cost * period
     if cost > burst then c.verdict = 2

@@ -36,10 +36,12 @@ mod sentinel;
 
 pub(crate) use sentinel::SentinelConn;
 
-/// The admission script (see its header for KEYS and ARGV).
-pub const ADMIT_LUA: &str = include_str!("admit.lua");
-/// The settlement script (see its header for KEYS and ARGV).
-pub const SETTLE_LUA: &str = include_str!("settle.lua");
+/// The admission script (see admit.lua's header for KEYS and ARGV), after
+/// the functions it shares with settlement.
+pub const ADMIT_LUA: &str = concat!(include_str!("rolling.lua"), include_str!("admit.lua"));
+/// The settlement script (see settle.lua's header for KEYS and ARGV), after
+/// the functions it shares with admission.
+pub const SETTLE_LUA: &str = concat!(include_str!("rolling.lua"), include_str!("settle.lua"));
 /// Forgets one counter. KEYS[1] the group hash, KEYS[2] the concurrency
 /// set; ARGV[1] the counter's field. Returns how many things were removed.
 pub const RESET_LUA: &str =

@@ -56,17 +56,8 @@ for line in string.gmatch(lease, "[^\n]+") do
     local s = redis.call("HGET", key, field)
     if kind == "r" then
       local period = extra
-      local ahead, at = 0, now
-      if s then
-        local a, t = string.match(s, "^r:(%d+):(%d+)$")
-        a, t = tonumber(a), tonumber(t)
-        if a then
-          -- Seen from `now`, before or after the state's time (see admit.lua).
-          ahead = a - (now - t) * amount
-          if ahead < 0 then ahead = 0 end
-        end
-      end
-      ahead = ahead + delta * period
+      -- Seen from `now`, before or after the state's time (rolling.lua).
+      local ahead = rolling_debt(s, now, amount) + delta * period
       if ahead < 0 then ahead = 0 end
       redis.call("HSET", key, field, "r:" .. string.format("%d", ahead) .. ":" .. string.format("%d", now))
       local ttl = math.floor((ahead + amount - 1) / amount) + 1000
