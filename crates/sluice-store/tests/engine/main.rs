@@ -107,21 +107,33 @@ mod memory {
     }
 }
 
-mod redis {
-    //! The same suite on a real `redis-server` (one per test binary; each
-    //! store gets its own key namespace). Time comes from the test's fake
-    //! clock, passed to the scripts, so windows can be stepped through.
-    use std::sync::OnceLock;
+/// A Redis store on `topology`, in a key namespace of its own (one server
+/// serves every test of a binary), its time from the test's fake clock,
+/// passed to the scripts, so that windows can be stepped through.
+fn redis_store(
+    topology: &sluice_store::Topology,
+    clock: sluice_core::FakeClock,
+    rt: &tokio::runtime::Runtime,
+) -> sluice_store::RedisStore {
     use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let ns = format!("t{}", SEQ.fetch_add(1, Ordering::Relaxed));
+    let time = sluice_store::TimeSource::Client(std::sync::Arc::new(clock));
+    rt.block_on(sluice_store::RedisStore::connect_in(topology, time, &ns))
+        .unwrap_or_else(|e| panic!("connect to {topology:?}: {e}"))
+}
+
+mod redis {
+    //! The same suite on a real `redis-server`.
+    use std::sync::OnceLock;
 
     use sluice_core::FakeClock;
-    use sluice_store::{RedisStore, TimeSource, Topology};
+    use sluice_store::{RedisStore, Topology};
     use sluice_testkit::RedisServer;
 
     use crate::harness::StoreFactory;
 
     static SERVER: OnceLock<RedisServer> = OnceLock::new();
-    static SEQ: AtomicU64 = AtomicU64::new(0);
 
     pub struct Redis;
 
@@ -129,13 +141,7 @@ mod redis {
         type Store = RedisStore;
         fn make(&self, clock: FakeClock, rt: &tokio::runtime::Runtime) -> RedisStore {
             let server = SERVER.get_or_init(RedisServer::start);
-            let ns = format!("t{}", SEQ.fetch_add(1, Ordering::Relaxed));
-            rt.block_on(RedisStore::connect_in(
-                &Topology::Standalone(server.url()),
-                TimeSource::Client(std::sync::Arc::new(clock)),
-                &ns,
-            ))
-            .expect("connect to redis")
+            crate::redis_store(&Topology::Standalone(server.url()), clock, rt)
         }
     }
 
@@ -146,16 +152,14 @@ mod valkey {
     //! The same suite on a real `valkey-server` (the scripts run unchanged
     //! on Valkey: same protocol, same Lua).
     use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicU64, Ordering};
 
     use sluice_core::FakeClock;
-    use sluice_store::{RedisStore, TimeSource, Topology};
+    use sluice_store::{RedisStore, Topology};
     use sluice_testkit::RedisServer;
 
     use crate::harness::StoreFactory;
 
     static SERVER: OnceLock<RedisServer> = OnceLock::new();
-    static SEQ: AtomicU64 = AtomicU64::new(0);
 
     pub struct Valkey;
 
@@ -163,13 +167,7 @@ mod valkey {
         type Store = RedisStore;
         fn make(&self, clock: FakeClock, rt: &tokio::runtime::Runtime) -> RedisStore {
             let server = SERVER.get_or_init(RedisServer::start_valkey);
-            let ns = format!("t{}", SEQ.fetch_add(1, Ordering::Relaxed));
-            rt.block_on(RedisStore::connect_in(
-                &Topology::Standalone(server.url()),
-                TimeSource::Client(std::sync::Arc::new(clock)),
-                &ns,
-            ))
-            .expect("connect to valkey")
+            crate::redis_store(&Topology::Standalone(server.url()), clock, rt)
         }
     }
 
@@ -180,16 +178,14 @@ mod redis_cluster {
     //! The same suite on a three-master Redis Cluster: every admission's keys
     //! share the tenant's hash tag, so each lands on one slot.
     use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicU64, Ordering};
 
     use sluice_core::FakeClock;
-    use sluice_store::{RedisStore, TimeSource, Topology};
+    use sluice_store::{RedisStore, Topology};
     use sluice_testkit::RedisCluster;
 
     use crate::harness::StoreFactory;
 
     static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
-    static SEQ: AtomicU64 = AtomicU64::new(0);
 
     pub struct Cluster;
 
@@ -197,13 +193,7 @@ mod redis_cluster {
         type Store = RedisStore;
         fn make(&self, clock: FakeClock, rt: &tokio::runtime::Runtime) -> RedisStore {
             let cluster = CLUSTER.get_or_init(RedisCluster::start);
-            let ns = format!("c{}", SEQ.fetch_add(1, Ordering::Relaxed));
-            rt.block_on(RedisStore::connect_in(
-                &Topology::Cluster(cluster.urls()),
-                TimeSource::Client(std::sync::Arc::new(clock)),
-                &ns,
-            ))
-            .expect("connect to the redis cluster")
+            crate::redis_store(&Topology::Cluster(cluster.urls()), clock, rt)
         }
     }
 
