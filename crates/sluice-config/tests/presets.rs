@@ -1,8 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The presets in `examples/` load, and say what the provider documents say.
 //!
-//! `../shared/seeds/limits.json` (the `shared` folder beside the repository)
-//! holds every number of the provider documents as data; each preset is
+//! `tests/providers/limits.json` (in the repository) holds every number of the
+//! provider pages as data, with each page's title and address; each preset is
 //! checked against it: every number is a limit of the compiled policy, for the
 //! right model, tier and window, and the per-model tables hold nothing else.
 
@@ -26,18 +26,11 @@ fn preset(name: &str) -> Config {
     sluice_config::load(&path).unwrap_or_else(|e| panic!("{} does not load:\n{e}", path.display()))
 }
 
-/// `limits.json`, from the `shared` folder beside the repository. Missing is a
-/// failure: CI always has it, and a skipped check is a check that never runs.
+/// `tests/providers/limits.json`: the provider numbers, kept in the repository.
 fn limits_json() -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/seeds/limits.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read the provider numbers at {} ({e}); the presets are checked against \
-             `shared/seeds/limits.json` in the `shared` folder beside the repository root \
-             (CARGO_MANIFEST_DIR/../../../shared/seeds/limits.json): put it there",
-            path.display()
-        )
-    });
+    let path = repo_root().join("tests/providers/limits.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read the provider numbers at {} ({e})", path.display()));
     serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", path.display()))
 }
@@ -228,16 +221,31 @@ fn every_preset_loads() {
     }
 }
 
+/// The preset that reproduces each provider page of `limits.json`.
+const PAGE_PRESETS: [(&str, &str); 4] = [
+    ("sambanova-cloud", "sambanova-cloud"),
+    ("sambanova-cloud-2025", "sambanova-cloud-2025"),
+    ("llama-api", "llama-api"),
+    ("salesforce-models-api", "salesforce-models-api"),
+];
+
 #[test]
-fn limits_json_is_found_beside_the_repository() {
+fn every_preset_cites_the_page_its_numbers_come_from() {
     let json = limits_json();
-    for provider in
-        ["sambanova-cloud", "sambanova-cloud-2025", "llama-api", "salesforce-models-api"]
-    {
-        let p = section(&json, provider);
-        let source = str_of(p, "source");
-        let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/seeds").join(source);
-        assert!(doc.is_file(), "{provider}: its document {} is missing", doc.display());
+    for (provider, preset) in PAGE_PRESETS {
+        let source = section(section(&json, provider), "source");
+        let url = str_of(source, "url");
+        assert!(url.starts_with("https://"), "{provider}: source url {url:?}");
+        assert!(!str_of(source, "title").is_empty(), "{provider}: a source without a title");
+        let path = examples_dir().join(format!("{preset}.toml"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let header: String =
+            text.lines().take_while(|l| l.starts_with('#')).collect::<Vec<_>>().join("\n");
+        assert!(
+            header.contains(url),
+            "examples/{preset}.toml does not cite {url} (the page of `{provider}` in \
+             tests/providers/limits.json) in its header"
+        );
     }
 }
 
