@@ -645,7 +645,7 @@ async fn usage<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
     let now = gw.clock.now();
     let plan =
         Plan { tenant, now, lease_until: now, charges: found.iter().map(|f| f.charge).collect() };
-    let decision = gw.store.peek(&plan).await.map_err(ApiError::store)?;
+    let decision = gw.store.peek(&plan.at_zero_cost()).await.map_err(ApiError::store)?;
     let mut rows = Vec::new();
     for (f, s) in found.iter().zip(&decision.statuses) {
         let Some(limit) = rt.policy.limit(s.limit) else { continue };

@@ -93,6 +93,7 @@ pub(crate) fn compile(b: &PolicyBuilder) -> Result<Policy, PolicyError> {
         let when = compile_condition(&e.when, &mut p)?;
         p.exemptions.push(Exemption { name: e.name.clone(), limits, when });
     }
+    mark_model_dependence(&mut p);
     Ok(p)
 }
 
@@ -246,7 +247,40 @@ fn compile_limit(spec: &crate::policy::LimitSpec, p: &mut Policy) -> Result<Limi
         when,
         unless,
         parts,
+        // Set once the exemptions are known (`mark_model_dependence`).
+        needs_model: false,
     })
+}
+
+/// Whether a condition looks at the model.
+fn names_model(cond: &Condition) -> bool {
+    cond.iter().any(|c| matches!(c, Clause::Model(_) | Clause::ModelClass(_)))
+}
+
+/// Marks the limits whose applicability or counter depends on the model:
+/// split by it, conditioned on it, or covered by an exemption that is.
+fn mark_model_dependence(p: &mut Policy) {
+    let exempted_by_model: Vec<&LimitSet> =
+        p.exemptions.iter().filter(|e| names_model(&e.when)).map(|e| &e.limits).collect();
+    let marks: Vec<bool> = p
+        .limits
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let id = LimitId(i as u32);
+            l.parts.iter().any(|part| matches!(part, Part::Model | Part::ModelClass))
+                || names_model(&l.when)
+                || l.unless.iter().any(names_model)
+                || exempted_by_model.iter().any(|s| s.contains(id))
+        })
+        .collect();
+    // Limits that share a counter are planned as one charge (the stricter
+    // decides): if one of them needs the model, the counter's charge does.
+    let shared: HashSet<u64> =
+        p.limits.iter().zip(&marks).filter(|(_, m)| **m).map(|(l, _)| l.identity).collect();
+    for (l, m) in p.limits.iter_mut().zip(marks) {
+        l.needs_model = m || shared.contains(&l.identity);
+    }
 }
 
 pub(crate) fn compile_condition(

@@ -119,6 +119,31 @@ impl Plan {
         p.charges.iter_mut().for_each(|c| c.cost = 0);
         p
     }
+
+    /// Prices every charge at `cost` (the plan was made before the cost was
+    /// known, e.g. to bound the work of estimating it).
+    pub fn set_cost(&mut self, cost: crate::facts::Cost) {
+        for c in &mut self.charges {
+            c.cost = c.metric.cost(cost.input_tokens, cost.output_tokens);
+        }
+    }
+
+    /// The most input tokens this request could ever be admitted with, given
+    /// `output` expected output tokens: over it, some limit's whole capacity
+    /// is exceeded and the request is too large whatever the counters say.
+    /// `None` when no limit counts input tokens. An estimate may stop
+    /// counting past this figure.
+    pub fn input_token_ceiling(&self, output: u64) -> Option<u64> {
+        self.charges
+            .iter()
+            .filter(|c| !c.shadow)
+            .filter_map(|c| match c.metric {
+                Metric::InputTokens => Some(c.rule.capacity()),
+                Metric::Tokens => Some(c.rule.capacity().saturating_sub(output)),
+                _ => None,
+            })
+            .min()
+    }
 }
 
 impl Policy {
@@ -133,12 +158,32 @@ impl Policy {
         };
         // Filled where it will be used: a plan is over 600 bytes, and
         // returning it from the loop below would copy it.
-        self.plan_charges(req, &mut plan);
+        self.plan_charges(req, &mut plan, false);
         plan
     }
 
-    /// The charges of `plan` (for `plan.now`), appended.
-    fn plan_charges(&self, req: &Request<'_>, plan: &mut Plan) {
+    /// Plans what can be known of `req` before its body is read: the limits
+    /// that apply and the counters they charge whatever the model
+    /// ([`Limit::needs_model`](crate::Limit::needs_model) is false), at
+    /// `req.cost`. `req.model` is not looked at. Every charge of this plan is
+    /// also a charge of the full plan of the same request (same counter, same
+    /// rule), so a denial here is a denial there: the gateway refuses such a
+    /// request before it reads, parses or tokenizes anything.
+    pub fn plan_before_body(&self, req: &Request<'_>, now: Instant) -> Plan {
+        let mut plan = Plan {
+            tenant: req.tenant.hash,
+            now,
+            lease_until: lease_end(self, now),
+            charges: SmallVec::new(),
+        };
+        let req = Request { model: crate::facts::ModelRef::NONE, ..*req };
+        self.plan_charges(&req, &mut plan, true);
+        plan
+    }
+
+    /// The charges of `plan` (for `plan.now`), appended; `model_free`: only
+    /// the limits that do not need the model.
+    fn plan_charges(&self, req: &Request<'_>, plan: &mut Plan, model_free: bool) {
         let tenant = req.tenant;
         let now = plan.now;
         let Some(tier) = self.tiers.get(tenant.tier.index()) else {
@@ -161,6 +206,9 @@ impl Policy {
         let mut group_memo: Option<(&[Part], GroupKey)> = None;
         for &(id, always) in &candidates.limits {
             let limit = &self.limits[id.index()];
+            if model_free && limit.needs_model {
+                continue;
+            }
             if !(always
                 || self.holds(&limit.when, req) && !limit.unless.iter().any(|u| self.holds(u, req)))
                 || tenant.exempt.contains(id)

@@ -554,9 +554,21 @@ pub struct Limit {
     pub(crate) when: Condition,
     pub(crate) unless: SmallVec<[Condition; 1]>,
     pub(crate) parts: SmallVec<[Part; 2]>,
+    /// Whether the model decides if this limit applies or which counter it
+    /// charges (its `by`, `when` or `unless` name the model or its class, or
+    /// an exemption that covers it does): such a limit cannot be checked
+    /// before a request's body is read.
+    pub(crate) needs_model: bool,
 }
 
 impl Limit {
+    /// Whether the model decides if this limit applies or which counter it
+    /// charges. Limits that do not can be checked from a request's head
+    /// alone ([`Policy::plan_before_body`]).
+    pub fn needs_model(&self) -> bool {
+        self.needs_model
+    }
+
     /// A short human description: `requests per minute`, `tokens per day`.
     pub fn describe(&self) -> String {
         match &self.window {

@@ -18,7 +18,9 @@ pub trait CounterStore: Send + Sync + 'static {
     /// Checks every charge of `plan` and charges all of them, or none.
     fn admit(&self, plan: &Plan) -> impl Future<Output = Result<Decision, Self::Error>> + Send;
 
-    /// Reports the state of every charge of `plan` without charging anything.
+    /// Decides `plan` at its costs, as [`admit`](CounterStore::admit)
+    /// would now, without charging anything: a dry run. (With every cost
+    /// at zero, [`Plan::at_zero_cost`], it reports the counters as they are.)
     fn peek(&self, plan: &Plan) -> impl Future<Output = Result<Decision, Self::Error>> + Send;
 
     /// Settles a reservation with what the request really used. A second

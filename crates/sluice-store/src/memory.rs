@@ -631,7 +631,7 @@ impl MemoryStore {
         let mut states: SmallVec<[Option<CounterState>; 8]> = SmallVec::new();
         let mut locs: SmallVec<[Loc; 8]> = SmallVec::new();
         shard.lock().read(plan, &mut states, &mut locs);
-        decide(&plan.at_zero_cost(), &states).decision
+        decide(plan, &states).decision
     }
 
     fn take_lease(&self, id: ReservationId) -> Option<(parking_lot::MutexGuard<'_, Shard>, Lease)> {

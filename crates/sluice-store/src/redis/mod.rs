@@ -270,7 +270,7 @@ impl RedisStore {
                     keys.len()
                 }
             };
-            let cost = if peek { 0 } else { c.cost };
+            let cost = c.cost;
             args.push(index.to_string());
             args.push(format!("{:016x}", c.key.counter));
             let (kind, p1, p2, p3) = match c.rule {
@@ -324,7 +324,7 @@ impl RedisStore {
         let reply = self.run(&inv).await?;
         let nums: Vec<i64> =
             redis::from_redis_value(reply).map_err(|e| RedisStoreError::Reply(e.to_string()))?;
-        decision(plan, &nums, (!peek).then_some(id), peek)
+        decision(plan, &nums, (!peek).then_some(id))
             .ok_or_else(|| RedisStoreError::Reply(format!("{nums:?}")))
     }
 
@@ -366,7 +366,7 @@ impl RedisStore {
 }
 
 /// Reads the admission script's reply into a decision.
-fn decision(plan: &Plan, nums: &[i64], id: Option<ReservationId>, peek: bool) -> Option<Decision> {
+fn decision(plan: &Plan, nums: &[i64], id: Option<ReservationId>) -> Option<Decision> {
     let (head, rest) = nums.split_at_checked(4)?;
     let u = |v: i64| u64::try_from(v).unwrap_or(0);
     let ms = |v: i64| Instant::from_millis(u(v));
@@ -383,7 +383,7 @@ fn decision(plan: &Plan, nums: &[i64], id: Option<ReservationId>, peek: bool) ->
             amount: c.rule.amount(),
             used: u(r[1]),
             remaining: u(r[2]),
-            requested: if peek { 0 } else { c.cost },
+            requested: c.cost,
             reset: (r[3] >= 0 && c.metric != Metric::Concurrent).then(|| ms(r[3])),
             verdict,
             shadow: c.shadow,

@@ -111,7 +111,7 @@ impl<S: CounterStore + Clone> Harness<S> {
     }
 
     pub fn peek_req(&self, req: &sluice_core::Request<'_>) -> Decision {
-        let plan = self.policy.plan(req, self.clock.now());
+        let plan = self.policy.plan(req, self.clock.now()).at_zero_cost();
         match self.rt.block_on(self.store.peek(&plan)) {
             Ok(d) => d,
             Err(e) => panic!("store error: {e}"),

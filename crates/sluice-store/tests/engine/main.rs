@@ -20,6 +20,8 @@ macro_rules! engine_tests {
             suite::calendar_resets_at_local_midnight_across_dst,
             suite::refunds_and_debt_land_in_the_right_window,
             suite::settlement_is_idempotent,
+            suite::a_dry_run_denies_as_admission_would_and_charges_nothing,
+            suite::a_denial_before_the_body_is_a_denial_of_the_request,
             suite::denied_request_changes_no_counter,
             suite::too_large_is_its_own_outcome,
             suite::unsettled_reservation_expires_and_keeps_its_charge,

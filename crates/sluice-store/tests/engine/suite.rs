@@ -764,3 +764,123 @@ pub fn a_tenant_on_many_models_keeps_every_count<F: StoreFactory>(f: &F) {
     let all = status(&h.policy, &d, "requests-all-models");
     assert_eq!(all.used, 4 * MODELS as u64);
 }
+
+/// `peek` at a plan's costs (a dry run) says what `admit` would say, and
+/// charges nothing: the gateway uses it to refuse a tenant's request before
+/// reading its body.
+pub fn a_dry_run_denies_as_admission_would_and_charges_nothing<F: StoreFactory>(f: &F) {
+    let text = r#"
+[models.m]
+[[limits]]
+name = "rpm"
+metric = "requests"
+amount = 2
+window = "1m"
+[[limits]]
+name = "tpd"
+metric = "tokens"
+amount = 1000
+window = "1d"
+kind = "calendar"
+[[limits]]
+name = "inflight"
+metric = "concurrent"
+amount = 5
+"#;
+    let h = Harness::new(f, policy(text), "2026-05-01T10:00:00Z");
+    let t = h.tenant(&tenant("t"));
+    let dry = |cost: Cost| {
+        let plan = h.policy.plan(&h.request(&t, None, "chat", "m", cost), h.clock.now());
+        h.rt.block_on(h.store.peek(&plan)).unwrap_or_else(|e| panic!("store error: {e}"))
+    };
+    // Room for it: the dry run admits, reserves nothing, charges nothing.
+    let d = dry(Cost::tokens(10, 10));
+    assert!(d.is_admitted());
+    assert_eq!(d.reservation(), None, "a dry run reserves nothing");
+    for _ in 0..3 {
+        assert!(dry(Cost::tokens(10, 10)).is_admitted(), "a dry run charges nothing");
+    }
+    let p = h.peek(&t, "m");
+    assert_eq!(status(&h.policy, &p, "rpm").used, 0);
+    assert_eq!(status(&h.policy, &p, "tpd").used, 0);
+    assert_eq!(status(&h.policy, &p, "inflight").used, 0, "no slot taken");
+
+    // Too large for the day: the dry run says so, as admission does.
+    let d = dry(Cost::tokens(900, 200));
+    assert!(matches!(d.outcome, Outcome::TooLarge { .. }));
+    assert_eq!(denied_by(&h.policy, &d), "tpd");
+
+    // Two admitted: the third is refused by the dry run with the same limit
+    // and retry instant as admission gives it.
+    for _ in 0..2 {
+        let id = h.admit(&t, "m", Cost::tokens(10, 10)).reservation().expect("reservation");
+        h.settle(id, Usage::tokens(10, 10));
+    }
+    let dry_run = dry(Cost::tokens(10, 10));
+    let admitted = h.admit(&t, "m", Cost::tokens(10, 10));
+    assert!(is_limited(&dry_run) && is_limited(&admitted));
+    assert_eq!(denied_by(&h.policy, &dry_run), "rpm");
+    assert_eq!(dry_run.outcome, admitted.outcome, "same limit, same retry instant");
+    let p = h.peek(&t, "m");
+    assert_eq!(status(&h.policy, &p, "rpm").used, 2);
+    assert_eq!(status(&h.policy, &p, "tpd").used, 40);
+}
+
+/// What the gateway checks before a body is read (`plan_before_body`, at
+/// one request and one input token) is part of every request's plan: when
+/// it is refused, the request is refused whatever its model and size.
+pub fn a_denial_before_the_body_is_a_denial_of_the_request<F: StoreFactory>(f: &F) {
+    let text = r#"
+[models.a]
+[models.b]
+[[limits]]
+name = "rpm"
+metric = "requests"
+amount = 2
+window = "1m"
+[[limits]]
+name = "model-rpm"
+metric = "requests"
+amount = 1
+window = "1m"
+by = ["model"]
+[[limits]]
+name = "tpd"
+metric = "tokens"
+amount = 500
+window = "1d"
+kind = "calendar"
+"#;
+    let h = Harness::new(f, policy(text), "2026-05-01T10:00:00Z");
+    let t = h.tenant(&tenant("t"));
+    let before_body = |h: &Harness<F::Store>| {
+        let req = h.request(&t, None, "chat", "a", Cost::tokens(1, 0));
+        let plan = h.policy.plan_before_body(&req, h.clock.now());
+        let names: Vec<&str> =
+            plan.charges.iter().map(|c| &*h.policy.limit(c.limit).expect("a limit").name).collect();
+        assert_eq!(names, ["rpm", "tpd"], "only the limits that do not need the model");
+        h.rt.block_on(h.store.peek(&plan)).unwrap_or_else(|e| panic!("store error: {e}"))
+    };
+    assert!(before_body(&h).is_admitted());
+    // One request on each model: the per-model limits are full, the
+    // tenant-wide one too.
+    for m in ["a", "b"] {
+        let id = h.admit(&t, m, Cost::tokens(10, 10)).reservation().expect("reservation");
+        h.settle(id, Usage::tokens(10, 10));
+    }
+    let d = before_body(&h);
+    assert_eq!(denied_by(&h.policy, &d), "rpm");
+    for m in ["a", "b"] {
+        assert!(is_limited(&h.admit(&t, m, Cost::tokens(1, 0))), "model {m}");
+    }
+
+    // A day's tokens spent: refused before the body, and so is any request.
+    let h = Harness::new(f, policy(text), "2026-05-01T10:00:00Z");
+    let t = h.tenant(&tenant("t"));
+    let id = h.admit(&t, "a", Cost::tokens(400, 100)).reservation().expect("reservation");
+    h.settle(id, Usage::tokens(400, 100));
+    h.advance(Duration::from_secs(120));
+    let d = before_body(&h);
+    assert_eq!(denied_by(&h.policy, &d), "tpd");
+    assert!(is_limited(&h.admit(&t, "b", Cost::tokens(1, 0))));
+}
