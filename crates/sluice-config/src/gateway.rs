@@ -40,11 +40,20 @@ pub struct TokenSettings {
     pub max_output: u64,
     /// Bytes per token for models without a known tokenizer.
     pub bytes_per_token: f64,
+    /// Prompt text up to this many bytes is counted exactly by the model's
+    /// tokenizer; longer prompts are estimated from samples of as many bytes
+    /// in all (the CPU an estimate may take is bounded).
+    pub exact_prompt_bytes: usize,
 }
 
 impl Default for TokenSettings {
     fn default() -> Self {
-        Self { default_output: 1_024, max_output: 32_768, bytes_per_token: 4.0 }
+        Self {
+            default_output: 1_024,
+            max_output: 32_768,
+            bytes_per_token: 4.0,
+            exact_prompt_bytes: 64 * 1024,
+        }
     }
 }
 
@@ -445,6 +454,11 @@ pub(crate) fn gateway(raw: &RawFile, problems: &mut Problems) -> GatewayConfig {
             && let Some(n) = positive(v, "tokens.max_output", problems)
         {
             g.tokens.max_output = n;
+        }
+        if let Some(v) = &t.exact_prompt_bytes
+            && let Some(n) = positive(v, "tokens.exact_prompt_bytes", problems)
+        {
+            g.tokens.exact_prompt_bytes = usize::try_from(n).unwrap_or(usize::MAX);
         }
         if let Some(v) = &t.bytes_per_token {
             let b = *v.get_ref();

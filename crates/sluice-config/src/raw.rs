@@ -123,6 +123,8 @@ pub struct RawTokens {
     pub max_output: Option<Spanned<i64>>,
     /// Bytes per token for models without a known tokenizer.
     pub bytes_per_token: Option<Spanned<f64>>,
+    /// Prompt text counted exactly up to this many bytes; beyond, sampled.
+    pub exact_prompt_bytes: Option<Spanned<i64>>,
 }
 
 /// `[upstreams.<name>]`

@@ -12,7 +12,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use sluice_config::gateway::UpstreamFailure;
-use sluice_core::{Clock, Cost, CounterStore, Usage};
+use sluice_core::{Clock, Cost, CounterStore, Decision, Outcome, Plan, Usage};
 use sluice_llm::error::ApiError;
 use sluice_llm::headers::{HeaderOptions, insert_headers, is_rate_limit_header, remove_headers};
 use sluice_llm::usage::SseUsageTap;
@@ -20,12 +20,21 @@ use sluice_llm::{RewriteOptions, expected_output, force_include_usage};
 
 use crate::auth::AuthError;
 use crate::body::{JsonFrames, Metered, ResponseBody, Settler, Tap, full};
-use crate::runtime::{Endpoint, KeyEntry, Route, Runtime};
+use crate::runtime::{Endpoint, KeyEntry, Route, Runtime, Tenant};
 use crate::server::Gateway;
 use crate::upstream::SendError;
 
 /// Bodies larger than this are tokenized off the async runtime.
 const INLINE_TOKENIZE_BYTES: usize = 32 * 1024;
+
+/// Bodies (or prompts) larger than this cost more to read (or count) than a
+/// store call: a tenant that was just refused gets a dry run first.
+const EXPENSIVE_BODY_BYTES: usize = 32 * 1024;
+
+/// The `Content-Length` of a request, if it has a valid one.
+fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus
 /// those the gateway sets itself.
@@ -176,7 +185,31 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
         Err(e) => return error_response(&e),
     };
     let tenant = &rt.tenants[key.tenant];
+    let opts = HeaderOptions { no_retry_after: rt.settings.no_retry_after };
     let (mut parts, body) = req.into_parts();
+
+    // A tenant just refused, sending a body worth not reading: check first
+    // what can be known without it (tenant-wide and per-endpoint limits,
+    // concurrency, a day's budget spent), as a dry run at the least any
+    // request costs. (A small body costs less to read than a store call.)
+    if tenant.recently_refused(gw.clock.now())
+        && declared_length(&parts.headers).is_none_or(|n| n > EXPENSIVE_BODY_BYTES)
+    {
+        let now = gw.clock.now();
+        let head = sluice_core::Request {
+            tenant: &tenant.facts,
+            key: Some(&key.facts),
+            endpoint: endpoint.id,
+            model: sluice_core::ModelRef::NONE,
+            cost: Cost::tokens(1, 0),
+        };
+        let plan = rt.policy.plan_before_body(&head, now);
+        if let Some(refused) = refuse_early(gw, rt, tenant, &plan, "", &opts).await {
+            drain(body, rt.settings.max_body_bytes);
+            return refused;
+        }
+    }
+
     let body = match read_body(body, rt.settings.max_body_bytes).await {
         Ok(b) => b,
         Err(e) => return error_response(&e),
@@ -194,39 +227,67 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     let stream = facts.stream && kind.streams_usage();
     let client_asked_usage = facts.include_usage;
 
-    // What it will cost: the prompt as tokenized, plus the output it may ask for.
+    // The output it may ask for; the plan, at the least input it can have.
     let tokens = &rt.settings.tokens;
     let output = if kind.has_output() {
         expected_output(&facts, tokens.default_output, tokens.max_output)
     } else {
         0
     };
+    let mut request = sluice_core::Request {
+        tenant: &tenant.facts,
+        key: Some(&key.facts),
+        endpoint: endpoint.id,
+        model,
+        cost: Cost::tokens(1, output),
+    };
+    let mut now = gw.clock.now();
+    let mut plan = rt.policy.plan(&request, now);
+    // A long prompt, and a tenant just refused: still refused on this model
+    // (its own requests per minute or day)? Then not a token is counted.
+    if facts.text_bytes() > EXPENSIVE_BODY_BYTES
+        && tenant.recently_refused(now)
+        && plan.charges.iter().any(|c| rt.policy.limit(c.limit).is_some_and(|l| l.needs_model()))
+        && let Some(refused) = refuse_early(gw, rt, tenant, &plan, &facts.model, &opts).await
+    {
+        return refused;
+    }
+
+    // The prompt, counted no further than any limit could ever admit.
+    let ceiling = plan.input_token_ceiling(output).unwrap_or(u64::MAX);
+    let estimator = gw.estimator.with_exact_bytes(tokens.exact_prompt_bytes);
     let (input, model_name) = if body.len() > INLINE_TOKENIZE_BYTES {
         let name = Cow::Owned(facts.model.to_string());
         let owned = facts.into_owned();
-        let est = gw.estimator.clone();
         let encoding = route.encoding;
-        let input = tokio::task::spawn_blocking(move || est.input_tokens(&owned, encoding))
-            .await
-            .unwrap_or(0);
+        // Should the task fail, the byte estimate stands in.
+        let fallback = sluice_llm::tokens::bytes_estimate(owned.text_bytes(), None);
+        let input = tokio::task::spawn_blocking(move || {
+            estimator.input_tokens_up_to(&owned, encoding, ceiling)
+        })
+        .await
+        .unwrap_or(fallback);
+        // Counting took a while: plan for the time it is admitted.
+        now = gw.clock.now();
         (input, name)
     } else {
-        (gw.estimator.input_tokens(&facts, route.encoding), Cow::Borrowed(&*facts.model))
+        (
+            estimator.input_tokens_up_to(&facts, route.encoding, ceiling),
+            Cow::Borrowed(&*facts.model),
+        )
     };
+    // Every request counts at least one input token (so that what was
+    // checked before the body, at one token, is never more than this).
+    let input = input.max(1);
     let cost = Cost::tokens(input, output);
+    request.cost = cost;
+    if now == plan.now {
+        plan.set_cost(cost);
+    } else {
+        plan = rt.policy.plan(&request, now);
+    }
 
     // Admission: every limit, all or nothing.
-    let now = gw.clock.now();
-    let plan = rt.policy.plan(
-        &sluice_core::Request {
-            tenant: &tenant.facts,
-            key: Some(&key.facts),
-            endpoint: endpoint.id,
-            model,
-            cost,
-        },
-        now,
-    );
     let decision = match gw.store.admit(&plan).await {
         Ok(d) => d,
         Err(e) => {
@@ -234,14 +295,8 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
             return error_response(&ApiError::store_unavailable());
         }
     };
-    let opts = HeaderOptions { no_retry_after: rt.settings.no_retry_after };
     if !decision.is_admitted() {
-        let err =
-            ApiError::rate_limited(&decision, &rt.policy, &model_name, tenant.facts.id(), now)
-                .unwrap_or_else(ApiError::insufficient_quota);
-        let mut r = error_response(&err);
-        insert_headers(r.headers_mut(), &decision, &rt.policy, now, &opts);
-        return r;
+        return refusal(rt, tenant, &decision, &model_name, now, &opts);
     }
     let reserved = Usage::tokens(input, output);
     let failure_usage = match rt.settings.upstream_failure {
@@ -323,6 +378,66 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     remove_headers(out, |n| skip_response_header(n) || is_rate_limit_header(n));
     insert_headers(out, &decision, &rt.policy, now, &opts);
     r
+}
+
+/// The 429 for a refused decision; a refusal that will stand for a while
+/// makes the tenant's next requests checked before their bodies are read.
+fn refusal(
+    rt: &Runtime,
+    tenant: &Tenant,
+    decision: &Decision,
+    model: &str,
+    now: sluice_core::Instant,
+    opts: &HeaderOptions,
+) -> Response<ResponseBody> {
+    if let Outcome::Limited { retry_at, .. } = decision.outcome {
+        tenant.note_refusal(retry_at);
+    }
+    let err = ApiError::rate_limited(decision, &rt.policy, model, tenant.facts.id(), now)
+        .unwrap_or_else(ApiError::insufficient_quota);
+    let mut r = error_response(&err);
+    insert_headers(r.headers_mut(), decision, &rt.policy, now, opts);
+    r
+}
+
+/// A dry run of `plan` (nothing is charged): the 429 if it is refused. A
+/// store that does not answer refuses nothing here: the admission decides.
+async fn refuse_early<S: CounterStore + Clone + Unpin>(
+    gw: &Gateway<S>,
+    rt: &Runtime,
+    tenant: &Tenant,
+    plan: &Plan,
+    model: &str,
+    opts: &HeaderOptions,
+) -> Option<Response<ResponseBody>> {
+    if plan.charges.is_empty() {
+        return None;
+    }
+    let decision = gw.store.peek(plan).await.ok()?;
+    (!decision.is_admitted()).then(|| refusal(rt, tenant, &decision, model, plan.now, opts))
+}
+
+/// How long a refused request's unread body is read and dropped, so that
+/// the client sees the answer (a socket closed on unread data may lose it)
+/// and its connection can be used again.
+const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads and drops a request body in the background: at most `limit` bytes
+/// for at most [`DRAIN_FOR`]; past either the connection is closed.
+fn drain(mut body: Incoming, limit: usize) {
+    tokio::spawn(async move {
+        let mut left = limit;
+        let read = async {
+            while let Some(Ok(frame)) = body.frame().await {
+                let n = frame.data_ref().map_or(0, Bytes::len);
+                if n > left {
+                    return;
+                }
+                left -= n;
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_FOR, read).await;
+    });
 }
 
 /// The body sent upstream: streams ask for usage; a renamed model is renamed.

@@ -5,6 +5,7 @@
 
 use hashbrown::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::Uri;
 use sluice_config::Config;
@@ -23,6 +24,28 @@ use crate::upstream::{UpstreamClient, UpstreamError};
 pub struct Tenant {
     /// Resolved against the runtime's policy.
     pub facts: TenantFacts,
+    /// Until when (ms since the epoch) this tenant's requests are checked
+    /// before their bodies are read: set by a 429, so that a tenant over a
+    /// limit is refused cheaply, and not at all otherwise.
+    refused_until_ms: AtomicU64,
+}
+
+impl Tenant {
+    /// A tenant to serve.
+    pub fn new(facts: TenantFacts) -> Self {
+        Self { facts, refused_until_ms: AtomicU64::new(0) }
+    }
+
+    /// Whether a recent 429 still stands at `now`: the tenant's requests
+    /// are then checked before anything is read.
+    pub fn recently_refused(&self, now: Instant) -> bool {
+        self.refused_until_ms.load(Ordering::Relaxed) > now.as_millis()
+    }
+
+    /// Notes a 429 whose limit frees up at `until`.
+    pub fn note_refusal(&self, until: Instant) {
+        self.refused_until_ms.fetch_max(until.as_millis(), Ordering::Relaxed);
+    }
 }
 
 /// What a key leads to.
@@ -197,13 +220,13 @@ impl Runtime {
                 }
             }
             index_of.insert(t.spec.id.clone(), index);
-            tenants.push(Tenant { facts });
+            tenants.push(Tenant::new(facts));
         }
         for (id, record) in &stored.tenants {
             match policy.tenant(&tenant_spec(record)) {
                 Ok(facts) => {
                     index_of.insert(id.clone(), tenants.len());
-                    tenants.push(Tenant { facts });
+                    tenants.push(Tenant::new(facts));
                 }
                 Err(e) => warnings.push(format!("tenant `{id}` is not served: {e}")),
             }

@@ -250,6 +250,27 @@ fn limited_message(
     let mut m = String::with_capacity(160);
     let wait = go_duration(ceil_millis(wait));
     let (model, tenant) = (echo(model), echo(tenant));
+    // Refused before its body was read: no model is known, and what it
+    // would have asked for is not either.
+    if model.is_empty() {
+        let _ = if limit.metric == Metric::Concurrent {
+            write!(
+                m,
+                "Too many concurrent requests in organization {tenant}: Limit {}, In flight {}. Please try again in {wait}.",
+                s.amount, s.used
+            )
+        } else {
+            write!(
+                m,
+                "Rate limit reached in organization {tenant} on {} ({}): Limit {}, Used {}. Please try again in {wait}.",
+                limit_phrase(limit),
+                limit.shorthand(),
+                s.amount,
+                s.used
+            )
+        };
+        return m;
+    }
     let _ = if limit.metric == Metric::Concurrent {
         write!(
             m,

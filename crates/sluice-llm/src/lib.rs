@@ -6,7 +6,7 @@
 //!
 //! - [`request`]: the facts admission needs from a request body (model,
 //!   output asked for, streaming, the text to count), with OpenAI-style 400s.
-//! - [`tokens`]: token estimates (`tiktoken` encodings, else bytes) and the
+//! - [`tokens`]: token estimates (`o200k_base`/`cl100k_base`, else bytes) and the
 //!   expected output to reserve.
 //! - [`rewrite`]: the upstream body of a stream, with
 //!   `stream_options.include_usage` forced on.
