@@ -33,6 +33,16 @@ mod scan;
 #[cfg(test)]
 mod testutil;
 
+/// The fuzz targets' view of the JSON walker and its serde reference
+/// (feature `fuzzing` only; not an API).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::scan::reference::{
+        Read, by_serde, by_walker, response_by_serde, response_by_walker,
+    };
+}
+
 pub use duration::go_duration;
 pub use error::ApiError;
 pub use headers::{HeaderOptions, insert_headers, render_headers};

@@ -455,5 +455,7 @@ impl<'a> Cursor<'a> {
     }
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod reference;
 #[cfg(test)]
 mod tests;

@@ -244,6 +244,15 @@ async fn the_admin_api_needs_its_token_and_refuses_bad_requests_without_changing
             Some(json!({"amount": 5, "until": "soon"})),
             "not a date",
         ),
+        // Found by the `admin` fuzz target: a path whose percent-encoded
+        // bytes are not UTF-8 was answered in plain text, not JSON.
+        (
+            reqwest::Method::POST,
+            "/tenants/%22c%02%7E%7F%FDel/keys",
+            Some(json!({"labels": {"channel": "apex"}})),
+            "the path is not valid",
+        ),
+        (reqwest::Method::GET, "/tenants/%FF", None, "Invalid UTF-8"),
     ];
     for (method, path, body, msg) in bad {
         let (st, v) = ops.call(method.clone(), path, body.clone()).await;
@@ -260,6 +269,11 @@ async fn the_admin_api_needs_its_token_and_refuses_bad_requests_without_changing
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    // Found by the `admin` fuzz target: a method a route does not take was
+    // answered 405 with no body.
+    let (st, v) = ops.call(reqwest::Method::PUT, "/tenants/acme", Some(json!({}))).await;
+    assert_eq!(st, 405, "{v}");
+    assert_eq!(v["error"]["code"], "method_not_allowed", "{v}");
     let after = ops.call(reqwest::Method::GET, "/tenants/acme", None).await;
     assert_eq!(before, after, "nothing changed");
     let (_, list) = ops.call(reqwest::Method::GET, "/tenants", None).await;
