@@ -1,9 +1,10 @@
-//! The official `openai` Python SDK, unmodified, as a client of
-//! `sluice serve`: it must raise `RateLimitError` on a day limit without
-//! retrying, retry after `retry-after-ms` on a short window and succeed, and
-//! stream unchanged while being counted. The script is
-//! `tests/sdk/test_openai_sdk.py`; `./scripts/test` installs the SDK into
-//! `.venv` (or set `SLUICE_PYTHON` to a Python that has `openai`).
+//! The official `openai` SDKs for Python and Node, unmodified, as clients
+//! of `sluice serve`: each must raise its `RateLimitError` on a day limit
+//! without retrying, retry after `retry-after-ms` on a short window and
+//! succeed, and stream unchanged while being counted. The scripts are
+//! `tests/sdk/test_openai_sdk.py` and `tests/sdk/node/test_openai_sdk.mjs`;
+//! `./scripts/test` installs the Python SDK into `.venv` (or set
+//! `SLUICE_PYTHON`) and the Node one into `tests/sdk/node/node_modules`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -28,9 +29,29 @@ fn python() -> PathBuf {
     python
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_official_openai_python_sdk_behaves() {
-    let python = python();
+/// `node` with the official `openai` package in tests/sdk/node/node_modules
+/// (`./scripts/test` runs `npm ci` there; `SLUICE_NODE` names another
+/// `node`).
+fn node() -> (PathBuf, PathBuf) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/sdk/node");
+    let node = std::env::var_os("SLUICE_NODE").map_or_else(|| PathBuf::from("node"), PathBuf::from);
+    let ok = Command::new(&node)
+        .current_dir(&dir)
+        .args(["-e", "import('openai').then(() => process.exit(0), () => process.exit(1))"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "no node with the openai package in {}: run ./scripts/test (it runs npm ci there), or set SLUICE_NODE",
+        dir.display()
+    );
+    (node, dir.join("test_openai_sdk.mjs"))
+}
+
+/// Runs one SDK's script against a `sluice serve` with the policy the
+/// scripts expect: a day-limited, a per-second-limited and a streaming
+/// tenant.
+async fn run_sdk_script(program: PathBuf, script: PathBuf) -> String {
     let mock = mock().await;
     let keys = [("day", "sk-sdk-day"), ("short", "sk-sdk-short"), ("stream", "sk-sdk-stream")];
     let mut policy = format!(
@@ -56,24 +77,39 @@ families = ["requests", "requests-day", "output-tokens-day"]
         ));
     }
     let s = Sluice::start(&policy, &[("UPSTREAM_KEY", "k")]);
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/sdk/test_openai_sdk.py");
     let url = s.url.clone();
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
+        Command::new(program)
             .arg(script)
             .env("SLUICE_URL", url)
             .env("SLUICE_DAY_KEY", keys[0].1)
             .env("SLUICE_SHORT_KEY", keys[1].1)
             .env("SLUICE_STREAM_KEY", keys[2].1)
             .output()
-            .expect("run python")
+            .expect("run the SDK script")
     })
     .await
     .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
     assert!(out.status.success(), "the SDK tests failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_openai_python_sdk_behaves() {
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/sdk/test_openai_sdk.py");
+    let stdout = run_sdk_script(python(), script).await;
+    assert!(stdout.contains("3 SDK tests passed"), "{stdout}");
+}
+
+/// The Node SDK does not cap `retry-after`: without `x-should-retry: false`
+/// on a day limit it would sleep for hours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_openai_node_sdk_behaves() {
+    let (node, script) = node();
+    let stdout = run_sdk_script(node, script).await;
     assert!(stdout.contains("3 SDK tests passed"), "{stdout}");
 }
