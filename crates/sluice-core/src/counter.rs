@@ -68,6 +68,18 @@ impl Rule {
             Self::Calendar { amount, .. } | Self::Concurrent { amount } => amount,
         }
     }
+
+    /// The length of the window counted in, in seconds: the rolling
+    /// period, or the calendar slot as it really is (a month of 28 to 31
+    /// days, a day of 23 or 25 hours across a DST change); 0 for
+    /// concurrency.
+    pub const fn window_secs(&self) -> u64 {
+        match *self {
+            Self::Rolling { period_nanos, .. } => period_nanos / 1_000_000_000,
+            Self::Calendar { slot, .. } => slot.end.0.saturating_sub(slot.start.0) / 1_000_000_000,
+            Self::Concurrent { .. } => 0,
+        }
+    }
 }
 
 /// The stored state of one counter. 24 bytes.

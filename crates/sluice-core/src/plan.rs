@@ -365,6 +365,9 @@ pub struct LimitStatus {
     pub verdict: Verdict,
     /// A shadow limit (never denies).
     pub shadow: bool,
+    /// The length of the window counted in, in seconds
+    /// ([`Rule::window_secs`]); 0 for concurrency.
+    pub window_secs: u64,
 }
 
 /// Admit or deny.
@@ -549,6 +552,7 @@ pub fn decide_into(
             reset,
             verdict,
             shadow: c.shadow,
+            window_secs: c.rule.window_secs(),
         });
         writes.push((verdict == Verdict::Fits).then_some(next));
         if c.shadow {

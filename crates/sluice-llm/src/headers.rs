@@ -290,13 +290,16 @@ fn ietf(
         let Some(limit) = policy.limit(s.limit) else {
             continue;
         };
-        let Some(window) = limit.window else { continue };
+        if limit.window.is_none() {
+            continue;
+        }
         if !policies.is_empty() {
             policies.push_str(", ");
             states.push_str(", ");
         }
         sf_string(&mut policies, &limit.name);
-        let _ = write!(policies, ";q={};w={}", s.amount, window.period.nominal_secs());
+        // The window as counted: a calendar month of 31 days is 2678400.
+        let _ = write!(policies, ";q={};w={}", s.amount, s.window_secs);
         sf_string(&mut states, &limit.name);
         let t = s.reset.map_or(0, |r| millis_ceil(r.since(now)).div_ceil(1000));
         let _ = write!(states, ";r={};t={t}", s.remaining);

@@ -237,6 +237,25 @@ fn ietf_fields_for_request_limits_only() {
     assert!(!headers_of(&p, &d, now).iter().any(|(k, _)| k.starts_with("ratelimit")));
 }
 
+/// `w` is the window as counted: a calendar month of 31 days is 2,678,400
+/// seconds and one of 28 days 2,419,200 (not a nominal 30 days).
+#[test]
+fn ietf_window_of_a_calendar_month_is_its_real_length() {
+    let profile = HeaderProfile { ietf: true, ..HeaderProfile::default() };
+    let p = policy(vec![limit("rpmo", Metric::Requests, 5_000, calendar("1mo"))], profile);
+    for (at, days) in [("2026-03-02T10:00:00Z", 31), ("2026-02-10T10:00:00Z", 28)] {
+        let now = FakeClock::at(at).now();
+        let d = Store::default().admit(&p, Cost::REQUEST, now);
+        let h = headers_of(&p, &d, now);
+        let policy_field = h.iter().find(|(k, _)| k == "ratelimit-policy").map(|(_, v)| v.clone());
+        assert_eq!(
+            policy_field.as_deref(),
+            Some(format!(r#""rpmo";q=5000;w={}"#, days * 86_400).as_str()),
+            "{at}"
+        );
+    }
+}
+
 #[test]
 fn sf_strings_are_escaped() {
     let mut b = String::new();

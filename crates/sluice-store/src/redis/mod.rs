@@ -387,6 +387,7 @@ fn decision(plan: &Plan, nums: &[i64], id: Option<ReservationId>) -> Option<Deci
             reset: (r[3] >= 0 && c.metric != Metric::Concurrent).then(|| ms(r[3])),
             verdict,
             shadow: c.shadow,
+            window_secs: c.rule.window_secs(),
         });
     }
     if statuses.len() != plan.charges.len() {
