@@ -24,6 +24,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::gateway::Problems;
+use crate::listener::{ListenerLimits, limits};
 use crate::raw::RawFile;
 
 /// The largest cost one decision may carry unless `max_cost` says otherwise.
@@ -50,6 +51,16 @@ pub struct RawDecisions {
     pub max_cost: Option<Spanned<i64>>,
     /// Which descriptor keys carry which request facts.
     pub descriptors: Option<Spanned<RawDescriptorKeys>>,
+    /// Time to receive a request head (`10s`).
+    pub head_timeout: Option<Spanned<String>>,
+    /// Time to receive a request body.
+    pub body_timeout: Option<Spanned<String>>,
+    /// How long a connection with no request in flight stays open (`60s`).
+    pub idle_timeout: Option<Spanned<String>>,
+    /// Open connections at most.
+    pub max_connections: Option<Spanned<i64>>,
+    /// Bytes of a request head at most (`32768`).
+    pub max_head_bytes: Option<Spanned<i64>>,
 }
 
 /// `[decisions.descriptors]` as written.
@@ -132,6 +143,8 @@ pub struct DecisionsConfig {
     pub token_env: Option<String>,
     /// Costs above this are refused as invalid.
     pub max_cost: u64,
+    /// Timeouts and caps of both listeners (each its own cap).
+    pub limits: ListenerLimits,
 }
 
 fn listen(v: &Spanned<String>, field: &str, problems: &mut Problems) -> Option<SocketAddr> {
@@ -294,6 +307,7 @@ pub(crate) fn decisions(
         default_endpoint,
         token_env,
         max_cost,
+        limits: limits(r.limits(), "decisions", ListenerLimits::DECISIONS, problems),
     })
 }
 

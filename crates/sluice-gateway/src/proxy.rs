@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use std::borrow::Cow;
 
+use crate::edge::{BodyError, RequestBody};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use sluice_config::gateway::UpstreamFailure;
 use sluice_core::{Clock, Cost, CounterStore, Usage};
 use sluice_llm::error::ApiError;
@@ -20,6 +20,7 @@ use sluice_llm::{RewriteOptions, expected_output, force_include_usage};
 
 use crate::auth::AuthError;
 use crate::body::{JsonFrames, Metered, ResponseBody, Settler, Tap, full};
+use crate::hop;
 use crate::runtime::{Endpoint, KeyEntry, Route, Runtime};
 use crate::server::Gateway;
 use crate::upstream::SendError;
@@ -28,44 +29,24 @@ use crate::upstream::SendError;
 const INLINE_TOKENIZE_BYTES: usize = 32 * 1024;
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus
-/// those the gateway sets itself.
+/// those the gateway sets itself. Those `Connection` nominates go too
+/// ([`hop::remove_nominated`]).
 fn skip_request_header(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "host"
-            | "authorization"
-            | "content-length"
-            | "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "x-request-id"
-    )
+    hop::fixed(name)
+        || matches!(name.as_str(), "host" | "authorization" | "content-length" | "x-request-id")
 }
 
 fn skip_response_header(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "content-length"
-            | "x-request-id"
-    )
+    hop::fixed(name) || matches!(name.as_str(), "content-length" | "x-request-id")
 }
 
 pub(crate) fn error_response(e: &ApiError) -> Response<ResponseBody> {
     let mut r = Response::new(full(e.body()));
     *r.status_mut() = e.status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if e.status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
     r
 }
 
@@ -126,13 +107,15 @@ pub(crate) fn authenticate<'r>(
 
 /// Reads a request body, refusing more than `limit` bytes. A body that comes
 /// in one frame (a small request's usual case) is kept as it is, not copied.
-async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+async fn read_body(mut body: RequestBody, limit: usize) -> Result<Bytes, ApiError> {
     let mut first: Option<Bytes> = None;
     let mut more: Option<BytesMut> = None;
     let mut len = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = frame
-            .map_err(|_| ApiError::bad_request("The request body could not be read.", None))?;
+        let frame = frame.map_err(|e| match e {
+            BodyError::Busy => ApiError::busy(),
+            _ => ApiError::bad_request("The request body could not be read.", None),
+        })?;
         let Ok(data) = frame.into_data() else { continue };
         len += data.len();
         if len > limit {
@@ -161,7 +144,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     gw: &Arc<Gateway<S>>,
     rt: &Runtime,
     endpoint: &Endpoint,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     request_id: &HeaderValue,
 ) -> Response<ResponseBody> {
     if req.method() != Method::POST {
@@ -276,6 +259,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     // The client's headers, less those of this hop.
     let h = up.headers_mut();
     *h = std::mem::take(&mut parts.headers);
+    hop::remove_nominated(h);
     remove_headers(h, skip_request_header);
     if let Some(auth) = upstream.auth() {
         h.insert(header::AUTHORIZATION, auth.clone());
@@ -320,6 +304,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     // The upstream's headers, less those of this hop and its own rate limits.
     let out = r.headers_mut();
     *out = std::mem::take(&mut head.headers);
+    hop::remove_nominated(out);
     remove_headers(out, |n| skip_response_header(n) || is_rate_limit_header(n));
     insert_headers(out, &decision, &rt.policy, now, &opts);
     r

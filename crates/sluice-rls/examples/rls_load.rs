@@ -197,6 +197,7 @@ fn main() {
                     listener,
                     svc,
                     std::future::pending::<()>(),
+                    sluice_gateway::ListenerOptions::standalone("decisions-grpc"),
                 ));
                 (format!("http://{addr}"), Some(server))
             }

@@ -55,25 +55,31 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use sluice_config::decisions::HitsAddend;
 use sluice_core::{Cost, CounterStore, LimitStatus, Outcome, Period, Verdict};
+use sluice_gateway::ListenerOptions;
+use sluice_gateway::edge::RequestBody;
 use sluice_llm::error::ApiError;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 
 use crate::engine::{Answer, DecisionError, Query, needs};
 use crate::metrics::Api;
 use crate::{DecisionService, ServeError};
 
-/// Serves `ShouldRateLimit` on `listener` until `shutdown` completes, then
-/// lets calls in flight finish and returns.
+/// Serves `ShouldRateLimit` on `listener` (HTTP/2, through Sluice's
+/// hardened accept loop: `opts`' timeouts and caps) until `shutdown`
+/// completes, then lets calls in flight finish for up to `opts.grace` and
+/// returns.
 pub async fn serve_grpc<S: CounterStore + Clone + Unpin>(
     listener: TcpListener,
     svc: Arc<DecisionService<S>>,
     shutdown: impl Future<Output = ()>,
+    opts: ListenerOptions,
 ) -> Result<(), ServeError> {
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
-        .serve_with_incoming_shutdown(RateLimitServiceServer::new(Rls(svc)), incoming, shutdown)
-        .await?;
+    let server = RateLimitServiceServer::new(Rls(svc));
+    let service = hyper::service::service_fn(move |req: http::Request<RequestBody>| {
+        let mut server = server.clone();
+        async move { tower_service::Service::call(&mut server, req).await }
+    });
+    sluice_gateway::serve_connections(listener, service, shutdown, opts).await?;
     Ok(())
 }
 

@@ -320,9 +320,15 @@ async fn over_grpc() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_grpc(listener, h.svc.clone(), async move {
-        let _ = rx.await;
-    }));
+    let opts = sluice_gateway::ListenerOptions::standalone("test");
+    let server = tokio::spawn(serve_grpc(
+        listener,
+        h.svc.clone(),
+        async move {
+            let _ = rx.await;
+        },
+        opts,
+    ));
     let mut client = RateLimitServiceClient::connect(format!("http://{addr}")).await.unwrap();
     let d = || vec![desc(&[("tenant", "acme"), ("model", "m")])];
     for i in 0..3 {
