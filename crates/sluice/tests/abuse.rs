@@ -302,3 +302,115 @@ async fn mock_controls_have_no_effect_on_the_quickstart() {
         assert_eq!(mode & 0o777, 0o600, "data file mode {:o}", mode & 0o777);
     }
 }
+
+/// Headers of one hop stay on it (RFC 9110 §7.6.1), both ways: the
+/// upstream never sees the client's `Connection`-nominated, `keep-alive`,
+/// `te` or `proxy-authorization` headers, and the client never sees the
+/// upstream's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_stay_on_their_hop() {
+    // An upstream that records the head it gets and answers with headers
+    // of its own hop.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel::<String>();
+    tokio::spawn(async move {
+        let (mut c, _) = upstream.accept().await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let head_end = loop {
+            let n = c.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+            if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+        };
+        let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+        let body = r#"{"id":"x","object":"chat.completion","created":0,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close, x-up-hop\r\nx-up-hop: secret\r\nkeep-alive: timeout=5\r\nx-up-kept: 1\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        c.write_all(resp.as_bytes()).await.unwrap();
+        let _ = seen_tx.send(head);
+    });
+    let text = policy("").replace(
+        "[upstreams.up]\nmock = true",
+        &format!("[upstreams.up]\nbase_url = \"http://127.0.0.1:{port}/v1\""),
+    );
+    let s = Sluice::start(&text, &[]);
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\nconnection: keep-alive, X-Client-Hop\r\nx-client-hop: secret\r\nkeep-alive: timeout=5\r\nte: trailers\r\nproxy-authorization: Basic c2VjcmV0\r\nx-client-kept: 1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut c = TcpStream::connect(addr(&s.url)).await.unwrap();
+    c.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n =
+            tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let response = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(response.starts_with("http/1.1 200"), "{response}");
+    let seen = tokio::time::timeout(Duration::from_secs(5), seen_rx).await.unwrap().unwrap();
+    assert!(seen.contains("x-client-kept: 1"), "{seen}");
+    for hop in ["x-client-hop", "keep-alive", "te:", "proxy-authorization", "secret"] {
+        assert!(!seen.contains(hop), "the upstream saw `{hop}`:\n{seen}");
+    }
+    assert!(response.contains("x-up-kept: 1"), "{response}");
+    for hop in ["x-up-hop", "keep-alive", "secret"] {
+        assert!(!response.contains(hop), "the client saw `{hop}`:\n{response}");
+    }
+}
+
+/// SIGTERM while a raw TCP connection to the gRPC port never finishes its
+/// HTTP/2 preface, another sends nothing, and a proxied request hangs
+/// upstream: the process exits within the grace (2 s, plus slack), says it
+/// saved the counters, and a restart on the same data file sees them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_stuck_clients_ends_within_the_grace_and_saves_counters() {
+    let text = policy("shutdown_grace = \"2s\"").replace("rpm = 1000000", "rpm = 4")
+        + "\n[data]\nsave_every = \"1h\"\n\n[decisions]\ngrpc_listen = \"127.0.0.1:0\"\ntoken_env = \"DECISIONS_TOKEN\"\n";
+    let env = [("DECISIONS_TOKEN", "a-decisions-token-for-tests"), ("RUST_LOG", "info")];
+    let mut s = Sluice::start_with(&text, &env, &["--mock-controls"], None);
+    s.keep_dir = true;
+    let dir = s.dir.clone();
+    let grpc: std::net::SocketAddr =
+        s.line("sluice decisions grpc on ").expect("the gRPC listener").parse().unwrap();
+    for _ in 0..2 {
+        let (_, status) = fresh_chat(&s.url, KEY, "m").await;
+        assert_eq!(status, 200);
+    }
+    let mut preface = TcpStream::connect(grpc).await.unwrap();
+    preface.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let silent = TcpStream::connect(grpc).await.unwrap();
+    let url = format!("{}/v1/chat/completions", s.url);
+    let hanging = tokio::spawn(async move {
+        let c = common::client();
+        let _ = c
+            .post(url)
+            .bearer_auth(KEY)
+            .header("x-mock-hang", "1")
+            .json(&common::chat("m", 5))
+            .send()
+            .await;
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (took, status, err) = s.terminate_within(Duration::from_secs(5));
+    let took = took.unwrap_or_else(|| panic!("still running 5 s after SIGTERM:\n{err}"));
+    assert!(status.unwrap().success(), "{err}");
+    assert!(took < Duration::from_secs(4), "shutdown took {took:?}");
+    assert!(err.contains("counters saved to the data file"), "{err}");
+    drop((preface, silent));
+    hanging.abort();
+    // Three requests were admitted (the hung one too) of four a minute.
+    let s = Sluice::start_in_with(&dir, &text, &env, &[]);
+    let (_, status) = fresh_chat(&s.url, KEY, "m").await;
+    assert_eq!(status, 200, "the fourth request of the minute");
+    let (_, status) = fresh_chat(&s.url, KEY, "m").await;
+    assert_eq!(status, 429, "the counters were not saved");
+}

@@ -106,10 +106,15 @@ impl Sluice {
     }
 
     /// [`Sluice::start_with`] in `dir` (a data file left by an earlier run).
-    pub fn start_in_with(dir: &std::path::Path, policy: &str, args: &[&str]) -> Self {
+    pub fn start_in_with(
+        dir: &std::path::Path,
+        policy: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Self {
         let mut all = vec!["--listen", "127.0.0.1:0"];
         all.extend_from_slice(args);
-        Self::launch(dir, policy, &[], &all, "sluice listening on ", Launch::Plain)
+        Self::launch(dir, policy, env, &all, "sluice listening on ", Launch::Plain)
     }
 
     /// Starts `sluice serve` allowed to run on one CPU only (`taskset`), as
