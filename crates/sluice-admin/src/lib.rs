@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+mod audit;
 pub mod control;
 
 use std::future::Future;

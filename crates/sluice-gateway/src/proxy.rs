@@ -65,7 +65,10 @@ pub(crate) fn models<S: CounterStore>(
 ) -> Response<ResponseBody> {
     let tenant = match authenticate(rt, headers, gw.clock.now()) {
         Ok(k) => &rt.tenants[k.tenant],
-        Err(e) => return error_response(&e),
+        Err(e) => {
+            gw.key_refused();
+            return error_response(&e);
+        }
     };
     let tier = tenant.facts.tier();
     let data: Vec<serde_json::Value> = rt
@@ -156,7 +159,10 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     // Who: 401 before anything is read or counted.
     let key = match authenticate(rt, req.headers(), gw.clock.now()) {
         Ok(k) => k,
-        Err(e) => return error_response(&e),
+        Err(e) => {
+            gw.key_refused();
+            return error_response(&e);
+        }
     };
     let tenant = &rt.tenants[key.tenant];
     let (mut parts, body) = req.into_parts();

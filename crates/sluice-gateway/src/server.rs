@@ -16,7 +16,7 @@ use sluice_llm::error::ApiError;
 use tokio::net::TcpListener;
 
 use crate::body::{ResponseBody, full};
-use crate::edge::{ListenerOptions, RequestBody, serve_connections};
+use crate::edge::{ListenerOptions, RequestBody, Throttle, serve_connections};
 use crate::proxy::{error_response, models, proxy};
 use crate::request_id::RequestIds;
 use crate::runtime::Runtime;
@@ -32,6 +32,20 @@ pub struct Gateway<S> {
     pub estimator: Arc<Estimator>,
     /// Request ids: keyed with a secret of this process.
     ids: RequestIds,
+    /// Requests refused for their API key, for the log.
+    refused_keys: Throttle,
+    started: std::time::Instant,
+}
+
+impl<S> Gateway<S> {
+    /// Counts a request refused for its API key (missing, unknown or
+    /// expired): one warning a second at most, with the count, never the
+    /// key.
+    pub fn key_refused(&self) {
+        if let Some(n) = self.refused_keys.hit(self.started) {
+            tracing::warn!(target: "sluice::audit", refused = n, "requests refused for a missing, unknown or expired API key");
+        }
+    }
 }
 
 impl<S: CounterStore + Clone + Unpin> Gateway<S> {
@@ -48,6 +62,8 @@ impl<S: CounterStore + Clone + Unpin> Gateway<S> {
             clock,
             estimator,
             ids: RequestIds::new(),
+            refused_keys: Throttle::default(),
+            started: std::time::Instant::now(),
         })
     }
 

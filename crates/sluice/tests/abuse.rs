@@ -414,3 +414,83 @@ async fn shutdown_with_stuck_clients_ends_within_the_grace_and_saves_counters() 
     let (_, status) = fresh_chat(&s.url, KEY, "m").await;
     assert_eq!(status, 429, "the counters were not saved");
 }
+
+/// Every admin write leaves one audit line (method, route, tenant, key id,
+/// status) and refused API keys one warning a second with a count; no line
+/// carries the admin token, a key's secret, or a refused key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_writes_and_refused_keys_are_logged_without_secrets() {
+    let text =
+        policy("") + "\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"SLUICE_ADMIN_TOKEN\"\n";
+    let env =
+        [("SLUICE_ADMIN_TOKEN", common::ADMIN_TOKEN), ("RUST_LOG", "warn,sluice::audit=info")];
+    let mut s = Sluice::start(&text, &env);
+    let ops = common::Ops::of(&mut s);
+    ops.tenant(serde_json::json!({"id": "acme", "tier": "free"})).await;
+    let (_, first) = ops.key("acme", serde_json::json!({"id": "ci"})).await;
+    let (st, v) = ops.call(reqwest::Method::POST, "/tenants/acme/keys/ci/rotate", None).await;
+    assert_eq!(st, 201, "{v}");
+    let rotated = v["secret"].as_str().unwrap().to_owned();
+    let (st, _) = ops.call(reqwest::Method::DELETE, "/tenants/acme/keys/ci", None).await;
+    assert!(st < 500, "{st}");
+    // Reads are not audited.
+    let (st, _) = ops.call(reqwest::Method::GET, "/tenants/acme", None).await;
+    assert_eq!(st, 200);
+    // Wrong admin tokens and wrong API keys.
+    let c = common::client();
+    for _ in 0..5 {
+        let r = c
+            .post(format!("{}/admin/v1/tenants", ops.base))
+            .bearer_auth("not-the-admin-token-XYZZY")
+            .json(&serde_json::json!({"id": "evil"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let wrong = "sk-wrong-key-PLUGH-0123456789";
+    for _ in 0..50 {
+        let r = common::post(
+            &c,
+            &format!("{}/v1/chat/completions", s.url),
+            Some(wrong),
+            &common::chat("m", 5),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status(), 401);
+    }
+    let (_, err) = s.terminate();
+    let audit: Vec<&str> = err.lines().filter(|l| l.contains("sluice::audit")).collect();
+    let writes: Vec<&&str> = audit.iter().filter(|l| l.contains("admin write")).collect();
+    assert_eq!(writes.len(), 4, "{audit:#?}");
+    assert!(
+        writes.iter().any(|l| l.contains("method=POST")
+            && l.contains("route=/admin/v1/tenants/{id}/keys/{key}/rotate")
+            && l.contains("tenant=Some(\"acme\")")
+            && l.contains("key=Some(\"ci\")")
+            && l.contains("status=201")),
+        "{writes:#?}"
+    );
+    assert!(writes.iter().any(|l| l.contains("method=DELETE")), "{writes:#?}");
+    let refused: Vec<&&str> = audit.iter().filter(|l| l.contains("API key")).collect();
+    assert!(!refused.is_empty() && refused.len() <= 3, "one line a second: {refused:#?}");
+    let counted: u64 = refused
+        .iter()
+        .map(|l| {
+            l.split("refused=")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    assert!(counted >= 1 && counted <= 50, "{refused:#?}");
+    assert!(audit.iter().any(|l| l.contains("admin API calls refused")), "{audit:#?}");
+    for secret in [common::ADMIN_TOKEN, "XYZZY", first.as_str(), rotated.as_str(), "PLUGH"] {
+        assert!(!err.contains(secret), "the log shows a secret ({secret}):\n{err}");
+    }
+}

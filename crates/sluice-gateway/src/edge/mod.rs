@@ -130,16 +130,17 @@ impl ListenerState {
     }
 }
 
-/// One warning per second at most, with how many were not written.
-#[derive(Default)]
-pub(crate) struct Throttle {
+/// One log line per second at most, with how many events it stands for.
+#[derive(Debug, Default)]
+pub struct Throttle {
     last: AtomicU64,
     count: AtomicU64,
 }
 
 impl Throttle {
-    /// Counts one event; `Some(n)`: write a warning for `n` events now.
-    pub(crate) fn hit(&self, epoch: Instant) -> Option<u64> {
+    /// Counts one event (`epoch`: any fixed instant); `Some(n)`: write a
+    /// line for `n` events now.
+    pub fn hit(&self, epoch: Instant) -> Option<u64> {
         self.count.fetch_add(1, Ordering::Relaxed);
         let now = epoch.elapsed().as_secs() + 1;
         let last = self.last.load(Ordering::Relaxed);
