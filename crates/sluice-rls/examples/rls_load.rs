@@ -96,6 +96,7 @@ base_url = "http://127.0.0.1:9/v1"
 
 [decisions]
 grpc_listen = "127.0.0.1:8081"
+token_env = "SLUICE_DECISIONS_TOKEN"
 
 [headers]
 families = ["requests", "tokens", "requests-day", "tokens-day"]
