@@ -17,6 +17,10 @@ use tokio::net::TcpStream;
 
 const KEY: &str = "sk-abuse-tenant-key";
 
+/// The cases run one at a time: each floods its own server, and timing
+/// bounds should measure Sluice, not the other cases' load.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A policy with one tenant and the built-in mock; `server` is the body of
 /// `[server]`.
 fn policy(server: &str) -> String {
@@ -69,6 +73,7 @@ async fn served_promptly(url: &str, bound: Duration) {
 /// normal client is served in under 100 ms all the while.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_is_closed_after_the_head_timeout() {
+    let _one = ONE_AT_A_TIME.lock().await;
     raise_nofile();
     let s = Sluice::start(&policy("head_timeout = \"1s\""), &[]);
     let to = addr(&s.url);
@@ -103,6 +108,7 @@ async fn slowloris_is_closed_after_the_head_timeout() {
 /// stalls, after the body timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_idle_and_stalled_connections_are_closed() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let s = Sluice::start(
         &policy("head_timeout = \"500ms\"\nidle_timeout = \"1s\"\nbody_timeout = \"1s\""),
         &[],
@@ -138,6 +144,7 @@ async fn silent_idle_and_stalled_connections_are_closed() {
 /// client nor run the process out of descriptors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_cap_do_not_stop_a_normal_client() {
+    let _one = ONE_AT_A_TIME.lock().await;
     raise_nofile();
     let text = policy("max_connections = 100\nhead_timeout = \"30s\"");
     let s = Sluice::start_with(&text, &[], &[], Some(256));
@@ -155,6 +162,7 @@ async fn connections_past_the_cap_do_not_stop_a_normal_client() {
 /// `retry-after` and is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_cap_with_every_connection_busy_is_a_503() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let s = Sluice::start_with(&policy("max_connections = 3"), &[], &["--mock-controls"], None);
     let to = addr(&s.url);
     let body = r#"{"model":"m","messages":[{"role":"user","content":""}]}"#;
@@ -178,6 +186,7 @@ async fn past_the_cap_with_every_connection_busy_is_a_503() {
 /// 64 MiB (hyper's default buffer, ~400 KiB, let it hold ~250 MiB).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_sent_heads_cost_little_memory() {
+    let _one = ONE_AT_A_TIME.lock().await;
     raise_nofile();
     let s = Sluice::start(&policy("head_timeout = \"60s\""), &[]);
     let to = addr(&s.url);
@@ -203,6 +212,7 @@ async fn half_sent_heads_cost_little_memory() {
 /// memory grows by less than 96 MiB (without the budget: ~600 MiB).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_large_bodies_stay_within_the_memory_budget() {
+    let _one = ONE_AT_A_TIME.lock().await;
     raise_nofile();
     let text = policy("body_memory_bytes = 33554432\nbody_timeout = \"60s\"");
     let s = Sluice::start(&text, &[]);
@@ -264,6 +274,7 @@ async fn slow_large_bodies_stay_within_the_memory_budget() {
 /// response nor what is charged. Its data file is its owner's only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mock_controls_have_no_effect_on_the_quickstart() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let s = Sluice::start(&common::example("quickstart.toml"), &[]);
     let c = common::client();
     let url = format!("{}/v1/chat/completions", s.url);
@@ -309,6 +320,7 @@ async fn mock_controls_have_no_effect_on_the_quickstart() {
 /// upstream's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_stay_on_their_hop() {
+    let _one = ONE_AT_A_TIME.lock().await;
     // An upstream that records the head it gets and answers with headers
     // of its own hop.
     let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -373,6 +385,7 @@ async fn hop_by_hop_headers_stay_on_their_hop() {
 /// saved the counters, and a restart on the same data file sees them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_with_stuck_clients_ends_within_the_grace_and_saves_counters() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let text = policy("shutdown_grace = \"2s\"").replace("rpm = 1000000", "rpm = 4")
         + "\n[data]\nsave_every = \"1h\"\n\n[decisions]\ngrpc_listen = \"127.0.0.1:0\"\ntoken_env = \"DECISIONS_TOKEN\"\n";
     let env = [("DECISIONS_TOKEN", "a-decisions-token-for-tests"), ("RUST_LOG", "info")];
@@ -420,6 +433,7 @@ async fn shutdown_with_stuck_clients_ends_within_the_grace_and_saves_counters() 
 /// carries the admin token, a key's secret, or a refused key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_writes_and_refused_keys_are_logged_without_secrets() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let text =
         policy("") + "\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"SLUICE_ADMIN_TOKEN\"\n";
     let env =
