@@ -103,7 +103,8 @@ async fn slowloris_is_closed_after_the_head_timeout() {
     served_promptly(&s.url, Duration::from_millis(100)).await;
 }
 
-/// A connection that sends nothing is closed after the head timeout; one
+/// A connection that sends nothing (or half an HTTP/2 preface) is closed
+/// after the head timeout; one
 /// kept alive after a response, after the idle timeout; one whose body
 /// stalls, after the body timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,6 +120,10 @@ async fn silent_idle_and_stalled_connections_are_closed() {
     let t = Instant::now();
     assert!(closed_within(&mut silent, Duration::from_secs(3)).await, "silent connection kept");
     assert!(t.elapsed() >= Duration::from_millis(400), "closed too early: {:?}", t.elapsed());
+    // An HTTP/2 preface that stops half-way, likewise.
+    let mut preface = TcpStream::connect(to).await.unwrap();
+    preface.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    assert!(closed_within(&mut preface, Duration::from_secs(3)).await, "half a preface kept");
     // Idle after a response: open past the head timeout, closed after idle.
     let mut idle = TcpStream::connect(to).await.unwrap();
     idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
