@@ -208,11 +208,19 @@ where
                 }
                 return Poll::Ready(());
             }
-            let now = state.listener.now_ms();
             let (mut deadline, expiry) = state.deadline();
             if let Some(c) = closing {
                 deadline = deadline.min(c);
             }
+            // Nothing moved earlier and the timer has not fired: wait (no
+            // clock read on this path, the one every request takes).
+            if deadline >= armed && !sleep.is_elapsed() {
+                return match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => continue,
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+            let now = state.listener.now_ms();
             if deadline <= now {
                 match (expiry, closing) {
                     (Expiry::Idle, None) => {
@@ -237,10 +245,8 @@ where
             } else {
                 deadline
             };
-            if next < armed || sleep.is_elapsed() {
-                sleep.as_mut().reset(at(next));
-                armed = next;
-            }
+            sleep.as_mut().reset(at(next));
+            armed = next;
             match sleep.as_mut().poll(cx) {
                 Poll::Ready(()) => continue,
                 Poll::Pending => return Poll::Pending,
