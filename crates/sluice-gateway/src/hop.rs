@@ -8,6 +8,7 @@ use http::HeaderMap;
 use http::header::{CONNECTION, HeaderName};
 
 /// Headers that are always hop-by-hop.
+#[inline(always)]
 pub(crate) fn fixed(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
@@ -23,13 +24,30 @@ pub(crate) fn fixed(name: &HeaderName) -> bool {
     )
 }
 
-/// Removes the headers every `Connection` header of `headers` nominates
-/// (call before `Connection` itself is removed). Nothing to do, and one
-/// lookup, when there is none.
-pub(crate) fn remove_nominated(headers: &mut HeaderMap) {
-    if !headers.contains_key(CONNECTION) {
-        return;
+/// Removes the headers `doomed` names and, when there is a `Connection`
+/// header, every header it nominates: one pass over the names, no lookup
+/// when there is none.
+pub(crate) fn strip(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    let mut connection = false;
+    let names: smallvec::SmallVec<[HeaderName; 8]> = headers
+        .keys()
+        .filter(|n| {
+            connection |= *n == CONNECTION;
+            doomed(n)
+        })
+        .cloned()
+        .collect();
+    if connection {
+        remove_nominated(headers);
     }
+    for name in &names {
+        headers.remove(name);
+    }
+}
+
+/// Removes the headers every `Connection` header of `headers` nominates
+/// (call before `Connection` itself is removed).
+pub(crate) fn remove_nominated(headers: &mut HeaderMap) {
     let nominated: smallvec::SmallVec<[HeaderName; 4]> = headers
         .get_all(CONNECTION)
         .iter()
@@ -62,5 +80,9 @@ mod tests {
         remove_nominated(&mut h);
         assert!(!h.contains_key("x-secret") && !h.contains_key("x-other"));
         assert!(h.contains_key("x-kept") && h.contains_key(CONNECTION));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        strip(&mut h, fixed);
+        assert!(!h.contains_key("x-secret") && !h.contains_key(CONNECTION));
+        assert!(h.contains_key("x-kept"));
     }
 }

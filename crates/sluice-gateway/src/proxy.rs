@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 use sluice_config::gateway::UpstreamFailure;
 use sluice_core::{Clock, Cost, CounterStore, Usage};
 use sluice_llm::error::ApiError;
-use sluice_llm::headers::{HeaderOptions, insert_headers, is_rate_limit_header, remove_headers};
+use sluice_llm::headers::{HeaderOptions, insert_headers, is_rate_limit_header};
 use sluice_llm::usage::SseUsageTap;
 use sluice_llm::{RewriteOptions, expected_output, force_include_usage};
 
@@ -30,7 +30,7 @@ const INLINE_TOKENIZE_BYTES: usize = 32 * 1024;
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus
 /// those the gateway sets itself. Those `Connection` nominates go too
-/// ([`hop::remove_nominated`]).
+/// ([`hop::strip`]).
 fn skip_request_header(name: &HeaderName) -> bool {
     hop::fixed(name)
         || matches!(name.as_str(), "host" | "authorization" | "content-length" | "x-request-id")
@@ -265,8 +265,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     // The client's headers, less those of this hop.
     let h = up.headers_mut();
     *h = std::mem::take(&mut parts.headers);
-    hop::remove_nominated(h);
-    remove_headers(h, skip_request_header);
+    hop::strip(h, skip_request_header);
     if let Some(auth) = upstream.auth() {
         h.insert(header::AUTHORIZATION, auth.clone());
     }
@@ -310,8 +309,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     // The upstream's headers, less those of this hop and its own rate limits.
     let out = r.headers_mut();
     *out = std::mem::take(&mut head.headers);
-    hop::remove_nominated(out);
-    remove_headers(out, |n| skip_response_header(n) || is_rate_limit_header(n));
+    hop::strip(out, |n| skip_response_header(n) || is_rate_limit_header(n));
     insert_headers(out, &decision, &rt.policy, now, &opts);
     r
 }

@@ -51,22 +51,18 @@ impl RequestIds {
 
     /// The next id.
     pub(crate) fn next(&self) -> HeaderValue {
-        let (a, b) = match random16() {
-            Some(r) => {
-                let (hi, lo) = r.split_at(8);
-                let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
-                (word(hi), word(lo))
-            }
-            None => {
-                let n = self.seq.fetch_add(1, Ordering::Relaxed);
-                (self.high.hash_one(n), self.low.hash_one(n))
-            }
-        };
+        let bytes = random16().unwrap_or_else(|| {
+            let n = self.seq.fetch_add(1, Ordering::Relaxed);
+            let mut b = [0u8; 16];
+            b[..8].copy_from_slice(&self.high.hash_one(n).to_be_bytes());
+            b[8..].copy_from_slice(&self.low.hash_one(n).to_be_bytes());
+            b
+        });
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut id = *b"req_00000000000000000000000000000000";
-        for (i, digit) in id[4..].iter_mut().enumerate() {
-            let word = if i < 16 { a } else { b };
-            *digit = HEX[((word >> (60 - 4 * (i % 16))) & 0xf) as usize];
+        for (pair, b) in id[4..].chunks_exact_mut(2).zip(bytes) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 0xf)];
         }
         HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("req_0"))
     }
