@@ -25,7 +25,9 @@ use sluice_gateway::auth::{bearer, hash_secret, hash_text, same};
 use sluice_gateway::runtime::tenant_spec;
 use sluice_store::{KeyRecord, OverrideRecord, TenantRecord, TenantStore};
 
+use crate::audit::Audit;
 use crate::control::{Control, ReloadError};
+use sluice_gateway::edge::Throttle;
 
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -35,12 +37,20 @@ pub struct AdminState<S, T> {
     /// The policy, tenants and gateway.
     pub control: Arc<Control<S, T>>,
     token: [u8; 32],
+    /// Calls refused for their token, for the log.
+    refused: Throttle,
+    started: std::time::Instant,
 }
 
 impl<S, T> AdminState<S, T> {
     /// State for an API that requires `token` as its bearer token.
     pub fn new(control: Arc<Control<S, T>>, token: &str) -> Arc<Self> {
-        Arc::new(Self { control, token: hash_secret(token) })
+        Arc::new(Self {
+            control,
+            token: hash_secret(token),
+            refused: Throttle::default(),
+            started: std::time::Instant::now(),
+        })
     }
 }
 
@@ -144,13 +154,25 @@ where
     T: Send + Sync + 'static,
 {
     match bearer(req.headers()) {
-        Some(t) if same(&hash_secret(t), &st.token) => next.run(req).await,
-        _ => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the admin API needs `Authorization: Bearer <admin token>`",
-        )
-        .into_response(),
+        Some(t) if same(&hash_secret(t), &st.token) => {
+            let audit = Audit::of(&req);
+            let resp = next.run(req).await;
+            if let Some(a) = audit {
+                a.done(resp.status());
+            }
+            resp
+        }
+        _ => {
+            if let Some(n) = st.refused.hit(st.started) {
+                tracing::warn!(target: "sluice::audit", refused = n, "admin API calls refused for a missing or wrong token");
+            }
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the admin API needs `Authorization: Bearer <admin token>`",
+            )
+            .into_response()
+        }
     }
 }
 

@@ -4,27 +4,38 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+mod audit;
 pub mod control;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use sluice_core::CounterStore;
+use sluice_gateway::ListenerOptions;
+use sluice_gateway::edge::RequestBody;
 use sluice_store::TenantStore;
 use tokio::net::TcpListener;
 
 pub use api::{AdminState, OPENAPI, router};
 pub use control::{Control, MockUrls, ReloadError};
 
-/// Serves the admin API on `listener` until `shutdown` completes.
+/// Serves the admin API on `listener` (through Sluice's hardened accept
+/// loop: `opts`' timeouts and caps) until `shutdown` completes, then lets
+/// calls in flight finish for up to `opts.grace`.
 pub async fn serve<S, T>(
     listener: TcpListener,
     state: Arc<AdminState<S, T>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    opts: ListenerOptions,
 ) -> std::io::Result<()>
 where
     S: CounterStore + Clone + Unpin,
     T: TenantStore + Clone,
 {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let router = router(state);
+    let service = hyper::service::service_fn(move |req: http::Request<RequestBody>| {
+        let mut router = router.clone();
+        async move { tower_service::Service::call(&mut router, req).await }
+    });
+    sluice_gateway::serve_connections(listener, service, shutdown, opts).await
 }

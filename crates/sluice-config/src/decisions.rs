@@ -24,6 +24,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::gateway::Problems;
+use crate::listener::{ListenerLimits, limits};
 use crate::raw::RawFile;
 
 /// The largest cost one decision may carry unless `max_cost` says otherwise.
@@ -50,6 +51,16 @@ pub struct RawDecisions {
     pub max_cost: Option<Spanned<i64>>,
     /// Which descriptor keys carry which request facts.
     pub descriptors: Option<Spanned<RawDescriptorKeys>>,
+    /// Time to receive a request head (`10s`).
+    pub head_timeout: Option<Spanned<String>>,
+    /// Time to receive a request body.
+    pub body_timeout: Option<Spanned<String>>,
+    /// How long a connection with no request in flight stays open (`60s`).
+    pub idle_timeout: Option<Spanned<String>>,
+    /// Open connections at most.
+    pub max_connections: Option<Spanned<i64>>,
+    /// Bytes of a request head at most (`32768`).
+    pub max_head_bytes: Option<Spanned<i64>>,
 }
 
 /// `[decisions.descriptors]` as written.
@@ -132,6 +143,8 @@ pub struct DecisionsConfig {
     pub token_env: Option<String>,
     /// Costs above this are refused as invalid.
     pub max_cost: u64,
+    /// Timeouts and caps of both listeners (each its own cap).
+    pub limits: ListenerLimits,
 }
 
 fn listen(v: &Spanned<String>, field: &str, problems: &mut Problems) -> Option<SocketAddr> {
@@ -285,6 +298,23 @@ pub(crate) fn decisions(
         }
     }
 
+    // Whoever reaches the decision service can charge any tenant: its
+    // callers authenticate, except a JSON API only this host can reach.
+    let http_remote = http_listen.is_some_and(|a| !a.ip().is_loopback());
+    if token_env.is_none() && (grpc_listen.is_some() || http_remote) {
+        let why = if grpc_listen.is_some() {
+            "the gRPC service needs a token (Envoy sends it with `initial_metadata`: `authorization: Bearer <token>`)"
+        } else {
+            "a JSON API on a non-loopback address needs a token"
+        };
+        problems.push((
+            Some(section.span()),
+            "decisions.token_env".into(),
+            format!(
+                "{why}: set `token_env` to the environment variable holding it (see docs/DEPLOYMENT.md); only a JSON API on a loopback address may go without one"
+            ),
+        ));
+    }
     Some(DecisionsConfig {
         grpc_listen,
         http_listen,
@@ -294,6 +324,7 @@ pub(crate) fn decisions(
         default_endpoint,
         token_env,
         max_cost,
+        limits: limits(r.limits(), "decisions", ListenerLimits::DECISIONS, problems),
     })
 }
 
@@ -311,6 +342,23 @@ mod tests {
             .map_err(|e| e.to_string())
     }
 
+    /// The gRPC service always needs a token; the JSON API unless it
+    /// listens on loopback only.
+    #[test]
+    fn callers_must_authenticate() {
+        let e = parse("[decisions]\ngrpc_listen = \"127.0.0.1:0\"\n").unwrap_err();
+        assert!(
+            e.contains("p.toml:2")
+                && e.contains("decisions.token_env: the gRPC service needs a token"),
+            "{e}"
+        );
+        let e = parse("[decisions]\nhttp_listen = \"0.0.0.0:8082\"\n").unwrap_err();
+        assert!(e.contains("a JSON API on a non-loopback address needs a token"), "{e}");
+        assert!(parse("[decisions]\nhttp_listen = \"127.0.0.1:0\"\n").is_ok());
+        assert!(parse("[decisions]\nhttp_listen = \"[::1]:0\"\n").is_ok());
+        assert!(parse("[decisions]\nhttp_listen = \"0.0.0.0:1\"\ntoken_env = \"T\"\n").is_ok());
+    }
+
     #[test]
     fn no_section_no_service() {
         assert_eq!(parse("").unwrap(), None);
@@ -318,14 +366,16 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let d = parse("[decisions]\ngrpc_listen = \"127.0.0.1:0\"\n").unwrap().unwrap();
+        let d = parse("[decisions]\ngrpc_listen = \"127.0.0.1:0\"\ntoken_env = \"T\"\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(d.grpc_listen, Some("127.0.0.1:0".parse().unwrap()));
         assert_eq!(d.http_listen, None);
         assert_eq!(d.domains, vec!["sluice".to_owned()]);
         assert_eq!(d.descriptors, DescriptorKeys::default());
         assert_eq!(d.hits_addend, HitsAddend::Tokens);
         assert_eq!(d.default_endpoint, "chat");
-        assert_eq!(d.token_env, None);
+        assert_eq!(d.token_env.as_deref(), Some("T"));
         assert_eq!(d.max_cost, DEFAULT_MAX_COST);
     }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use sluice_core::Period;
 use toml::Spanned;
 
+use crate::listener::{DEFAULT_BODY_MEMORY_BYTES, ListenerLimits, bounded, limits};
 use crate::raw::RawFile;
 
 /// What a request costs when its upstream fails.
@@ -189,6 +190,10 @@ pub struct GatewayConfig {
     pub data_path: Option<std::path::PathBuf>,
     /// How often counters are saved to the data file.
     pub save_every: Duration,
+    /// The proxy listener's timeouts and caps.
+    pub limits: ListenerLimits,
+    /// Bytes of request bodies in flight at once, across every listener.
+    pub body_memory_bytes: usize,
 }
 
 /// `[admin]`, validated.
@@ -198,6 +203,8 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// The environment variable holding its bearer token.
     pub token_env: String,
+    /// Its listener's timeouts and caps.
+    pub limits: ListenerLimits,
 }
 
 impl Default for GatewayConfig {
@@ -215,6 +222,8 @@ impl Default for GatewayConfig {
             admin: None,
             data_path: None,
             save_every: Duration::from_secs(5),
+            limits: ListenerLimits::SERVER,
+            body_memory_bytes: DEFAULT_BODY_MEMORY_BYTES,
         }
     }
 }
@@ -386,8 +395,9 @@ pub(crate) fn gateway(raw: &RawFile, problems: &mut Problems) -> GatewayConfig {
                 format!("`{token_env}` is not an environment variable name"),
             ));
         }
+        let limits = limits(a.limits(), "admin", ListenerLimits::ADMIN, problems);
         if let Some(listen) = listen {
-            g.admin = Some(AdminConfig { listen, token_env });
+            g.admin = Some(AdminConfig { listen, token_env, limits });
         }
     }
     if let Some(d) = &raw.data {
@@ -441,6 +451,14 @@ pub(crate) fn gateway(raw: &RawFile, problems: &mut Problems) -> GatewayConfig {
             && let Some(d) = duration(d, "server.no_retry_after", problems)
         {
             g.no_retry_after = d;
+        }
+        g.limits = limits(s.limits(), "server", ListenerLimits::SERVER, problems);
+        if let Some(n) = s
+            .body_memory_bytes
+            .as_ref()
+            .and_then(|v| bounded(v, "server.body_memory_bytes".into(), 1, problems))
+        {
+            g.body_memory_bytes = n;
         }
     }
     if let Some(t) = &raw.tokens {

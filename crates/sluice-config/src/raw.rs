@@ -59,6 +59,16 @@ pub struct RawAdmin {
     pub listen: Option<Spanned<String>>,
     /// The environment variable holding the admin API's bearer token.
     pub token_env: Option<Spanned<String>>,
+    /// Time to receive a request head (`10s`).
+    pub head_timeout: Option<Spanned<String>>,
+    /// Time to receive a request body.
+    pub body_timeout: Option<Spanned<String>>,
+    /// How long a connection with no request in flight stays open (`60s`).
+    pub idle_timeout: Option<Spanned<String>>,
+    /// Open connections at most.
+    pub max_connections: Option<Spanned<i64>>,
+    /// Bytes of a request head at most (`32768`).
+    pub max_head_bytes: Option<Spanned<i64>>,
 }
 
 /// `[data]`
@@ -111,6 +121,18 @@ pub struct RawServer {
     pub shutdown_grace: Option<Spanned<String>>,
     /// Waits longer than this get `x-should-retry: false` (default `60s`).
     pub no_retry_after: Option<Spanned<String>>,
+    /// Time to receive a request head (`10s`).
+    pub head_timeout: Option<Spanned<String>>,
+    /// Time to receive a request body.
+    pub body_timeout: Option<Spanned<String>>,
+    /// How long a connection with no request in flight stays open (`60s`).
+    pub idle_timeout: Option<Spanned<String>>,
+    /// Open connections at most.
+    pub max_connections: Option<Spanned<i64>>,
+    /// Bytes of a request head at most (`32768`).
+    pub max_head_bytes: Option<Spanned<i64>>,
+    /// Bytes of request bodies in flight at once, across every listener.
+    pub body_memory_bytes: Option<Spanned<i64>>,
 }
 
 /// `[tokens]`
@@ -368,3 +390,21 @@ pub struct RawKey {
     #[serde(default)]
     pub exempt: Vec<Spanned<String>>,
 }
+
+macro_rules! raw_limits {
+    ($($t:ty),*) => {$(
+        impl $t {
+            /// The listener limits as written.
+            pub(crate) fn limits(&self) -> crate::listener::RawLimits<'_> {
+                crate::listener::RawLimits {
+                    head_timeout: self.head_timeout.as_ref(),
+                    body_timeout: self.body_timeout.as_ref(),
+                    idle_timeout: self.idle_timeout.as_ref(),
+                    max_connections: self.max_connections.as_ref(),
+                    max_head_bytes: self.max_head_bytes.as_ref(),
+                }
+            }
+        }
+    )*};
+}
+raw_limits!(RawServer, RawAdmin, crate::decisions::RawDecisions);

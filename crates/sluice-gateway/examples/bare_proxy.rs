@@ -13,14 +13,14 @@ use std::time::Duration;
 use http::{Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper::service::service_fn;
 use sluice_config::gateway::{Upstream, UpstreamTarget};
+use sluice_gateway::edge::RequestBody;
 use sluice_gateway::upstream::UpstreamClient;
 
 type Body = UnsyncBoxBody<bytes::Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
-async fn forward(up: &UpstreamClient, req: Request<Incoming>) -> Response<Body> {
+async fn forward(up: &UpstreamClient, req: Request<RequestBody>) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
     let Some(uri) = up.uri(parts.uri.path()) else {
@@ -68,7 +68,7 @@ fn main() -> anyhow::Result<()> {
             listener,
             service,
             std::future::pending(),
-            Duration::ZERO,
+            sluice_gateway::ListenerOptions::standalone("bare"),
         )
         .await?;
         Ok(())

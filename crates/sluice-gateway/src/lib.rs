@@ -14,10 +14,14 @@
 
 pub mod auth;
 pub mod body;
+pub mod edge;
+mod hop;
 mod proxy;
+mod request_id;
 pub mod runtime;
 mod server;
 pub mod upstream;
 
+pub use edge::{BodyBudget, ListenerOptions, serve_connections};
 pub use runtime::{Runtime, RuntimeError};
-pub use server::{Gateway, serve, serve_connections, tokio_runtime};
+pub use server::{Gateway, serve, tokio_runtime};

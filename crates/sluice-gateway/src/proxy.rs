@@ -6,20 +6,21 @@ use std::sync::Arc;
 
 use std::borrow::Cow;
 
+use crate::edge::{BodyError, RequestBody};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use sluice_config::gateway::UpstreamFailure;
 use sluice_core::{Clock, Cost, CounterStore, Decision, Outcome, Plan, Usage};
 use sluice_llm::error::ApiError;
-use sluice_llm::headers::{HeaderOptions, insert_headers, is_rate_limit_header, remove_headers};
+use sluice_llm::headers::{HeaderOptions, insert_headers, is_rate_limit_header};
 use sluice_llm::usage::SseUsageTap;
 use sluice_llm::{RewriteOptions, expected_output, force_include_usage};
 
 use crate::auth::AuthError;
 use crate::body::{JsonFrames, Metered, ResponseBody, Settler, Tap, full};
+use crate::hop;
 use crate::runtime::{Endpoint, KeyEntry, Route, Runtime, Tenant};
 use crate::server::Gateway;
 use crate::upstream::SendError;
@@ -37,44 +38,24 @@ fn declared_length(headers: &HeaderMap) -> Option<usize> {
 }
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus
-/// those the gateway sets itself.
+/// those the gateway sets itself. Those `Connection` nominates go too
+/// ([`hop::strip`]).
 fn skip_request_header(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "host"
-            | "authorization"
-            | "content-length"
-            | "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "x-request-id"
-    )
+    hop::fixed(name)
+        || matches!(name.as_str(), "host" | "authorization" | "content-length" | "x-request-id")
 }
 
 fn skip_response_header(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "content-length"
-            | "x-request-id"
-    )
+    hop::fixed(name) || matches!(name.as_str(), "content-length" | "x-request-id")
 }
 
 pub(crate) fn error_response(e: &ApiError) -> Response<ResponseBody> {
     let mut r = Response::new(full(e.body()));
     *r.status_mut() = e.status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if e.status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
     r
 }
 
@@ -93,7 +74,10 @@ pub(crate) fn models<S: CounterStore>(
 ) -> Response<ResponseBody> {
     let tenant = match authenticate(rt, headers, gw.clock.now()) {
         Ok(k) => &rt.tenants[k.tenant],
-        Err(e) => return error_response(&e),
+        Err(e) => {
+            gw.key_refused();
+            return error_response(&e);
+        }
     };
     let tier = tenant.facts.tier();
     let data: Vec<serde_json::Value> = rt
@@ -135,13 +119,15 @@ pub(crate) fn authenticate<'r>(
 
 /// Reads a request body, refusing more than `limit` bytes. A body that comes
 /// in one frame (a small request's usual case) is kept as it is, not copied.
-async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+async fn read_body(mut body: RequestBody, limit: usize) -> Result<Bytes, ApiError> {
     let mut first: Option<Bytes> = None;
     let mut more: Option<BytesMut> = None;
     let mut len = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = frame
-            .map_err(|_| ApiError::bad_request("The request body could not be read.", None))?;
+        let frame = frame.map_err(|e| match e {
+            BodyError::Busy => ApiError::busy(),
+            _ => ApiError::bad_request("The request body could not be read.", None),
+        })?;
         let Ok(data) = frame.into_data() else { continue };
         len += data.len();
         if len > limit {
@@ -170,7 +156,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     gw: &Arc<Gateway<S>>,
     rt: &Runtime,
     endpoint: &Endpoint,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     request_id: &HeaderValue,
 ) -> Response<ResponseBody> {
     if req.method() != Method::POST {
@@ -182,7 +168,10 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     // Who: 401 before anything is read or counted.
     let key = match authenticate(rt, req.headers(), gw.clock.now()) {
         Ok(k) => k,
-        Err(e) => return error_response(&e),
+        Err(e) => {
+            gw.key_refused();
+            return error_response(&e);
+        }
     };
     let tenant = &rt.tenants[key.tenant];
     let opts = HeaderOptions { no_retry_after: rt.settings.no_retry_after };
@@ -331,7 +320,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     // The client's headers, less those of this hop.
     let h = up.headers_mut();
     *h = std::mem::take(&mut parts.headers);
-    remove_headers(h, skip_request_header);
+    hop::strip(h, skip_request_header);
     if let Some(auth) = upstream.auth() {
         h.insert(header::AUTHORIZATION, auth.clone());
     }
@@ -375,7 +364,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     // The upstream's headers, less those of this hop and its own rate limits.
     let out = r.headers_mut();
     *out = std::mem::take(&mut head.headers);
-    remove_headers(out, |n| skip_response_header(n) || is_rate_limit_header(n));
+    hop::strip(out, |n| skip_response_header(n) || is_rate_limit_header(n));
     insert_headers(out, &decision, &rt.policy, now, &opts);
     r
 }
@@ -424,7 +413,7 @@ const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Reads and drops a request body in the background: at most `limit` bytes
 /// for at most [`DRAIN_FOR`]; past either the connection is closed.
-fn drain(mut body: Incoming, limit: usize) {
+fn drain(mut body: RequestBody, limit: usize) {
     tokio::spawn(async move {
         let mut left = limit;
         let read = async {

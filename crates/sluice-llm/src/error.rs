@@ -182,6 +182,17 @@ impl ApiError {
         )
     }
 
+    /// 503 when the request bodies in flight already fill the memory budget
+    /// (`server.body_memory_bytes`): send `retry-after`.
+    pub fn busy() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The server is receiving too many request bodies at once. Please retry shortly.",
+            "server_error",
+            Some("server_busy"),
+        )
+    }
+
     /// 429 for a tenant whose quota or budget is exhausted (send
     /// `x-should-retry: false`, no `retry-after`).
     pub fn insufficient_quota() -> Self {

@@ -13,7 +13,7 @@ use sluice_mock::{MockConfig, serve};
 use tokio::net::TcpListener;
 
 const USAGE: &str = "usage: mock_upstream [ADDR] [--latency-ms N] [--chunk-delay-ms N] \
-                     [--tokens N] [--dims N] [--model NAME]...";
+                     [--tokens N] [--dims N] [--model NAME]... [--controls]";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -26,6 +26,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--latency-ms" => config.latency = Duration::from_millis(value()?.parse()?),
             "--chunk-delay-ms" => config.chunk_delay = Duration::from_millis(value()?.parse()?),
             "--tokens" => config.default_completion_tokens = value()?.parse()?,
+            "--controls" => config.controls = true,
             "--dims" => config.embedding_dims = value()?.parse()?,
             "--model" => config.models.push(value()?),
             "-h" | "--help" => {

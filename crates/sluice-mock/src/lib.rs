@@ -111,6 +111,12 @@ pub struct MockConfig {
     /// Served by `GET /v1/models`; when not empty, requests for any other
     /// model get 404 `model_not_found`. Empty accepts every model.
     pub models: Vec<String>,
+    /// Obey the `x-mock-*` request headers ([`headers`]). Off by default:
+    /// whoever can send a request could otherwise make a response huge, slow
+    /// or free (a client of a gateway in front of the mock included). Tests
+    /// and benchmarks turn it on (`sluice serve --mock-controls`,
+    /// `sluice mock-upstream --controls`).
+    pub controls: bool,
 }
 
 impl Default for MockConfig {
@@ -121,6 +127,7 @@ impl Default for MockConfig {
             default_completion_tokens: 16,
             embedding_dims: 8,
             models: Vec::new(),
+            controls: false,
         }
     }
 }

@@ -211,7 +211,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<MockBod
     let route = Route::of(&parts.method, parts.uri.path());
     let invalid_url = matches!(route, Route::NotFound | Route::WrongMethod)
         .then(|| format!("Invalid URL ({} {})", parts.method, parts.uri.path()));
-    let controls = Controls::from_headers(&parts.headers);
+    let controls = if shared.config.controls {
+        Controls::from_headers(&parts.headers)
+    } else {
+        Ok(Controls::default())
+    };
     let body = Limited::new(body, MAX_BODY_BYTES).collect().await.map(|c| c.to_bytes());
     stats.record(RecordedRequest {
         method: parts.method,

@@ -93,7 +93,7 @@ fn chunks(events: &[String]) -> Vec<Value> {
 }
 
 async fn mock() -> (MockServer, Conn) {
-    let server = spawn(MockConfig::default()).await.unwrap();
+    let server = spawn(MockConfig { controls: true, ..MockConfig::default() }).await.unwrap();
     let conn = Conn::open(server.addr).await;
     (server, conn)
 }
@@ -437,7 +437,7 @@ async fn shutdown_future_stops_the_server() {
     c.sender.ready().await.unwrap_err();
 
     // The handle's shutdown ends a hung request too.
-    let server = spawn(MockConfig::default()).await.unwrap();
+    let server = spawn(MockConfig { controls: true, ..MockConfig::default() }).await.unwrap();
     let addr = server.addr;
     let stats = std::sync::Arc::clone(&server.stats);
     let mut hung = Conn::open(addr).await;

@@ -9,8 +9,10 @@
 //! # The decision service in this process (memory store), then the load:
 //! cargo run --release -p sluice-rls --example rls_load -- --duration 10 --concurrency 64
 //!
-//! # Or against a running `sluice serve` (write its policy first):
+//! # Or against a running `sluice serve` (write its policy first); both
+//! # read the decision service's token from SLUICE_DECISIONS_TOKEN:
 //! cargo run --release -p sluice-rls --example rls_load -- --print-policy > /tmp/rls.toml
+//! export SLUICE_DECISIONS_TOKEN=a-token-of-your-own
 //! sluice serve --config /tmp/rls.toml &
 //! cargo run --release -p sluice-rls --example rls_load -- --target http://127.0.0.1:8081
 //! ```
@@ -96,6 +98,7 @@ base_url = "http://127.0.0.1:9/v1"
 
 [decisions]
 grpc_listen = "127.0.0.1:8081"
+token_env = "SLUICE_DECISIONS_TOKEN"
 
 [headers]
 families = ["requests", "tokens", "requests-day", "tokens-day"]
@@ -154,12 +157,22 @@ async fn caller(
     until: Instant,
 ) -> (Vec<u32>, u64, u64) {
     let mut client = RateLimitServiceClient::new(channel);
+    // The decision service's token (`[decisions] token_env`), as Envoy
+    // sends it.
+    let token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
+        std::env::var("SLUICE_DECISIONS_TOKEN")
+            .ok()
+            .and_then(|t| format!("Bearer {t}").parse().ok());
     let mut rng = Rng(seed | 1);
     let mut lat = Vec::with_capacity(100_000);
     let (mut over, mut errors) = (0, 0);
     while Instant::now() < until {
         let r = rng.next();
         let req = request((r % tenants as u64) as usize, MODELS[((r >> 32) % 6) as usize]);
+        let mut req = tonic::Request::new(req);
+        if let Some(t) = &token {
+            req.metadata_mut().insert("authorization", t.clone());
+        }
         let t0 = Instant::now();
         match client.should_rate_limit(req).await {
             Ok(resp) => {
@@ -197,6 +210,7 @@ fn main() {
                     listener,
                     svc,
                     std::future::pending::<()>(),
+                    sluice_gateway::ListenerOptions::standalone("decisions-grpc"),
                 ));
                 (format!("http://{addr}"), Some(server))
             }

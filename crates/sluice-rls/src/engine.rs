@@ -74,6 +74,14 @@ pub enum DecisionError {
         /// The other.
         second: String,
     },
+    /// No descriptor names the model (gRPC).
+    #[error(
+        "the request names no model (descriptor key `{model_key}`), so its per-model limits cannot be checked"
+    )]
+    NoModel {
+        /// The descriptor key of models.
+        model_key: String,
+    },
     /// A model the policy does not have, or that the tenant's tier may not
     /// use.
     #[error("the model `{0}` does not exist or the tenant may not use it")]
@@ -108,6 +116,7 @@ impl DecisionError {
         let message = self.to_string();
         match self {
             Self::UnknownModel(m) => ApiError::model_not_found(m),
+            Self::NoModel { .. } => ApiError::bad_request(message, Some("model".into())),
             Self::Unavailable(_) => ApiError::store_unavailable(),
             Self::UnknownKey => {
                 let mut e = ApiError::bad_request(message, Some("api_key".into()));
@@ -124,6 +133,23 @@ impl DecisionError {
                 ApiError::bad_request(message, param.map(str::to_owned))
             }
         }
+    }
+
+    /// Whether the request's facts are at fault (no tenant, an unknown key,
+    /// tenant, model or endpoint, facts that disagree), rather than the
+    /// caller's setup (an unknown domain, a bad cost) or the store.
+    pub fn is_about_the_request(&self) -> bool {
+        matches!(
+            self,
+            Self::NoTenant { .. }
+                | Self::UnknownTenant(_)
+                | Self::UnknownKey
+                | Self::KeyOfAnotherTenant(_)
+                | Self::Conflict { .. }
+                | Self::NoModel { .. }
+                | Self::UnknownModel(_)
+                | Self::UnknownEndpoint { .. }
+        )
     }
 
     /// The gRPC status: INVALID_ARGUMENT for bad input, UNAVAILABLE when the

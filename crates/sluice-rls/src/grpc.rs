@@ -55,25 +55,31 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use sluice_config::decisions::HitsAddend;
 use sluice_core::{Cost, CounterStore, LimitStatus, Outcome, Period, Verdict};
+use sluice_gateway::ListenerOptions;
+use sluice_gateway::edge::RequestBody;
 use sluice_llm::error::ApiError;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 
 use crate::engine::{Answer, DecisionError, Query, needs};
 use crate::metrics::Api;
 use crate::{DecisionService, ServeError};
 
-/// Serves `ShouldRateLimit` on `listener` until `shutdown` completes, then
-/// lets calls in flight finish and returns.
+/// Serves `ShouldRateLimit` on `listener` (HTTP/2, through Sluice's
+/// hardened accept loop: `opts`' timeouts and caps) until `shutdown`
+/// completes, then lets calls in flight finish for up to `opts.grace` and
+/// returns.
 pub async fn serve_grpc<S: CounterStore + Clone + Unpin>(
     listener: TcpListener,
     svc: Arc<DecisionService<S>>,
     shutdown: impl Future<Output = ()>,
+    opts: ListenerOptions,
 ) -> Result<(), ServeError> {
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
-        .serve_with_incoming_shutdown(RateLimitServiceServer::new(Rls(svc)), incoming, shutdown)
-        .await?;
+    let server = RateLimitServiceServer::new(Rls(svc));
+    let service = hyper::service::service_fn(move |req: http::Request<RequestBody>| {
+        let mut server = server.clone();
+        async move { tower_service::Service::call(&mut server, req).await }
+    });
+    sluice_gateway::serve_connections(listener, service, shutdown, opts).await?;
     Ok(())
 }
 
@@ -105,15 +111,76 @@ impl<S: CounterStore + Clone + Unpin> RateLimitService for Rls<S> {
                 "ShouldRateLimit"
             );
         }
-        let result = self.0.should_rate_limit(req).await;
+        // The caller: the token in `authorization` metadata.
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.strip_prefix("Bearer ").unwrap_or(v));
+        if self.0.token_ok(presented) == Some(false) {
+            self.0.metrics().decision(
+                Api::Grpc,
+                self.0.domain_label(&req.domain),
+                "unauthenticated",
+            );
+            return Err(tonic::Status::unauthenticated(
+                "send the decision service's token as `authorization: Bearer <token>` metadata",
+            ));
+        }
+        let result = match self.0.missing_model(req) {
+            Some(e) => Err(self.0.refused(Api::Grpc, &req.domain, e)),
+            None => self.0.should_rate_limit(req).await,
+        };
         self.0.metrics().observe(Api::Grpc, started.elapsed().as_secs_f64());
         match result {
             Ok(r) => Ok(tonic::Response::new(r)),
+            // A request whose facts map to no tenant, key, model or
+            // endpoint is denied, not an error: Envoy lets an error through
+            // when it fails open.
+            Err(e) if e.is_about_the_request() => {
+                tracing::debug!(error = %e, "ShouldRateLimit denied");
+                Ok(tonic::Response::new(denial(req, &e)))
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "ShouldRateLimit refused");
                 Err(e.grpc_status())
             }
         }
+    }
+}
+
+/// The answer to a request that cannot be decided from its facts: every
+/// descriptor `OVER_LIMIT`, and Envoy's 429 carries a body that says why.
+fn denial(req: &RateLimitRequest, e: &DecisionError) -> RateLimitResponse {
+    let status = DescriptorStatus { code: Code::OverLimit as i32, ..DescriptorStatus::default() };
+    let body = e.api_error();
+    RateLimitResponse {
+        overall_code: Code::OverLimit as i32,
+        statuses: vec![status; req.descriptors.len().max(1)],
+        response_headers_to_add: vec![PbHeader {
+            key: "content-type".into(),
+            value: ApiError::CONTENT_TYPE.into(),
+            raw_value: Vec::new(),
+        }],
+        raw_body: body.body(),
+        ..RateLimitResponse::default()
+    }
+}
+
+impl<S: CounterStore + Clone + Unpin> DecisionService<S> {
+    /// Over gRPC a request must name its model: without one, no per-model
+    /// limit could apply, so leaving it out would skip them all.
+    fn missing_model(&self, req: &RateLimitRequest) -> Option<DecisionError> {
+        if !self.config().domains.contains(&req.domain) {
+            // The unknown domain is the error to report.
+            return None;
+        }
+        let key = &self.config().descriptors.model;
+        let named = req
+            .descriptors
+            .iter()
+            .any(|d| d.entries.iter().any(|e| e.key == *key && !e.value.trim().is_empty()));
+        (!named).then(|| DecisionError::NoModel { model_key: key.clone() })
     }
 }
 

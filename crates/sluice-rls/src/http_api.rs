@@ -59,23 +59,22 @@ use crate::metrics::{Api, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 /// The largest request body accepted.
 const MAX_BODY: usize = 64 * 1024;
 
-/// How long calls in flight may take to finish at shutdown.
-const GRACE: Duration = Duration::from_secs(10);
-
 type Body = Full<Bytes>;
 
-/// Serves the JSON API on `listener` until `shutdown` completes, then lets
-/// calls in flight finish and returns.
+/// Serves the JSON API on `listener` within `opts`' limits until `shutdown`
+/// completes, then lets calls in flight finish (up to `opts.grace`) and
+/// returns.
 pub async fn serve_http<S: CounterStore + Clone + Unpin>(
     listener: TcpListener,
     svc: Arc<DecisionService<S>>,
     shutdown: impl Future<Output = ()>,
+    opts: sluice_gateway::ListenerOptions,
 ) -> std::io::Result<()> {
     let service = service_fn(move |req| {
         let svc = svc.clone();
         async move { Ok::<_, Infallible>(handle(&svc, req).await) }
     });
-    sluice_gateway::serve_connections(listener, service, shutdown, GRACE).await
+    sluice_gateway::serve_connections(listener, service, shutdown, opts).await
 }
 
 /// Handles one request.

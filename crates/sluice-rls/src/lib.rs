@@ -46,7 +46,8 @@ use arc_swap::ArcSwapOption;
 use sha2::{Digest, Sha256};
 use sluice_config::decisions::DecisionsConfig;
 use sluice_core::{Clock, CounterStore, ReservationId, Settlement, Usage};
-use sluice_gateway::Gateway;
+use sluice_gateway::{BodyBudget, Gateway, ListenerOptions};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -74,9 +75,6 @@ pub enum ServeError {
         "decisions.token_env names `{0}`, which is not set (or empty): set it to the bearer token the JSON API requires"
     )]
     MissingToken(String),
-    /// The gRPC server failed.
-    #[error("the gRPC server failed: {0}")]
-    Grpc(#[from] tonic::transport::Error),
     /// I/O.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -277,7 +275,11 @@ impl Running {
 pub async fn start<S: CounterStore + Clone + Unpin>(
     gateway: Arc<Gateway<S>>,
     config: &DecisionsConfig,
+    budget: Arc<BodyBudget>,
+    grace: Duration,
 ) -> Result<Running, ServeError> {
+    let opts =
+        |name| ListenerOptions { name, limits: config.limits, budget: budget.clone(), grace };
     let svc = DecisionService::from_env(gateway, config.clone())?;
     let (stop, rx) = watch::channel(false);
     let shutdown = move || {
@@ -291,13 +293,18 @@ pub async fn start<S: CounterStore + Clone + Unpin>(
         let listener =
             TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
         running.grpc = Some(listener.local_addr()?);
-        running.tasks.push(tokio::spawn(serve_grpc(listener, svc.clone(), shutdown())));
+        running.tasks.push(tokio::spawn(serve_grpc(
+            listener,
+            svc.clone(),
+            shutdown(),
+            opts("decisions-grpc"),
+        )));
     }
     if let Some(addr) = config.http_listen {
         let listener =
             TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
         running.http = Some(listener.local_addr()?);
-        let fut = serve_http(listener, svc.clone(), shutdown());
+        let fut = serve_http(listener, svc.clone(), shutdown(), opts("decisions-http"));
         running.tasks.push(tokio::spawn(async move { fut.await.map_err(ServeError::from) }));
     }
     Ok(running)

@@ -77,6 +77,7 @@ hash = "{}"
 grpc_listen = "127.0.0.1:0"
 http_listen = "127.0.0.1:0"
 domains = ["sluice", "edge"]
+token_env = "SLUICE_TEST_DECISIONS_TOKEN"
 "#,
         sluice_gateway::auth::hash_text(KEY_ACME),
         sluice_gateway::auth::hash_text(KEY_OTHER)

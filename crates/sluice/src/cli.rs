@@ -25,6 +25,11 @@ pub enum Command {
         /// Listen here instead of `server.listen` (port 0: any free port).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Let the built-in mock upstream obey `x-mock-*` request headers
+        /// (for tests and benchmarks only: any client could then make a
+        /// response huge, slow or free).
+        #[arg(long)]
+        mock_controls: bool,
     },
     /// Validate a policy file and print its effective limits per tier and model.
     CheckConfig {
@@ -49,6 +54,9 @@ pub enum Command {
         /// Completion tokens when a request sets no max_tokens.
         #[arg(long, default_value_t = 16)]
         tokens: u64,
+        /// Obey `x-mock-*` request headers (for tests and benchmarks only).
+        #[arg(long)]
+        controls: bool,
     },
     /// API keys: make one locally, or manage a tenant's through the admin API.
     Keys {

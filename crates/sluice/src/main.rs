@@ -26,9 +26,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::CheckConfig { file, quiet } => check_config(&file, quiet),
-        Command::Serve { config, listen } => serve::run(&config, listen),
-        Command::MockUpstream { listen, latency_ms, chunk_delay_ms, tokens } => {
-            serve::mock_upstream(listen, latency_ms, chunk_delay_ms, tokens)
+        Command::Serve { config, listen, mock_controls } => {
+            serve::run(&config, listen, mock_controls)
+        }
+        Command::MockUpstream { listen, latency_ms, chunk_delay_ms, tokens, controls } => {
+            serve::mock_upstream(listen, latency_ms, chunk_delay_ms, tokens, controls)
         }
         Command::Keys { command: KeysCommand::Generate { plain } } => keys_generate(plain),
         Command::Tenants { admin, command } => admin_cli::tenants(&admin, command),

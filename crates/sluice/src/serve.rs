@@ -25,7 +25,11 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// How often each instance checks whether tenants changed.
 const TENANT_WATCH: Duration = Duration::from_millis(250);
 
-pub fn run(config_path: &Path, listen: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
+pub fn run(
+    config_path: &Path,
+    listen: Option<SocketAddr>,
+    mock_controls: bool,
+) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -34,6 +38,7 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>) -> anyhow::Result<Exi
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    raise_file_limit();
     let config = match sluice_config::load(config_path) {
         Ok(c) => c,
         Err(errors) => {
@@ -42,8 +47,23 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>) -> anyhow::Result<Exi
             return Ok(ExitCode::from(2));
         }
     };
-    sluice_gateway::tokio_runtime()?.block_on(serve(config_path.to_path_buf(), config, listen))?;
+    sluice_gateway::tokio_runtime()?.block_on(serve(
+        config_path.to_path_buf(),
+        config,
+        listen,
+        mock_controls,
+    ))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Raises the soft limit of open files to the hard limit: every connection
+/// is a file descriptor, and the usual soft default (1,024) is far below
+/// the connection caps.
+fn raise_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::info!(open_files = n, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open file limit"),
+    }
 }
 
 /// The data file: `[data] path`, relative to the policy file's folder, or
@@ -71,6 +91,7 @@ async fn serve(
     config_path: PathBuf,
     config: Config,
     listen: Option<SocketAddr>,
+    mock_controls: bool,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
         !config.gateway.upstreams.is_empty() || config.decisions.is_some(),
@@ -81,9 +102,13 @@ async fn serve(
     for u in &config.gateway.upstreams {
         if u.target == UpstreamTarget::Mock {
             let models = config.policy.models().map(|(_, m)| m.name.to_string()).collect();
-            let mock = sluice_mock::spawn(sluice_mock::MockConfig { models, ..Default::default() })
-                .await
-                .context("starting the mock upstream")?;
+            let mock = sluice_mock::spawn(sluice_mock::MockConfig {
+                models,
+                controls: mock_controls,
+                ..Default::default()
+            })
+            .await
+            .context("starting the mock upstream")?;
             tracing::info!(upstream = %u.name, addr = %mock.addr, "built-in mock upstream started");
             urls.insert(u.name.clone(), format!("http://{}/v1", mock.addr));
             mocks.push(mock);
@@ -230,6 +255,15 @@ where
         }
     };
 
+    let budget = sluice_gateway::BodyBudget::new(config.gateway.body_memory_bytes);
+    let grace = config.gateway.shutdown_grace;
+    let opts = |name, limits| sluice_gateway::ListenerOptions {
+        name,
+        limits,
+        budget: budget.clone(),
+        grace,
+    };
+    warn_if_caps_exceed_file_limit(&config);
     let mut tasks = Vec::new();
     if let Some(admin) = &config.gateway.admin {
         let token = std::env::var(&admin.token_env).map_err(|_| {
@@ -248,13 +282,18 @@ where
             .with_context(|| format!("admin API listening on {}", admin.listen))?;
         println!("sluice admin on http://{}", admin_listener.local_addr()?);
         let state = AdminState::new(control.clone(), &token);
-        tasks.push(tokio::spawn(sluice_admin::serve(admin_listener, state, stopped())));
+        tasks.push(tokio::spawn(sluice_admin::serve(
+            admin_listener,
+            state,
+            stopped(),
+            opts("admin", admin.limits),
+        )));
     }
 
     // --- decision service (sluice-rls): Envoy RLS v3 and JSON check/settle ---
     let decisions = match &config.decisions {
         Some(d) => {
-            let running = sluice_rls::start(gateway.clone(), d)
+            let running = sluice_rls::start(gateway.clone(), d, budget.clone(), grace)
                 .await
                 .context("starting the decision service ([decisions])")?;
             if let Some(a) = running.grpc {
@@ -290,24 +329,34 @@ where
         })
     });
 
-    match listener {
-        Some(listener) => {
-            sluice_gateway::serve(
-                listener,
-                gateway,
-                shutdown_signal(),
-                config.gateway.shutdown_grace,
-            )
-            .await?;
-        }
-        None => shutdown_signal().await,
-    }
+    // One signal stops every listener at once: each finishes within the
+    // grace, so the whole shutdown does too.
+    let proxy = listener.map(|listener| {
+        tokio::spawn(sluice_gateway::serve(
+            listener,
+            gateway,
+            stopped(),
+            opts("proxy", config.gateway.limits),
+        ))
+    });
+    shutdown_signal().await;
     let _ = stop_tx.send(true);
-    for t in tasks {
-        let _ = t.await;
-    }
-    if let Some(d) = decisions {
-        d.stop().await;
+    let stopping = async {
+        if let Some(p) = proxy
+            && let Ok(Err(e)) = p.await
+        {
+            tracing::warn!(error = %e, "the proxy listener stopped with an error");
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        if let Some(d) = decisions {
+            d.stop().await;
+        }
+    };
+    // The listeners end within the grace; this is only a backstop.
+    if tokio::time::timeout(grace + Duration::from_secs(1), stopping).await.is_err() {
+        tracing::warn!("listeners did not stop within the shutdown grace; stopping anyway");
     }
     watcher.abort();
     reloader.abort();
@@ -321,6 +370,29 @@ where
         tracing::info!("counters saved to the data file");
     }
     Ok(())
+}
+
+/// Warns when the connection caps of every listener together exceed what
+/// the open file limit allows.
+fn warn_if_caps_exceed_file_limit(config: &Config) {
+    let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else { return };
+    let mut caps = config.gateway.limits.max_connections;
+    if let Some(a) = &config.gateway.admin {
+        caps += a.limits.max_connections;
+    }
+    if let Some(d) = &config.decisions {
+        caps += d.limits.max_connections
+            * (usize::from(d.grpc_listen.is_some()) + usize::from(d.http_listen.is_some()));
+    }
+    // Upstream connections, the data file, the log: a margin.
+    let needed = caps as u64 + 256;
+    if soft < needed {
+        tracing::warn!(
+            open_files = soft,
+            connection_caps = caps,
+            "the open file limit is below the listeners' connection caps; past it, new connections wait (raise `ulimit -n` or lower max_connections)"
+        );
+    }
 }
 
 async fn reload_on_sighup<S, T>(control: Arc<Control<S, T>>)
@@ -353,6 +425,7 @@ pub fn mock_upstream(
     latency_ms: u64,
     chunk_delay_ms: u64,
     tokens: u64,
+    controls: bool,
 ) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
@@ -364,6 +437,7 @@ pub fn mock_upstream(
             latency: Duration::from_millis(latency_ms),
             chunk_delay: Duration::from_millis(chunk_delay_ms),
             default_completion_tokens: tokens,
+            controls,
             ..Default::default()
         };
         sluice_mock::serve(listener, config, shutdown_signal()).await?;

@@ -18,6 +18,30 @@ use serde_json::{Value, json};
 const KEY: &str = "sk-test-decisions-acme";
 const TOKEN: &str = "decisions-token-for-tests";
 
+/// Sends the decision service's token with every gRPC call, as Envoy's
+/// `initial_metadata` does.
+#[derive(Clone)]
+struct Auth(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        r.metadata_mut().insert("authorization", self.0.clone());
+        Ok(r)
+    }
+}
+
+type RlsClient = RateLimitServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Auth>,
+>;
+
+async fn rls_client(url: String) -> RlsClient {
+    let channel = tonic::transport::Endpoint::from_shared(url).unwrap().connect().await.unwrap();
+    RateLimitServiceClient::with_interceptor(
+        channel,
+        Auth(format!("Bearer {TOKEN}").parse().unwrap()),
+    )
+}
+
 fn policy(mock: &sluice_mock::MockServer, lease: &str) -> String {
     format!(
         r#"
@@ -192,7 +216,7 @@ async fn json_api_needs_its_token_and_refuses_bad_input() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_decisions_share_counters_with_the_proxy() {
     let (s, mock) = start("15m").await;
-    let mut client = RateLimitServiceClient::connect(s.grpc.clone()).await.unwrap();
+    let mut client = rls_client(s.grpc.clone()).await;
     // Two requests through the proxy: 2 of 5 RPM.
     for _ in 0..2 {
         let r = post(
@@ -241,9 +265,21 @@ async fn grpc_decisions_share_counters_with_the_proxy() {
     .await;
     assert_eq!(r.status(), 429);
     assert_eq!(mock.stats.requests(), 2);
-    // Bad input: INVALID_ARGUMENT, never a charge.
-    let e = client.should_rate_limit(rls(&[&[("tenant", "nobody")]], 1)).await.unwrap_err();
-    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    // Facts that map to nothing: denied with a body that says why (not an
+    // error, which Envoy failing open would let through), never a charge.
+    let r = client
+        .should_rate_limit(rls(&[&[("tenant", "nobody"), ("model", "m")]], 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    let body = String::from_utf8_lossy(&r.raw_body);
+    assert!(body.contains("tenant `nobody` is not known"), "{body}");
+    // A caller without the token: UNAUTHENTICATED.
+    let mut anonymous = RateLimitServiceClient::connect(s.grpc.clone()).await.unwrap();
+    let e = anonymous.should_rate_limit(rls(&[&[("tenant", "acme"), ("model", "m")]], 1)).await;
+    assert_eq!(e.unwrap_err().code(), tonic::Code::Unauthenticated);
+    // A caller's mistake: INVALID_ARGUMENT, never a charge.
     let mut bad = rls(&[&[("tenant", "acme")]], 1);
     bad.domain = "elsewhere".into();
     let e = client.should_rate_limit(bad).await.unwrap_err();
@@ -305,17 +341,18 @@ hash = "{}"
 [decisions]
 grpc_listen = "127.0.0.1:0"
 http_listen = "127.0.0.1:0"
+token_env = "DECISIONS_TOKEN"
 "#,
         key_hash(KEY)
     );
     let mut sluice = Sluice::start_without_listen(
         &text,
-        &[],
+        &[("DECISIONS_TOKEN", TOKEN)],
         "sluice: no [upstreams]: the decision service only",
     );
     let grpc = sluice.line("sluice decisions grpc on ").expect("the grpc listener line");
     let http = sluice.line("sluice decisions http on ").expect("the http listener line");
-    let mut rls_client = RateLimitServiceClient::connect(format!("http://{grpc}")).await.unwrap();
+    let mut rls_client = rls_client(format!("http://{grpc}")).await;
     let by_key = format!("Bearer {KEY}");
     let ask = || rls(&[&[("api_key", by_key.as_str()), ("model", "m")]], 1);
     for _ in 0..2 {
@@ -327,6 +364,7 @@ http_listen = "127.0.0.1:0"
     // The JSON API sees the same counters.
     let r = client()
         .post(format!("{http}/v1/decisions/check"))
+        .bearer_auth(TOKEN)
         .json(&json!({"api_key": KEY, "model": "m"}))
         .send()
         .await

@@ -19,6 +19,8 @@ use serde_json::Value;
 
 const KEY: &str = "sk-sluice-quickstart";
 const MODEL: &str = "demo-model";
+/// The decision service's token, as examples/envoy/envoy.yaml sends it.
+const DECISIONS_TOKEN: &str = "change-me-decisions-token";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -157,11 +159,39 @@ async fn start_envoy(upstream_port: u16, rls_port: u16, failure_mode_deny: bool)
 async fn chat_through(c: &reqwest::Client, envoy: &Envoy) -> reqwest::Response {
     c.post(format!("{}/v1/chat/completions", envoy.url))
         .bearer_auth(KEY)
-        .header("x-model", MODEL)
         .json(&chat(MODEL, 10))
         .send()
         .await
         .expect("request through envoy")
+}
+
+/// A request through Envoy on `path`, with `key` (if any), a body and
+/// extra headers.
+async fn raw_through(
+    c: &reqwest::Client,
+    envoy: &Envoy,
+    path: &str,
+    key: Option<&str>,
+    body: String,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut r = c.post(format!("{}{path}", envoy.url)).body(body);
+    if let Some(k) = key {
+        r = r.bearer_auth(k);
+    }
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    r.send().await.expect("request through envoy")
+}
+
+/// Envoy's 429 for a request Sluice denies, with Sluice's reason in the
+/// body.
+async fn assert_denied(r: reqwest::Response, why: &str, what: &str) {
+    assert_eq!(r.status(), 429, "{what}: {:?}", r.headers());
+    assert_eq!(text(&r, "x-envoy-ratelimited"), "true", "{what}");
+    let body = r.text().await.unwrap();
+    assert!(body.contains(why), "{what}: {body}");
 }
 
 fn text(r: &reqwest::Response, name: &str) -> String {
@@ -179,7 +209,11 @@ async fn envoy_asks_sluice_and_applies_its_failure_mode_when_sluice_is_down() {
         .replace("grpc_listen = \"127.0.0.1:8081\"", "grpc_listen = \"127.0.0.1:0\"")
         .replace("http_listen = \"127.0.0.1:8082\"", "http_listen = \"127.0.0.1:0\"");
     assert!(policy.contains("grpc_listen = \"127.0.0.1:0\""), "examples/envoy/policy.toml changed");
-    let mut sluice = Sluice::start(&policy, &[]);
+    assert!(
+        policy.contains("token_env = \"SLUICE_DECISIONS_TOKEN\""),
+        "examples/envoy/policy.toml changed"
+    );
+    let mut sluice = Sluice::start(&policy, &[("SLUICE_DECISIONS_TOKEN", DECISIONS_TOKEN)]);
     let grpc = sluice.line("sluice decisions grpc on ").expect("the decisions grpc line");
     let rls_port: u16 = grpc.rsplit(':').next().unwrap().parse().unwrap();
     let upstream_port = mock.addr.port();
@@ -188,10 +222,61 @@ async fn envoy_asks_sluice_and_applies_its_failure_mode_when_sluice_is_down() {
     let closed = start_envoy(upstream_port, rls_port, true).await;
     let c = client();
 
+    // Ways around a per-model limit, each denied by Sluice (Envoy's 429
+    // with Sluice's reason), none reaching the upstream, none charged.
+    let json = |v: Value| v.to_string();
+    let ct = [("content-type", "application/json")];
+    let body = json(chat(MODEL, 10));
+    let no_model = json(serde_json::json!({"messages": [{"role": "user", "content": "hi"}]}));
+    type Attack<'a> = (&'a str, Option<&'a str>, String, Vec<(&'a str, &'a str)>, &'a str);
+    let attacks: Vec<Attack<'_>> = vec![
+        ("/v1/chat/completions", Some(KEY), no_model, ct.to_vec(), "`(none)` does not exist"),
+        (
+            "/v1/chat/completions",
+            Some(KEY),
+            body.clone(),
+            vec![("content-type", "text/plain")],
+            "`(none)` does not exist",
+        ),
+        (
+            "/v1/chat/completions",
+            Some(KEY),
+            "{not json".into(),
+            ct.to_vec(),
+            "`(none)` does not exist",
+        ),
+        ("/v1/chat/completions/", Some(KEY), body.clone(), ct.to_vec(), "is not known"),
+        ("/v1/Chat/completions", Some(KEY), body.clone(), ct.to_vec(), "is not known"),
+        ("/v1/chat/completions", None, body.clone(), ct.to_vec(), "the API key is not known"),
+    ];
+    for (path, key, b, headers, why) in attacks {
+        let r = raw_through(&c, &open, path, key, b, &headers).await;
+        assert_denied(r, why, path).await;
+    }
+    assert_eq!(mock.stats.requests(), 0, "a denied request reached the upstream");
+
     // Within the limit (demo-model: 5 requests a minute): Envoy passes the
-    // requests to the upstream, with Sluice's headers on the response.
+    // requests to the upstream, with Sluice's headers on the response. The
+    // model is the body's: a client's `x-model` header changes nothing, and
+    // `//v1/chat//completions` is the same endpoint once normalized.
     for i in 0..5 {
-        let r = chat_through(&c, &open).await;
+        let r = match i {
+            3 => {
+                raw_through(
+                    &c,
+                    &open,
+                    "/v1/chat/completions",
+                    Some(KEY),
+                    body.clone(),
+                    &[ct[0], ("x-model", "other")],
+                )
+                .await
+            }
+            4 => {
+                raw_through(&c, &open, "//v1/chat//completions", Some(KEY), body.clone(), &ct).await
+            }
+            _ => chat_through(&c, &open).await,
+        };
         assert_eq!(r.status(), 200, "request {i}: {:?}", r.headers());
         assert_eq!(num(&r, "x-ratelimit-limit-requests"), 5);
         assert_eq!(num(&r, "x-ratelimit-remaining-requests"), 4 - i);

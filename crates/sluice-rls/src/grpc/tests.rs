@@ -320,9 +320,15 @@ async fn over_grpc() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_grpc(listener, h.svc.clone(), async move {
-        let _ = rx.await;
-    }));
+    let opts = sluice_gateway::ListenerOptions::standalone("test");
+    let server = tokio::spawn(serve_grpc(
+        listener,
+        h.svc.clone(),
+        async move {
+            let _ = rx.await;
+        },
+        opts,
+    ));
     let mut client = RateLimitServiceClient::connect(format!("http://{addr}")).await.unwrap();
     let d = || vec![desc(&[("tenant", "acme"), ("model", "m")])];
     for i in 0..3 {
@@ -350,4 +356,66 @@ fn units_of_one() {
     assert_eq!(unit(p("1mo")), Unit::Month);
     assert_eq!(unit(p("10s")), Unit::Unknown);
     assert_eq!(unit(p("30d")), Unit::Unknown);
+}
+
+/// Over gRPC, a caller without the token is refused (UNAUTHENTICATED); a
+/// request with no model, or with facts that map to nothing, is denied
+/// (OVER_LIMIT with a body that says why), never an error that Envoy
+/// failing open would wave through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_grpc_callers_authenticate_and_unmappable_requests_are_denied() {
+    let h = harness_with(&policy(), Some("decisions-token-0123456789"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let opts = sluice_gateway::ListenerOptions::standalone("test");
+    let server = tokio::spawn(serve_grpc(
+        listener,
+        h.svc.clone(),
+        async move {
+            let _ = rx.await;
+        },
+        opts,
+    ));
+    let mut client = RateLimitServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let with_token = |r: RateLimitRequest, token: &str| {
+        let mut r = tonic::Request::new(r);
+        r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        r
+    };
+    let ok = || req("sluice", vec![desc(&[("tenant", "acme"), ("model", "m")])], 1);
+    let e = client.should_rate_limit(ok()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    let e = client.should_rate_limit(with_token(ok(), "wrong")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    let token = "decisions-token-0123456789";
+    let r = client.should_rate_limit(with_token(ok(), token)).await.unwrap().into_inner();
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    for (descriptors, why) in [
+        (vec![desc(&[("tenant", "acme")])], "names no model"),
+        (vec![desc(&[("tenant", "acme"), ("model", "")])], "names no model"),
+        (vec![desc(&[("api_key", "sk-wrong"), ("model", "m")])], "API key is not known"),
+        (vec![desc(&[("tenant", "acme"), ("model", "nope")])], "`nope` does not exist"),
+        (
+            vec![desc(&[
+                ("tenant", "acme"),
+                ("model", "m"),
+                ("endpoint", "/v1/chat/completions/"),
+            ])],
+            "is not known",
+        ),
+    ] {
+        let r = client
+            .should_rate_limit(with_token(req("sluice", descriptors, 1), token))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.overall_code, Code::OverLimit as i32, "{why}");
+        assert!(r.statuses.iter().all(|s| s.code == Code::OverLimit as i32), "{why}");
+        let body = String::from_utf8(r.raw_body).unwrap();
+        assert!(body.contains(why), "{why}: {body}");
+    }
+    stop.send(()).unwrap();
+    drop(client);
+    tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap().unwrap();
 }

@@ -167,9 +167,7 @@ async fn api_keys_and_domains() {
 
 #[tokio::test]
 async fn a_token_is_required_when_configured() {
-    let text =
-        policy().replace("domains = [\"sluice\", \"edge\"]", "token_env = \"SLUICE_TEST_TOKEN\"");
-    let h = harness_with(&text, Some("s3cret"));
+    let h = harness_with(&policy(), Some("s3cret"));
     let body = acme(1, 1).to_string();
     let (status, v) = send(&h, Method::POST, "/v1/decisions/check", &body, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);

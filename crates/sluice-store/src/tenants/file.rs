@@ -37,6 +37,33 @@ impl std::fmt::Debug for FileTenants {
     }
 }
 
+/// Creates the data file readable and writable by its owner only (0600): it
+/// holds key hashes, tenants and counters. An existing file that others may
+/// read or write is tightened to 0600.
+#[cfg(unix)]
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    let mut perms = file.metadata()?.permissions();
+    if perms.mode() & 0o077 != 0 {
+        tracing::warn!(path = %path.display(), mode = format!("{:o}", perms.mode() & 0o777), "the data file was readable by others; now 0600");
+        perms.set_mode(0o600);
+        file.set_permissions(perms)?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn private_file(_path: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
 impl FileTenants {
     /// Opens (or creates) the data file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, TenantStoreError> {
@@ -44,6 +71,7 @@ impl FileTenants {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
         }
+        private_file(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
         let db = Database::create(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
         let tx = db.begin_write().map_err(err)?;
         {
@@ -226,6 +254,26 @@ impl TenantStore for FileTenants {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The data file holds key hashes: its owner's only (0600), whether
+    /// Sluice creates it or finds it readable by others.
+    #[cfg(unix)]
+    #[test]
+    fn the_data_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("sluice-file-mode-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let new = dir.join("new.redb");
+        drop(FileTenants::open(&new).unwrap());
+        assert_eq!(mode(&new), 0o600);
+        let loose = dir.join("loose.redb");
+        drop(FileTenants::open(&loose).unwrap());
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(FileTenants::open(&loose).unwrap());
+        assert_eq!(mode(&loose), 0o600);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn records_and_counters_survive_reopening() {

@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde_json::Value;
 use sluice_mock::{MockConfig, MockServer};
 
+pub mod edge;
+
 /// A secret and its hash (`sluice keys hash`), computed with the binary's
 /// own algorithm: SHA-256.
 pub fn key_hash(secret: &str) -> String {
@@ -54,6 +56,16 @@ fn fresh_dir() -> PathBuf {
     std::env::temp_dir().join(format!("sluice-e2e-{}-{n}", std::process::id()))
 }
 
+/// How `sluice serve` is started.
+#[derive(Clone, Copy)]
+enum Launch {
+    Plain,
+    /// On one CPU.
+    Cpu(u32),
+    /// Under `ulimit -n`.
+    Nofile(u32),
+}
+
 /// A running `sluice serve`.
 pub struct Sluice {
     child: Child,
@@ -76,6 +88,33 @@ impl Sluice {
     /// Starts `sluice serve` with its policy (and data file) in `dir`.
     pub fn start_in(dir: &std::path::Path, policy: &str, env: &[(&str, &str)]) -> Self {
         Self::spawn(dir, policy, env, &["--listen", "127.0.0.1:0"], "sluice listening on ", None)
+    }
+
+    /// Starts `sluice serve` with more arguments (e.g. `--mock-controls`)
+    /// and, if `nofile` is given, under `ulimit -n nofile` (soft and hard:
+    /// Sluice cannot raise it).
+    pub fn start_with(
+        policy: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+        nofile: Option<u32>,
+    ) -> Self {
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let launch = nofile.map_or(Launch::Plain, Launch::Nofile);
+        Self::launch(&fresh_dir(), policy, env, &all, "sluice listening on ", launch)
+    }
+
+    /// [`Sluice::start_with`] in `dir` (a data file left by an earlier run).
+    pub fn start_in_with(
+        dir: &std::path::Path,
+        policy: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Self {
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        Self::launch(dir, policy, env, &all, "sluice listening on ", Launch::Plain)
     }
 
     /// Starts `sluice serve` allowed to run on one CPU only (`taskset`), as
@@ -101,18 +140,40 @@ impl Sluice {
         ready: &str,
         cpu: Option<u32>,
     ) -> Self {
+        let launch = cpu.map_or(Launch::Plain, Launch::Cpu);
+        Self::launch(dir, policy, env, args, ready, launch)
+    }
+
+    fn launch(
+        dir: &std::path::Path,
+        policy: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+        ready: &str,
+        launch: Launch,
+    ) -> Self {
         let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("policy.toml");
         std::fs::write(&path, policy).unwrap();
-        let mut cmd = match cpu {
+        let mut cmd = match launch {
             // util-linux's taskset: on every Debian machine.
-            Some(cpu) => {
+            Launch::Cpu(cpu) => {
                 let mut c = Command::new("taskset");
                 c.args(["-c", &cpu.to_string(), env!("CARGO_BIN_EXE_sluice")]);
                 c
             }
-            None => Command::new(env!("CARGO_BIN_EXE_sluice")),
+            // The shell's ulimit, then exec: the same process id.
+            Launch::Nofile(n) => {
+                let mut c = Command::new("sh");
+                c.args([
+                    "-c",
+                    &format!("ulimit -n {n} && exec \"$0\" \"$@\""),
+                    env!("CARGO_BIN_EXE_sluice"),
+                ]);
+                c
+            }
+            Launch::Plain => Command::new(env!("CARGO_BIN_EXE_sluice")),
         };
         cmd.args(["serve", "--config"])
             .arg(&path)
@@ -194,6 +255,39 @@ impl Sluice {
         (status, err)
     }
 
+    /// Sends SIGTERM and waits up to `limit` for the process to exit;
+    /// returns how long it took (`None`: still running, then killed) and
+    /// its stderr.
+    pub fn terminate_within(
+        mut self,
+        limit: Duration,
+    ) -> (Option<Duration>, Option<std::process::ExitStatus>, String) {
+        let started = std::time::Instant::now();
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let mut status = None;
+        while started.elapsed() < limit {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                status = Some(s);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let took = status.map(|_| started.elapsed());
+        if status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let err = self.stderr.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+        (took, status, err)
+    }
+
+    /// Waits for the process to exit (it was told to stop some other way).
+    pub fn wait_exit(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.wait().expect("wait");
+        let err = self.stderr.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+        (status, err)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -209,9 +303,12 @@ impl Drop for Sluice {
     }
 }
 
-/// A mock upstream in this process.
+/// A mock upstream in this process that obeys the `x-mock-*` control
+/// headers (as only tests and benchmarks ask for).
 pub async fn mock() -> MockServer {
-    sluice_mock::spawn(MockConfig::default()).await.expect("mock upstream")
+    sluice_mock::spawn(MockConfig { controls: true, ..MockConfig::default() })
+        .await
+        .expect("mock upstream")
 }
 
 /// `[upstreams.up]` pointing at `mock`, with a key read from `UPSTREAM_KEY`.
