@@ -11,6 +11,14 @@
 //! straight to the fallback; the first probe that succeeds ends the outage,
 //! with no restart. Transitions are logged (`store degraded` / `store
 //! recovered`) and visible through [`Guarded::is_degraded`].
+//!
+//! An admission the guard gave up on never takes effect later: it carries
+//! its deadline (the moment the guard gives up) to the script, which does
+//! nothing past it ([`RedisStore::admit_by`]); and should it have run in
+//! time with its answer lost on the way (or the server's clock stepped back
+//! since it was learned), the guard queues its undoing, a refund of the
+//! reservation it would have made, which runs after it on the same
+//! connection (and finds nothing if it did not run).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,7 +31,7 @@ use sluice_core::{
 use smallvec::SmallVec;
 
 use crate::memory::MemoryStore;
-use crate::redis::is_redis_id;
+use crate::redis::{RedisStore, RedisStoreError, is_redis_id};
 
 /// What to do when the shared store fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,8 +73,8 @@ impl Default for GuardOptions {
 #[error("the shared counter store is unavailable: {0}")]
 pub struct Unavailable(pub String);
 
-struct Inner<S> {
-    store: S,
+struct Inner {
+    store: RedisStore,
     local: MemoryStore,
     options: GuardOptions,
     degraded: AtomicBool,
@@ -75,17 +83,12 @@ struct Inner<S> {
 }
 
 /// A shared store with a timeout and a failure policy.
-pub struct Guarded<S> {
-    inner: Arc<Inner<S>>,
+#[derive(Clone)]
+pub struct Guarded {
+    inner: Arc<Inner>,
 }
 
-impl<S> Clone for Guarded<S> {
-    fn clone(&self) -> Self {
-        Self { inner: self.inner.clone() }
-    }
-}
-
-impl<S> std::fmt::Debug for Guarded<S> {
+impl std::fmt::Debug for Guarded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Guarded")
             .field("options", &self.inner.options)
@@ -98,9 +101,9 @@ fn wall_ms() -> u64 {
     SystemClock.now().as_millis()
 }
 
-impl<S: CounterStore> Guarded<S> {
+impl Guarded {
     /// Guards `store`.
-    pub fn new(store: S, options: GuardOptions) -> Self {
+    pub fn new(store: RedisStore, options: GuardOptions) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -124,7 +127,7 @@ impl<S: CounterStore> Guarded<S> {
     }
 
     /// The store guarded.
-    pub fn store(&self) -> &S {
+    pub fn store(&self) -> &RedisStore {
         &self.inner.store
     }
 
@@ -214,31 +217,66 @@ impl<S: CounterStore> Guarded<S> {
         if self.skip() {
             return self.fallback(plan, peek);
         }
-        let call = async {
-            if peek {
-                self.inner.store.peek(plan).await
-            } else {
-                self.inner.store.admit(plan).await
-            }
-        };
-        match tokio::time::timeout(self.inner.options.timeout, call).await {
+        let timeout = self.inner.options.timeout;
+        if peek {
+            return match tokio::time::timeout(timeout, self.inner.store.peek(plan)).await {
+                Ok(Ok(d)) => {
+                    self.succeeded();
+                    Ok(d)
+                }
+                Ok(Err(e)) => {
+                    self.failed(&e.to_string());
+                    self.fallback(plan, peek)
+                }
+                Err(_) => {
+                    self.failed(&format!("no answer within {timeout:?}"));
+                    self.fallback(plan, peek)
+                }
+            };
+        }
+        // The moment this call gives up is the script's deadline.
+        let deadline = std::time::Instant::now() + timeout;
+        let (id, call) = self.inner.store.admit_by(plan, Some(deadline));
+        let answer = tokio::time::timeout_at(deadline.into(), call).await;
+        match answer {
             Ok(Ok(d)) => {
                 self.succeeded();
                 Ok(d)
             }
+            // The server answered, after the deadline: nothing was charged.
+            // Not a failure of the store (its clock was learned a little
+            // high, or the call was nearly too slow): this request falls back.
+            Ok(Err(RedisStoreError::Late)) => {
+                tracing::debug!("an admission reached redis after its deadline");
+                self.fallback(plan, peek)
+            }
             Ok(Err(e)) => {
+                if e.may_have_run() {
+                    self.undo(plan, id);
+                }
                 self.failed(&e.to_string());
                 self.fallback(plan, peek)
             }
             Err(_) => {
-                self.failed(&format!("no answer within {:?}", self.inner.options.timeout));
+                self.undo(plan, id);
+                self.failed(&format!("no answer within {timeout:?}"));
                 self.fallback(plan, peek)
             }
         }
     }
+
+    /// Queues the undoing of an admission given up on: a refund of
+    /// everything it would have charged (concurrency released). It runs
+    /// after the admission on the same connection: if the admission ran, it
+    /// is undone; if it did not (or came late), this finds nothing.
+    fn undo(&self, plan: &Plan, id: ReservationId) {
+        if !plan.charges.is_empty() {
+            self.inner.store.settle_detached(id, Usage::REFUND);
+        }
+    }
 }
 
-impl<S: CounterStore + Clone> CounterStore for Guarded<S> {
+impl CounterStore for Guarded {
     type Error = Unavailable;
 
     async fn admit(&self, plan: &Plan) -> Result<Decision, Unavailable> {

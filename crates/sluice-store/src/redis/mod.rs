@@ -9,6 +9,12 @@
 //! Every key of a tenant carries the tenant's hash tag, so a whole admission
 //! lands on one Cluster slot. Nothing is left without a TTL.
 //!
+//! An admission that its caller gave up on never takes effect later: each
+//! carries its deadline in the server's time ([`RedisStore::admit_by`]; the
+//! server's clock is learned from replies, `clock.rs`), past which the
+//! script does nothing; and admission is idempotent by its reservation id,
+//! so a retried or duplicated call charges once.
+//!
 //! Key layout (`<t>` is the tenant's 64-bit hash in hex):
 //!
 //! | key | type | holds |
@@ -32,8 +38,10 @@ use sluice_core::{
 };
 use smallvec::SmallVec;
 
+mod clock;
 mod sentinel;
 
+use clock::ServerClock;
 pub(crate) use sentinel::SentinelConn;
 
 /// The admission script (see admit.lua's header for KEYS and ARGV), after
@@ -91,6 +99,9 @@ pub enum RedisStoreError {
     /// The script answered something else than expected.
     #[error("redis: unexpected reply from the admission script ({0})")]
     Reply(String),
+    /// The admission reached the server after its deadline: it did nothing.
+    #[error("redis: the admission reached the server after its deadline; nothing was charged")]
+    Late,
 }
 
 impl RedisStoreError {
@@ -105,7 +116,18 @@ impl RedisStoreError {
                     || e.is_timeout()
                     || e.is_cluster_error()
             }
-            Self::Reply(_) => false,
+            Self::Reply(_) | Self::Late => false,
+        }
+    }
+
+    /// Whether the command may have run on the server although no answer
+    /// came: it was sent (or may have been) and the connection broke or
+    /// timed out. Not when the server answered, or could not be reached.
+    pub fn may_have_run(&self) -> bool {
+        match self {
+            // An error reply is an answer; a refused connection sent nothing.
+            Self::Redis(e) => e.code().is_none() && !e.is_connection_refusal(),
+            Self::Reply(_) | Self::Late => false,
         }
     }
 }
@@ -122,6 +144,8 @@ struct Inner {
     admit: Script,
     settle: Script,
     time: TimeSource,
+    /// The servers' clocks, learned from replies.
+    clock: ServerClock,
     ids: RandomState,
     seq: AtomicU64,
     runtime: tokio::runtime::Handle,
@@ -178,6 +202,7 @@ impl RedisStore {
                 admit: Script::new(ADMIT_LUA),
                 settle: Script::new(SETTLE_LUA),
                 time,
+                clock: ServerClock::new(1),
                 ids: RandomState::new(),
                 seq: AtomicU64::new(1),
                 runtime: tokio::runtime::Handle::current(),
@@ -187,7 +212,29 @@ impl RedisStore {
         // start. (A cluster's nodes learn them on first use: EVALSHA answers
         // NOSCRIPT once per node, and the script is sent then.)
         store.load_scripts().await?;
+        store.learn_time().await?;
         Ok(store)
+    }
+
+    /// Learns the server's clock before the first admission (a Cluster's
+    /// nodes are learned from their replies).
+    async fn learn_time(&self) -> Result<(), RedisStoreError> {
+        if !matches!(self.inner.time, TimeSource::Server) {
+            return Ok(());
+        }
+        let time = redis::cmd("TIME");
+        let reply: Option<(i64, i64)> = match &self.inner.conn {
+            Conn::Single(c) => Some(time.query_async(&mut c.clone()).await?),
+            Conn::Sentinel(s) => match s.current() {
+                Some(mut c) => Some(time.query_async(&mut c).await?),
+                None => None,
+            },
+            Conn::Cluster(_) => None,
+        };
+        if let Some((secs, micros)) = reply {
+            self.inner.clock.sample(0, secs * 1_000_000 + micros, std::time::Instant::now());
+        }
+        Ok(())
     }
 
     async fn load_scripts(&self) -> Result<(), RedisStoreError> {
@@ -236,24 +283,31 @@ impl RedisStore {
         (ReservationId((u128::from(tenant) << 64) | u128::from(random)), format!("{random:016x}"))
     }
 
-    /// The KEYS and ARGV of the admission script for `plan`, and the
-    /// reservation id it would create.
-    fn admission_call(&self, plan: &Plan, peek: bool) -> (Vec<String>, Vec<String>, ReservationId) {
+    /// The KEYS and ARGV of the admission script for `plan`, with lease id
+    /// `lease` and `deadline` (microseconds on the script's clock).
+    fn admission_call(
+        &self,
+        plan: &Plan,
+        peek: bool,
+        lease: &str,
+        deadline: Option<i64>,
+    ) -> (Vec<String>, Vec<String>) {
         let tag = format!("{}:{{{:016x}}}", self.inner.namespace, plan.tenant);
-        let (id, lease) = self.lease_id(plan.tenant);
         let mut keys = Vec::with_capacity(4);
         keys.push(format!("{tag}:l:{lease}"));
-        let lease_ms = plan.lease_until.0.saturating_sub(plan.now.0) / 1_000_000;
-        let mut args = Vec::with_capacity(5 + 10 * plan.charges.len());
+        let lease_ms = (plan.lease_until.0.saturating_sub(plan.now.0) / 1_000_000).max(1);
+        let mut args = Vec::with_capacity(7 + 10 * plan.charges.len());
         args.push(match &self.inner.time {
             TimeSource::Server => "s".to_owned(),
             // The plan's time, from the same clock: what the memory store
             // uses too.
             TimeSource::Client(_) => (plan.now.0 / 1_000_000).to_string(),
         });
-        args.push(lease_ms.max(1).to_string());
+        args.push(lease_ms.to_string());
         args.push(if peek { "p" } else { "a" }.to_owned());
-        args.push(lease);
+        args.push(lease.to_owned());
+        args.push(deadline.map_or_else(|| "-".to_owned(), |d| d.to_string()));
+        args.push(lease_ms.to_string());
         args.push(plan.charges.len().to_string());
         for c in &plan.charges {
             let key = match c.rule {
@@ -291,41 +345,143 @@ impl RedisStore {
             args.push(if c.shadow { "s" } else { "-" }.to_owned());
             args.push(c.metric.as_str().to_owned());
         }
-        (keys, args, id)
+        (keys, args)
     }
 
     /// The admission of `plan` as one Redis command line (`EVALSHA <sha>
-    /// <numkeys> <keys…> <args…>`), for benchmarks and debugging.
+    /// <numkeys> <keys…> <args…>`), with no deadline and a lease id of its
+    /// own, for benchmarks and tests (running it twice is a duplicated
+    /// admission: it charges once).
     pub fn admission_command(&self, plan: &Plan) -> Vec<String> {
-        let (keys, args, _) = self.admission_call(plan, false);
+        self.admission_command_by(plan, None).1
+    }
+
+    /// [`RedisStore::admission_command`] with a deadline (see
+    /// [`RedisStore::admit_by`]), and the reservation id it creates.
+    pub fn admission_command_by(
+        &self,
+        plan: &Plan,
+        deadline: Option<std::time::Instant>,
+    ) -> (ReservationId, Vec<String>) {
+        let (id, lease) = self.lease_id(plan.tenant);
+        let deadline = deadline.and_then(|d| self.script_deadline(plan, d));
+        let (keys, args) = self.admission_call(plan, false, &lease, deadline);
         let mut cmd = vec!["EVALSHA".to_owned(), self.inner.admit.get_hash().to_owned()];
         cmd.push(keys.len().to_string());
         cmd.extend(keys);
         cmd.extend(args);
-        cmd
+        (id, cmd)
+    }
+
+    /// Runs one command line (as [`RedisStore::admission_command`] gives)
+    /// on the store's connection: benchmarks and tests.
+    pub async fn command(&self, line: &[String]) -> Result<redis::Value, RedisStoreError> {
+        let mut cmd = redis::Cmd::new();
+        for a in line {
+            cmd.arg(a);
+        }
+        Ok(match &self.inner.conn {
+            Conn::Single(c) => cmd.query_async(&mut c.clone()).await?,
+            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await?,
+            Conn::Sentinel(s) => {
+                s.run(|mut c| {
+                    let cmd = cmd.clone();
+                    async move { cmd.query_async(&mut c).await }
+                })
+                .await?
+            }
+        })
+    }
+
+    /// The server (a cell of [`ServerClock`]) that holds `tenant`'s keys.
+    fn server_of(&self, _tenant: u64) -> usize {
+        0
+    }
+
+    /// `deadline` as the script's ARGV: microseconds on the clock the
+    /// script uses (the server's, as learned; or the test's clock).
+    fn script_deadline(&self, plan: &Plan, deadline: std::time::Instant) -> Option<i64> {
+        match &self.inner.time {
+            TimeSource::Server => self.inner.clock.deadline(self.server_of(plan.tenant), deadline),
+            TimeSource::Client(_) => {
+                let now = std::time::Instant::now();
+                let plan_us = i64::try_from(plan.now.0 / 1_000).unwrap_or(i64::MAX);
+                let ahead = deadline.saturating_duration_since(now).as_micros();
+                let behind = now.saturating_duration_since(deadline).as_micros();
+                Some(
+                    plan_us + i64::try_from(ahead).unwrap_or(0)
+                        - i64::try_from(behind).unwrap_or(0),
+                )
+            }
+        }
+    }
+
+    /// Admits `plan` unless the call reaches the server after `deadline`
+    /// (on this process's monotonic clock): a late call does nothing and
+    /// answers [`RedisStoreError::Late`]. Returns, before anything is sent,
+    /// the reservation id an admission creates, so that a caller that gives
+    /// up can queue its undoing ([`CounterStore::settle_detached`] with
+    /// [`Usage::REFUND`]: runs after the admission on the same connection,
+    /// and is a no-op if the admission never ran or came late).
+    pub fn admit_by<'a>(
+        &'a self,
+        plan: &'a Plan,
+        deadline: Option<std::time::Instant>,
+    ) -> (ReservationId, impl Future<Output = Result<Decision, RedisStoreError>> + Send + 'a) {
+        let (id, lease) = self.lease_id(plan.tenant);
+        (id, async move {
+            if plan.charges.is_empty() {
+                // No limit applies: nothing to ask.
+                return Ok(Decision {
+                    outcome: Outcome::Admitted { reservation: None },
+                    statuses: SmallVec::new(),
+                });
+            }
+            let deadline = deadline.and_then(|d| self.script_deadline(plan, d));
+            let (keys, args) = self.admission_call(plan, false, &lease, deadline);
+            let nums = self.run_admission(plan.tenant, &keys, &args).await?;
+            decision(plan, &nums, Some(id), false)
+        })
+    }
+
+    async fn run_admission(
+        &self,
+        tenant: u64,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<Vec<i64>, RedisStoreError> {
+        let mut inv = self.inner.admit.prepare_invoke();
+        for k in keys {
+            inv.key(k);
+        }
+        for a in args {
+            inv.arg(a);
+        }
+        let reply = self.run(&inv).await?;
+        let read = std::time::Instant::now();
+        let nums: Vec<i64> =
+            redis::from_redis_value(reply).map_err(|e| RedisStoreError::Reply(e.to_string()))?;
+        if matches!(self.inner.time, TimeSource::Server)
+            && let Some(&server_us) = nums.get(4)
+        {
+            self.inner.clock.sample(self.server_of(tenant), server_us, read);
+        }
+        Ok(nums)
     }
 
     async fn admit_or_peek(&self, plan: &Plan, peek: bool) -> Result<Decision, RedisStoreError> {
+        if !peek {
+            return self.admit_by(plan, None).1.await;
+        }
         if plan.charges.is_empty() {
-            // No limit applies: nothing to ask.
             return Ok(Decision {
                 outcome: Outcome::Admitted { reservation: None },
                 statuses: SmallVec::new(),
             });
         }
-        let (keys, args, id) = self.admission_call(plan, peek);
-        let mut inv = self.inner.admit.prepare_invoke();
-        for k in &keys {
-            inv.key(k);
-        }
-        for a in &args {
-            inv.arg(a);
-        }
-        let reply = self.run(&inv).await?;
-        let nums: Vec<i64> =
-            redis::from_redis_value(reply).map_err(|e| RedisStoreError::Reply(e.to_string()))?;
-        decision(plan, &nums, (!peek).then_some(id), peek)
-            .ok_or_else(|| RedisStoreError::Reply(format!("{nums:?}")))
+        let (keys, args) = self.admission_call(plan, true, "peek", None);
+        let nums = self.run_admission(plan.tenant, &keys, &args).await?;
+        decision(plan, &nums, None, true)
     }
 
     async fn settle_inner(
@@ -366,8 +522,17 @@ impl RedisStore {
 }
 
 /// Reads the admission script's reply into a decision.
-fn decision(plan: &Plan, nums: &[i64], id: Option<ReservationId>, peek: bool) -> Option<Decision> {
-    let (head, rest) = nums.split_at_checked(4)?;
+fn decision(
+    plan: &Plan,
+    nums: &[i64],
+    id: Option<ReservationId>,
+    peek: bool,
+) -> Result<Decision, RedisStoreError> {
+    let bad = || RedisStoreError::Reply(format!("{nums:?}"));
+    let (head, rest) = nums.split_at_checked(5).ok_or_else(bad)?;
+    if head[0] == 3 {
+        return Err(RedisStoreError::Late);
+    }
     let u = |v: i64| u64::try_from(v).unwrap_or(0);
     let ms = |v: i64| Instant::from_millis(u(v));
     let mut statuses = SmallVec::new();
@@ -390,16 +555,17 @@ fn decision(plan: &Plan, nums: &[i64], id: Option<ReservationId>, peek: bool) ->
         });
     }
     if statuses.len() != plan.charges.len() {
-        return None;
+        return Err(bad());
     }
-    let denied = usize::try_from(head[1]).ok()?.checked_sub(1);
+    let denied = usize::try_from(head[1]).ok().and_then(|d| d.checked_sub(1));
     let outcome = match (head[0], denied) {
-        (0, _) => Outcome::Admitted { reservation: id },
+        // 4: admitted before under this id (a retried call).
+        (0 | 4, _) => Outcome::Admitted { reservation: id },
         (1, Some(limit)) => Outcome::Limited { limit, retry_at: ms(head[2]) },
         (2, Some(limit)) => Outcome::TooLarge { limit },
-        _ => return None,
+        _ => return Err(bad()),
     };
-    Some(Decision { outcome, statuses })
+    Ok(Decision { outcome, statuses })
 }
 
 impl CounterStore for RedisStore {
