@@ -39,6 +39,21 @@ pub trait CounterStore: Send + Sync + 'static {
     /// wait; safe to call from `Drop`.
     fn release(&self, id: ReservationId);
 
+    /// Settlements accepted ([`CounterStore::settle_detached`],
+    /// [`CounterStore::release`]) that have not landed yet: on their way, or
+    /// waiting for a store that does not answer. Stores that settle at once
+    /// have none.
+    fn pending_settlements(&self) -> usize {
+        0
+    }
+
+    /// Waits until every settlement accepted so far has landed, or `within`
+    /// has passed (shutdown); how many are still pending.
+    fn flush(&self, within: std::time::Duration) -> impl Future<Output = usize> + Send {
+        let _ = within;
+        std::future::ready(0)
+    }
+
     /// Forgets one counter of the tenant whose hash is `tenant` (an
     /// administrator's reset): the limit starts over. Whether there was
     /// anything to forget.

@@ -322,6 +322,14 @@ impl CounterStore for Guarded {
         }
     }
 
+    fn pending_settlements(&self) -> usize {
+        self.inner.store.pending_settlements()
+    }
+
+    async fn flush(&self, within: std::time::Duration) -> usize {
+        self.inner.store.flush_settlements(within).await
+    }
+
     async fn reset(&self, tenant: u64, key: CounterKey) -> Result<bool, Unavailable> {
         let local = self.inner.local.reset(key);
         let call = self.inner.store.reset(tenant, key);

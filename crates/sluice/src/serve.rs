@@ -24,6 +24,9 @@ use tokio::sync::watch;
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// How often each instance checks whether tenants changed.
 const TENANT_WATCH: Duration = Duration::from_millis(250);
+/// At shutdown, what settlements still pending get at least, after the
+/// requests have finished or been cut at the grace.
+const SETTLE_AT_EXIT: Duration = Duration::from_secs(2);
 
 pub fn run(config_path: &Path, listen: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
@@ -290,17 +293,21 @@ where
         })
     });
 
+    // When the shutdown began: the grace runs from then.
+    let stopping = Arc::new(std::sync::OnceLock::new());
+    let signal = {
+        let stopping = stopping.clone();
+        async move {
+            shutdown_signal().await;
+            let _ = stopping.set(tokio::time::Instant::now());
+        }
+    };
+    let grace = config.gateway.shutdown_grace;
     match listener {
         Some(listener) => {
-            sluice_gateway::serve(
-                listener,
-                gateway,
-                shutdown_signal(),
-                config.gateway.shutdown_grace,
-            )
-            .await?;
+            sluice_gateway::serve(listener, gateway.clone(), signal, grace).await?;
         }
-        None => shutdown_signal().await,
+        None => signal.await,
     }
     let _ = stop_tx.send(true);
     for t in tasks {
@@ -314,6 +321,22 @@ where
     sweeper.abort();
     if let Some(s) = saver {
         s.abort();
+    }
+    // Settlements still on their way (a shared store that was slow or down)
+    // get the rest of the grace, and at least SETTLE_AT_EXIT.
+    let pending = gateway.store.pending_settlements();
+    if pending > 0 {
+        let grace_end = stopping.get().copied().unwrap_or_else(tokio::time::Instant::now) + grace;
+        let within =
+            grace_end.saturating_duration_since(tokio::time::Instant::now()).max(SETTLE_AT_EXIT);
+        tracing::info!(pending, ?within, "sending the settlements still pending");
+        let left = gateway.store.flush(within).await;
+        if left > 0 {
+            tracing::warn!(
+                left,
+                "settlements not sent before exit: their reservations keep what was reserved until their lease ends"
+            );
+        }
     }
     // A clean shutdown loses no count: the requests have been settled.
     if let Some(p) = persist {

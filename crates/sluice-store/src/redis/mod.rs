@@ -39,9 +39,16 @@ use sluice_core::{
 use smallvec::SmallVec;
 
 mod clock;
+mod pending;
 mod sentinel;
 
 use clock::ServerClock;
+use pending::Settlements;
+
+/// The most settlements kept waiting for Redis; more are dropped (counted
+/// by [`RedisStore::lost_settlements`]): their reservations keep what was
+/// reserved until the lease ends.
+pub const SETTLEMENT_QUEUE: usize = pending::CAPACITY;
 pub(crate) use sentinel::SentinelConn;
 
 /// The admission script (see admit.lua's header for KEYS and ARGV), after
@@ -148,7 +155,11 @@ struct Inner {
     clock: ServerClock,
     ids: RandomState,
     seq: AtomicU64,
-    runtime: tokio::runtime::Handle,
+    /// Settlements on their way, retried until they land.
+    settlements: Arc<Settlements>,
+    /// The longest lease of the admissions made so far, in ms: how long a
+    /// settlement may be worth retrying.
+    longest_lease_ms: AtomicU64,
 }
 
 /// A Redis-backed counter store. Cheap to clone (shared).
@@ -165,7 +176,7 @@ impl std::fmt::Debug for RedisStore {
 
 impl RedisStore {
     /// Connects, with keys under `sluice:`. Must be called inside a tokio
-    /// runtime; detached settlements run on it.
+    /// runtime: the task that sends settlements runs on it.
     pub async fn connect(topology: &Topology, time: TimeSource) -> Result<Self, RedisStoreError> {
         Self::connect_in(topology, time, "sluice").await
     }
@@ -205,9 +216,11 @@ impl RedisStore {
                 clock: ServerClock::new(1),
                 ids: RandomState::new(),
                 seq: AtomicU64::new(1),
-                runtime: tokio::runtime::Handle::current(),
+                settlements: Arc::new(Settlements::default()),
+                longest_lease_ms: AtomicU64::new(0),
             }),
         };
+        tokio::spawn(store.inner.settlements.clone().run(Arc::downgrade(&store.inner)));
         // Load the scripts now, so that admissions are one EVALSHA from the
         // start. (A cluster's nodes learn them on first use: EVALSHA answers
         // NOSCRIPT once per node, and the script is sent then.)
@@ -296,6 +309,9 @@ impl RedisStore {
         let mut keys = Vec::with_capacity(4);
         keys.push(format!("{tag}:l:{lease}"));
         let lease_ms = (plan.lease_until.0.saturating_sub(plan.now.0) / 1_000_000).max(1);
+        if !peek && lease_ms > self.inner.longest_lease_ms.load(Ordering::Relaxed) {
+            self.inner.longest_lease_ms.fetch_max(lease_ms, Ordering::Relaxed);
+        }
         let mut args = Vec::with_capacity(7 + 10 * plan.charges.len());
         args.push(match &self.inner.time {
             TimeSource::Server => "s".to_owned(),
@@ -507,17 +523,34 @@ impl RedisStore {
         Ok(if done == 1 { Settlement::Settled } else { Settlement::Unknown })
     }
 
+    /// Queues a settlement, retried until it lands or the longest lease
+    /// seen has passed (by then Redis has expired the lease it settles).
     fn detached(&self, id: ReservationId, usage: Usage, release: bool) {
-        let store = self.clone();
-        self.inner.runtime.spawn(async move {
-            let call = store.settle_inner(id, usage, release);
-            match tokio::time::timeout(Duration::from_secs(5), call).await {
-                Ok(Ok(_)) => {}
-                // The lease expires on its own and keeps its charge.
-                Ok(Err(e)) => tracing::warn!(error = %e, "settling a reservation in redis failed"),
-                Err(_) => tracing::warn!("settling a reservation in redis timed out"),
-            }
-        });
+        let lease = match self.inner.longest_lease_ms.load(Ordering::Relaxed) {
+            0 => sluice_core::DEFAULT_LEASE,
+            ms => Duration::from_millis(ms),
+        };
+        let until = std::time::Instant::now() + lease;
+        self.inner.settlements.push(id, usage, release, until);
+    }
+
+    /// Settlements accepted and not landed yet: being sent, or waiting for
+    /// Redis to answer again.
+    pub fn pending_settlements(&self) -> usize {
+        self.inner.settlements.len()
+    }
+
+    /// Settlements lost: dropped because too many were waiting, and given
+    /// up because their lease ended first (their reservations keep what was
+    /// reserved).
+    pub fn lost_settlements(&self) -> (u64, u64) {
+        self.inner.settlements.lost()
+    }
+
+    /// Waits until every settlement accepted so far has landed, or
+    /// `within` has passed; how many are still pending.
+    pub async fn flush_settlements(&self, within: Duration) -> usize {
+        self.inner.settlements.flush(within).await
     }
 }
 
@@ -589,6 +622,14 @@ impl CounterStore for RedisStore {
 
     fn release(&self, id: ReservationId) {
         self.detached(id, Usage::REFUND, true);
+    }
+
+    fn pending_settlements(&self) -> usize {
+        self.inner.settlements.len()
+    }
+
+    async fn flush(&self, within: Duration) -> usize {
+        self.flush_settlements(within).await
     }
 
     async fn reset(&self, tenant: u64, key: CounterKey) -> Result<bool, RedisStoreError> {

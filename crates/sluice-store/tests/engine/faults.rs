@@ -276,3 +276,80 @@ pub fn cluster_node(cluster: sluice_testkit::RedisCluster) -> Target {
         ),
     }
 }
+
+/// Redis killed (AOF on) with reservations open, settled meanwhile: the
+/// settlements wait in the queue, and once Redis is back from its AOF they
+/// land within a few seconds (the longest backoff is 2 s): each
+/// reservation settled to its real usage, every slot free.
+pub fn settlements_wait_for_a_restarted_server() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let topology = Topology::Standalone(server.url());
+    let store =
+        rt.block_on(RedisStore::connect_in(&topology, TimeSource::Server, "aof")).expect("connect");
+    let policy = policy(LIMITS);
+    let t = policy.tenant(&tenant("t")).expect("tenant");
+    let plan = || {
+        let req = sluice_core::Request {
+            tenant: &t,
+            key: None,
+            endpoint: policy.endpoint("chat").expect("chat"),
+            model: policy.model_ref("m"),
+            cost: Cost::tokens(10, 100),
+        };
+        policy.plan(&req, SystemClock.now())
+    };
+    let ids: Vec<_> = (0..20)
+        .map(|_| rt.block_on(store.admit(&plan())).expect("admit").reservation().expect("id"))
+        .collect();
+    server.kill();
+    {
+        let _rt = rt.enter();
+        for id in &ids {
+            store.settle_detached(*id, Usage::tokens(10, 7));
+        }
+    }
+    assert_eq!(rt.block_on(store.flush_settlements(Duration::from_millis(300))), 20);
+    assert_eq!(store.pending_settlements(), 20, "waiting for Redis");
+    server.restart();
+    let back = std::time::Instant::now();
+    assert_eq!(rt.block_on(store.flush_settlements(Duration::from_secs(10))), 0);
+    let took = back.elapsed();
+    assert!(took < Duration::from_secs(5), "landed {took:?} after Redis came back");
+    let d = rt.block_on(store.peek(&plan())).expect("peek");
+    assert_eq!(status(&policy, &d, "rpd").used, 20);
+    assert_eq!(status(&policy, &d, "tpd").used, 20 * 17, "settled to the real usage");
+    assert_eq!(status(&policy, &d, "in-flight").used, 0, "every slot free");
+    assert_eq!(store.lost_settlements(), (0, 0));
+}
+
+/// The queue is bounded: past its capacity a settlement is dropped (and
+/// counted), not kept; those kept still land when Redis is back.
+pub fn the_settlement_queue_is_bounded() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut server = RedisServer::start();
+    let topology = Topology::Standalone(server.url());
+    let store = rt
+        .block_on(RedisStore::connect_in(&topology, TimeSource::Server, "bound"))
+        .expect("connect");
+    server.kill();
+    let capacity = sluice_store::redis::SETTLEMENT_QUEUE;
+    {
+        let _rt = rt.enter();
+        for i in 0..=capacity as u128 {
+            store.settle_detached(sluice_core::ReservationId((1 << 63) | i), Usage::REFUND);
+        }
+    }
+    assert_eq!(store.pending_settlements(), capacity);
+    assert_eq!(store.lost_settlements(), (1, 0));
+    server.restart();
+    assert_eq!(rt.block_on(store.flush_settlements(Duration::from_secs(30))), 0);
+}

@@ -183,6 +183,16 @@ mod redis {
     engine_tests!(Redis);
     redis_fault_tests!(Redis);
     stopped_server_tests!(crate::faults::standalone(RedisServer::start()));
+
+    #[test]
+    fn settlements_wait_for_a_restarted_server() {
+        crate::faults::settlements_wait_for_a_restarted_server();
+    }
+
+    #[test]
+    fn the_settlement_queue_is_bounded() {
+        crate::faults::the_settlement_queue_is_bounded();
+    }
 }
 
 mod valkey {
