@@ -139,6 +139,9 @@ pub struct RedisConfig {
     pub probe_interval: Duration,
     /// Instances sharing limits (local fallback share).
     pub instances: u64,
+    /// How long a concurrency slot is held unless its running request
+    /// renews it.
+    pub slot_lease: Duration,
 }
 
 /// Parses `50ms`, `2s`, `1m`, `1h`.
@@ -315,6 +318,21 @@ fn store(raw: &RawFile, problems: &mut Problems) -> StoreConfig {
     };
     let instances =
         r.instances.as_ref().and_then(|i| positive(i, "store.instances", problems)).unwrap_or(1);
+    let slot_lease = match &r.slot_lease {
+        Some(d) => match duration(d, "store.slot_lease", problems) {
+            Some(l) if l < Duration::from_secs(1) => {
+                problems.push((
+                    Some(d.span()),
+                    "store.slot_lease".into(),
+                    format!("`{}` is too short: a slot is renewed every third of its lease; give at least `1s`", d.get_ref()),
+                ));
+                Duration::from_secs(10)
+            }
+            Some(l) => l,
+            None => Duration::from_secs(10),
+        },
+        None => Duration::from_secs(10),
+    };
     let namespace =
         r.namespace.as_ref().map_or_else(|| "sluice".to_owned(), |n| n.get_ref().clone());
     if namespace.is_empty() || namespace.contains(['{', '}', ' ']) {
@@ -331,6 +349,7 @@ fn store(raw: &RawFile, problems: &mut Problems) -> StoreConfig {
         on_failure,
         probe_interval,
         instances,
+        slot_lease,
     })
 }
 

@@ -95,6 +95,8 @@ pub struct RawStore {
     pub probe_interval: Option<Spanned<String>>,
     /// With `on_failure = "local"`: how many instances share the limits.
     pub instances: Option<Spanned<i64>>,
+    /// How long a concurrency slot is held unless renewed (`10s`).
+    pub slot_lease: Option<Spanned<String>>,
 }
 
 /// `[server]`

@@ -39,6 +39,24 @@ pub trait CounterStore: Send + Sync + 'static {
     /// wait; safe to call from `Drop`.
     fn release(&self, id: ReservationId);
 
+    /// How long a concurrency slot is held unless renewed, when the store
+    /// outlives the process holding it (a shared store): the caller sets
+    /// [`Plan::slots_until`] that far ahead and renews the slots of a
+    /// running request ([`CounterStore::renew`]) well before. `None`: slots
+    /// last as long as the reservation (a store in this process ends with
+    /// it).
+    fn slot_lease(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Keeps the concurrency slots of reservation `id` for another
+    /// [`CounterStore::slot_lease`] (the heartbeat of a running request);
+    /// whether the reservation is still open.
+    fn renew(&self, id: ReservationId) -> impl Future<Output = Result<bool, Self::Error>> + Send {
+        let _ = id;
+        std::future::ready(Ok(true))
+    }
+
     /// Settlements accepted ([`CounterStore::settle_detached`],
     /// [`CounterStore::release`]) that have not landed yet: on their way, or
     /// waiting for a store that does not answer. Stores that settle at once

@@ -53,7 +53,8 @@ pub struct GuardOptions {
     pub on_failure: OnFailure,
     /// While degraded, how often one request tries the store again.
     pub probe_interval: Duration,
-    /// With `Local`: each instance enforces `amount / instances` (at least 1).
+    /// With `Local`: each instance enforces `amount / instances`, rounded
+    /// down ([`share`]).
     pub instances: u64,
 }
 
@@ -73,10 +74,39 @@ impl Default for GuardOptions {
 #[error("the shared counter store is unavailable: {0}")]
 pub struct Unavailable(pub String);
 
+/// How often requests met by the failure mode are logged (one line, with
+/// how many).
+const LOG_EVERY_MS: u64 = 10_000;
+
+/// A log line at most once per interval, with how many times it happened.
+#[derive(Debug, Default)]
+struct Every {
+    next_ms: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Every {
+    /// Counts one; the count to log, when a line is due.
+    fn hit(&self) -> Option<u64> {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let now = wall_ms();
+        let next = self.next_ms.load(Ordering::Relaxed);
+        if now < next {
+            return None;
+        }
+        self.next_ms
+            .compare_exchange(next, now + LOG_EVERY_MS, Ordering::Relaxed, Ordering::Relaxed)
+            .ok()
+            .map(|_| self.count.swap(0, Ordering::Relaxed))
+    }
+}
+
 struct Inner {
     store: RedisStore,
     local: MemoryStore,
     options: GuardOptions,
+    /// Requests met by the failure mode, logged once per interval.
+    fallbacks: Every,
     degraded: AtomicBool,
     next_probe_ms: AtomicU64,
     failures: AtomicU64,
@@ -97,6 +127,14 @@ impl std::fmt::Debug for Guarded {
     }
 }
 
+/// One instance's share of `amount` when `instances` share it: rounded
+/// down, so that together they never admit more than the amount; but at
+/// least 1, or an amount smaller than the number of instances would admit
+/// nothing at all (then together they may admit up to `instances`).
+pub fn share(amount: u64, instances: u64) -> u64 {
+    (amount / instances.max(1)).max(1)
+}
+
 fn wall_ms() -> u64 {
     SystemClock.now().as_millis()
 }
@@ -112,6 +150,7 @@ impl Guarded {
                 degraded: AtomicBool::new(false),
                 next_probe_ms: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
+                fallbacks: Every::default(),
             }),
         }
     }
@@ -179,7 +218,7 @@ impl Guarded {
         if n == 1 {
             return plan.clone();
         }
-        let share = |a: u64| a.div_ceil(n).max(1);
+        let share = |a: u64| share(a, n);
         let mut p = plan.clone();
         for c in &mut p.charges {
             c.rule = match c.rule {
@@ -195,45 +234,60 @@ impl Guarded {
         p
     }
 
-    fn fallback(&self, plan: &Plan, peek: bool) -> Result<Decision, Unavailable> {
-        match self.inner.options.on_failure {
+    fn fallback(&self, plan: &Plan) -> Result<Decision, Unavailable> {
+        let on_failure = self.inner.options.on_failure;
+        if let Some(n) = self.inner.fallbacks.hit() {
+            match on_failure {
+                OnFailure::Closed => tracing::error!(
+                    refused = n,
+                    "requests refused (503): the shared counter store is unavailable"
+                ),
+                OnFailure::Open => tracing::warn!(
+                    admitted = n,
+                    "requests admitted without counting: the shared counter store is unavailable"
+                ),
+                OnFailure::Local => tracing::warn!(
+                    decided = n,
+                    "requests decided by this instance's own counts: the shared counter store is unavailable"
+                ),
+            }
+        }
+        match on_failure {
             OnFailure::Open => Ok(Decision {
                 outcome: Outcome::Admitted { reservation: None },
                 statuses: SmallVec::new(),
             }),
             OnFailure::Closed => Err(Unavailable("no answer from the shared store".into())),
-            OnFailure::Local => {
-                let p = self.local_plan(plan);
-                Ok(if peek {
-                    self.inner.local.peek_now(&p)
-                } else {
-                    self.inner.local.admit_now(&p)
-                })
+            OnFailure::Local => Ok(self.inner.local.admit_now(&self.local_plan(plan))),
+        }
+    }
+
+    /// The counters as the shared store has them, or `Unavailable`: never
+    /// the fallback's (which counts only this instance's requests, from the
+    /// start of an outage). Tried even while degraded (reports are rare).
+    async fn shared_peek(&self, plan: &Plan) -> Result<Decision, Unavailable> {
+        let timeout = self.inner.options.timeout;
+        match tokio::time::timeout(timeout, self.inner.store.peek(plan)).await {
+            Ok(Ok(d)) => {
+                self.succeeded();
+                Ok(d)
+            }
+            Ok(Err(e)) => {
+                self.failed(&e.to_string());
+                Err(Unavailable(e.to_string()))
+            }
+            Err(_) => {
+                self.failed(&format!("no answer within {timeout:?}"));
+                Err(Unavailable(format!("no answer within {timeout:?}")))
             }
         }
     }
 
-    async fn guarded_admit(&self, plan: &Plan, peek: bool) -> Result<Decision, Unavailable> {
+    async fn guarded_admit(&self, plan: &Plan) -> Result<Decision, Unavailable> {
         if self.skip() {
-            return self.fallback(plan, peek);
+            return self.fallback(plan);
         }
         let timeout = self.inner.options.timeout;
-        if peek {
-            return match tokio::time::timeout(timeout, self.inner.store.peek(plan)).await {
-                Ok(Ok(d)) => {
-                    self.succeeded();
-                    Ok(d)
-                }
-                Ok(Err(e)) => {
-                    self.failed(&e.to_string());
-                    self.fallback(plan, peek)
-                }
-                Err(_) => {
-                    self.failed(&format!("no answer within {timeout:?}"));
-                    self.fallback(plan, peek)
-                }
-            };
-        }
         // The moment this call gives up is the script's deadline.
         let deadline = std::time::Instant::now() + timeout;
         let (id, call) = self.inner.store.admit_by(plan, Some(deadline));
@@ -248,19 +302,19 @@ impl Guarded {
             // high, or the call was nearly too slow): this request falls back.
             Ok(Err(RedisStoreError::Late)) => {
                 tracing::debug!("an admission reached redis after its deadline");
-                self.fallback(plan, peek)
+                self.fallback(plan)
             }
             Ok(Err(e)) => {
                 if e.may_have_run() {
                     self.undo(plan, id);
                 }
                 self.failed(&e.to_string());
-                self.fallback(plan, peek)
+                self.fallback(plan)
             }
             Err(_) => {
                 self.undo(plan, id);
                 self.failed(&format!("no answer within {timeout:?}"));
-                self.fallback(plan, peek)
+                self.fallback(plan)
             }
         }
     }
@@ -280,11 +334,13 @@ impl CounterStore for Guarded {
     type Error = Unavailable;
 
     async fn admit(&self, plan: &Plan) -> Result<Decision, Unavailable> {
-        self.guarded_admit(plan, false).await
+        self.guarded_admit(plan).await
     }
 
+    /// The shared store's counters; `Unavailable` while it fails (never
+    /// the fallback's counts).
     async fn peek(&self, plan: &Plan) -> Result<Decision, Unavailable> {
-        self.guarded_admit(plan, true).await
+        self.shared_peek(plan).await
     }
 
     async fn settle(&self, id: ReservationId, usage: Usage) -> Result<Settlement, Unavailable> {
@@ -322,6 +378,22 @@ impl CounterStore for Guarded {
         }
     }
 
+    fn slot_lease(&self) -> Option<std::time::Duration> {
+        self.inner.store.slot_lease()
+    }
+
+    async fn renew(&self, id: ReservationId) -> Result<bool, Unavailable> {
+        if !is_redis_id(id) {
+            // A slot of the fallback: in this process.
+            return Ok(true);
+        }
+        match tokio::time::timeout(self.inner.options.timeout, self.inner.store.renew(id)).await {
+            Ok(Ok(open)) => Ok(open),
+            Ok(Err(e)) => Err(Unavailable(e.to_string())),
+            Err(_) => Err(Unavailable("renewing slots timed out".into())),
+        }
+    }
+
     fn pending_settlements(&self) -> usize {
         self.inner.store.pending_settlements()
     }
@@ -337,6 +409,29 @@ impl CounterStore for Guarded {
             Ok(Ok(shared)) => Ok(shared || local),
             Ok(Err(e)) => Err(Unavailable(e.to_string())),
             Err(_) => Err(Unavailable("reset timed out".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share;
+
+    /// Shares rounded down never add up to more than the amount; an amount
+    /// smaller than the number of instances gives each one 1.
+    #[test]
+    fn shares_never_add_up_to_more_than_the_amount() {
+        assert_eq!(share(100, 3), 33);
+        for amount in 1..500 {
+            for n in 1..12 {
+                let s = share(amount, n);
+                if amount >= n {
+                    assert!(s * n <= amount, "{amount} over {n}: {s} each");
+                    assert!(s * n > amount - n, "{amount} over {n}: {s} each");
+                } else {
+                    assert_eq!(s, 1);
+                }
+            }
         }
     }
 }

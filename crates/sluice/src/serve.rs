@@ -113,7 +113,8 @@ async fn serve(
             let topology = topology(&r.topology);
             let redis = RedisStore::connect_in(&topology, TimeSource::Server, &r.namespace)
                 .await
-                .with_context(|| format!("connecting to redis ({topology:?})"))?;
+                .with_context(|| format!("connecting to redis ({topology:?})"))?
+                .with_slot_lease(r.slot_lease);
             let tenants = RedisTenants::connect(&topology, &r.namespace)
                 .await
                 .context("reading tenants from redis")?;

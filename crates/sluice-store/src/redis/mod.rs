@@ -57,6 +57,10 @@ pub const ADMIT_LUA: &str = concat!(include_str!("rolling.lua"), include_str!("a
 /// The settlement script (see settle.lua's header for KEYS and ARGV), after
 /// the functions it shares with admission.
 pub const SETTLE_LUA: &str = concat!(include_str!("rolling.lua"), include_str!("settle.lua"));
+/// The heartbeat of a running request's concurrency slots (see renew.lua).
+pub const RENEW_LUA: &str = include_str!("renew.lua");
+/// How long a concurrency slot is held unless renewed, by default.
+pub const DEFAULT_SLOT_LEASE: Duration = Duration::from_secs(10);
 /// Forgets one counter. KEYS[1] the group hash, KEYS[2] the concurrency
 /// set; ARGV[1] the counter's field. Returns how many things were removed.
 pub const RESET_LUA: &str =
@@ -150,6 +154,9 @@ struct Inner {
     conn: Conn,
     admit: Script,
     settle: Script,
+    renew: Script,
+    /// How long a concurrency slot is held unless renewed.
+    slot_lease: Duration,
     time: TimeSource,
     /// The servers' clocks, learned from replies.
     clock: ServerClock,
@@ -212,6 +219,8 @@ impl RedisStore {
                 conn,
                 admit: Script::new(ADMIT_LUA),
                 settle: Script::new(SETTLE_LUA),
+                renew: Script::new(RENEW_LUA),
+                slot_lease: DEFAULT_SLOT_LEASE,
                 time,
                 clock: ServerClock::new(1),
                 ids: RandomState::new(),
@@ -227,6 +236,16 @@ impl RedisStore {
         store.load_scripts().await?;
         store.learn_time().await?;
         Ok(store)
+    }
+
+    /// Holds concurrency slots for `lease` unless renewed (the default is
+    /// [`DEFAULT_SLOT_LEASE`]); at least a second. Call before use.
+    #[must_use]
+    pub fn with_slot_lease(mut self, lease: Duration) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.slot_lease = lease.max(Duration::from_secs(1));
+        }
+        self
     }
 
     /// Learns the server's clock before the first admission (a Cluster's
@@ -252,7 +271,7 @@ impl RedisStore {
 
     async fn load_scripts(&self) -> Result<(), RedisStoreError> {
         async fn load(c: &mut impl redis::aio::ConnectionLike) -> Result<(), RedisError> {
-            for script in [ADMIT_LUA, SETTLE_LUA] {
+            for script in [ADMIT_LUA, SETTLE_LUA, RENEW_LUA] {
                 let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(script).query_async(c).await?;
             }
             Ok(())
@@ -323,7 +342,8 @@ impl RedisStore {
         args.push(if peek { "p" } else { "a" }.to_owned());
         args.push(lease.to_owned());
         args.push(deadline.map_or_else(|| "-".to_owned(), |d| d.to_string()));
-        args.push(lease_ms.to_string());
+        let slot_ms = plan.slots_until.0.saturating_sub(plan.now.0) / 1_000_000;
+        args.push(slot_ms.clamp(1, lease_ms).to_string());
         args.push(plan.charges.len().to_string());
         for c in &plan.charges {
             let key = match c.rule {
@@ -523,6 +543,18 @@ impl RedisStore {
         Ok(if done == 1 { Settlement::Settled } else { Settlement::Unknown })
     }
 
+    async fn renew_inner(&self, id: ReservationId) -> Result<bool, RedisStoreError> {
+        let tenant = (id.0 >> 64) as u64;
+        let lease = format!("{:016x}", id.0 as u64);
+        let mut inv = self.inner.renew.prepare_invoke();
+        inv.key(format!("{}:{{{tenant:016x}}}:l:{lease}", self.inner.namespace));
+        inv.arg(self.time_arg()).arg(&lease);
+        let reply = self.run(&inv).await?;
+        let open: i64 =
+            redis::from_redis_value(reply).map_err(|e| RedisStoreError::Reply(e.to_string()))?;
+        Ok(open == 1)
+    }
+
     /// Queues a settlement, retried until it lands or the longest lease
     /// seen has passed (by then Redis has expired the lease it settles).
     fn detached(&self, id: ReservationId, usage: Usage, release: bool) {
@@ -622,6 +654,14 @@ impl CounterStore for RedisStore {
 
     fn release(&self, id: ReservationId) {
         self.detached(id, Usage::REFUND, true);
+    }
+
+    fn slot_lease(&self) -> Option<Duration> {
+        Some(self.inner.slot_lease)
+    }
+
+    async fn renew(&self, id: ReservationId) -> Result<bool, RedisStoreError> {
+        self.renew_inner(id).await
     }
 
     fn pending_settlements(&self) -> usize {

@@ -353,3 +353,44 @@ pub fn the_settlement_queue_is_bounded() {
     server.restart();
     assert_eq!(rt.block_on(store.flush_settlements(Duration::from_secs(30))), 0);
 }
+
+const ONE_SLOT: &str = r#"
+[models.m]
+[[limits]]
+name = "in-flight"
+metric = "concurrent"
+amount = 1
+"#;
+
+/// A concurrency slot taken for a short slot lease lapses after it unless
+/// renewed (the heartbeat of its running request), long before the
+/// reservation's lease; renewed, it is held; a lapsed slot whose request
+/// still runs is taken back by the next renewal; settled, it is free and
+/// renewing says the reservation is over.
+pub fn slots_lapse_unless_renewed<F: StoreFactory<Store = RedisStore>>(f: &F) {
+    let h = Harness::new(f, policy(ONE_SLOT), "2026-05-01T10:00:00Z");
+    let t = h.tenant(&tenant("t"));
+    let admit = |slot: Duration| {
+        let mut plan =
+            h.policy.plan(&h.request(&t, None, "chat", "m", Cost::REQUEST), h.clock.now());
+        plan.slots_until = sluice_core::Instant(plan.now.0 + slot.as_nanos() as u64);
+        h.rt.block_on(h.store.admit(&plan)).expect("admit")
+    };
+    let renew = |id| h.rt.block_on(h.store.renew(id)).expect("renew");
+    let slot = Duration::from_secs(10);
+    let id = admit(slot).reservation().expect("the slot");
+    assert!(!admit(slot).is_admitted(), "one slot");
+    h.advance(Duration::from_secs(8));
+    assert!(renew(id), "open");
+    h.advance(Duration::from_secs(4));
+    assert!(!admit(slot).is_admitted(), "renewed: held 12 s after admission");
+    h.advance(Duration::from_secs(7));
+    let other = admit(slot).reservation().expect("lapsed 9 s after its renewal: free");
+    h.release(other);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(renew(id), "the request still runs");
+    assert!(!admit(slot).is_admitted(), "its slot is taken back");
+    assert_eq!(h.settle(id, Usage::tokens(0, 0)), Settlement::Settled);
+    assert!(!renew(id), "settled: over");
+    assert!(admit(slot).is_admitted(), "free");
+}

@@ -59,6 +59,10 @@ macro_rules! redis_fault_tests {
         fn a_duplicated_admission_charges_once() {
             crate::faults::a_duplicated_admission_charges_once(&$factory);
         }
+        #[test]
+        fn slots_lapse_unless_renewed() {
+            crate::faults::slots_lapse_unless_renewed(&$factory);
+        }
     };
 }
 
