@@ -13,8 +13,10 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod background;
 pub mod body;
 mod proxy;
+pub mod reservation;
 pub mod runtime;
 mod server;
 pub mod upstream;

@@ -11,15 +11,15 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use sluice_config::gateway::UpstreamFailure;
 use sluice_core::{Clock, Cost, CounterStore, Usage};
 use sluice_llm::error::ApiError;
 use sluice_llm::headers::{HeaderOptions, insert_headers, is_rate_limit_header, remove_headers};
 use sluice_llm::usage::SseUsageTap;
-use sluice_llm::{RewriteOptions, expected_output, force_include_usage};
+use sluice_llm::{Encoding, RewriteOptions, expected_output, force_include_usage};
 
 use crate::auth::AuthError;
-use crate::body::{JsonFrames, Metered, ResponseBody, Settler, Tap, full};
+use crate::body::{JsonFrames, Metered, ResponseBody, Tap, full};
+use crate::reservation::{Ending, FailureCost, Reservation};
 use crate::runtime::{Endpoint, KeyEntry, Route, Runtime};
 use crate::server::Gateway;
 use crate::upstream::SendError;
@@ -203,12 +203,14 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     };
     let (input, model_name) = if body.len() > INLINE_TOKENIZE_BYTES {
         let name = Cow::Owned(facts.model.to_string());
+        // Should the tokenizer's task fail, the byte estimate stands in.
+        let by_bytes = gw.estimator.input_tokens(&facts, Encoding::DEFAULT_BYTES);
         let owned = facts.into_owned();
         let est = gw.estimator.clone();
         let encoding = route.encoding;
         let input = tokio::task::spawn_blocking(move || est.input_tokens(&owned, encoding))
             .await
-            .unwrap_or(0);
+            .unwrap_or(by_bytes);
         (input, name)
     } else {
         (gw.estimator.input_tokens(&facts, route.encoding), Cow::Borrowed(&*facts.model))
@@ -217,7 +219,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
 
     // Admission: every limit, all or nothing.
     let now = gw.clock.now();
-    let plan = rt.policy.plan(
+    let mut plan = rt.policy.plan(
         &sluice_core::Request {
             tenant: &tenant.facts,
             key: Some(&key.facts),
@@ -227,12 +229,16 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
         },
         now,
     );
-    let decision = match gw.store.admit(&plan).await {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::error!(error = %e, "counter store failed");
-            return error_response(&ApiError::store_unavailable());
-        }
+    // Concurrency slots in a shared store are held for a short lease, which
+    // the reservation renews while the request runs (Reservation::keep_slots).
+    let slot_lease = gw.store.slot_lease().filter(|_| plan.holds_slots());
+    if let Some(lease) = slot_lease {
+        let until = now.0.saturating_add(u64::try_from(lease.as_nanos()).unwrap_or(u64::MAX));
+        plan.slots_until = sluice_core::Instant(until.min(plan.lease_until.0));
+    }
+    // (The store logs its failures, once per interval.)
+    let Ok(decision) = gw.store.admit(&plan).await else {
+        return error_response(&ApiError::store_unavailable());
     };
     let opts = HeaderOptions { no_retry_after: rt.settings.no_retry_after };
     if !decision.is_admitted() {
@@ -244,19 +250,19 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
         return r;
     }
     let reserved = Usage::tokens(input, output);
-    let failure_usage = match rt.settings.upstream_failure {
-        UpstreamFailure::Refund => Usage::REFUND,
-        UpstreamFailure::Charge => reserved,
-    };
-    let settler = Settler::new(gw.store.clone(), decision.reservation(), input, reserved);
+    let failure = FailureCost::new(rt.settings.upstream_failure, &rt.settings.refund_statuses);
+    let mut reservation =
+        Reservation::new(gw.store.clone(), decision.reservation(), input, reserved, failure);
+    if slot_lease.is_some() {
+        reservation.keep_slots();
+    }
 
     // Forward.
     let upstream = &rt.upstreams[route.upstream];
     let upstream_body = match upstream_body(body, stream, route) {
         Ok(b) => b,
         Err(e) => {
-            let mut s = settler;
-            s.settle(Usage::REFUND);
+            reservation.end(Ending::NotForwarded);
             return error_response(&e);
         }
     };
@@ -266,8 +272,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
         None => endpoint.upstream_uris.get(route.upstream).cloned().flatten(),
     };
     let Some(uri) = uri else {
-        let mut s = settler;
-        s.settle(failure_usage);
+        reservation.end(Ending::NotForwarded);
         return error_response(&ApiError::upstream_error());
     };
     let mut up = Request::new(Full::new(upstream_body));
@@ -287,12 +292,11 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
-            let mut s = settler;
-            s.settle(failure_usage);
             let err = match e {
                 SendError::Timeout(_) => ApiError::upstream_timeout(),
                 SendError::Unreachable(_) => ApiError::upstream_error(),
             };
+            reservation.end(Ending::UpstreamFailed { status: err.status });
             let mut r = error_response(&err);
             insert_headers(r.headers_mut(), &decision, &rt.policy, now, &opts);
             return r;
@@ -306,7 +310,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let tap = if !ok {
-        Tap::None
+        Tap::Failed(head.status)
     } else if is_sse {
         Tap::Sse(Box::new(
             SseUsageTap::new(stream && !client_asked_usage).with_encoding(route.encoding),
@@ -314,8 +318,8 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     } else {
         Tap::Json(JsonFrames::default())
     };
-    let settler = if ok { settler } else { settler.with_fixed_usage(failure_usage) };
-    let mut r = Response::new(Metered::new(upstream_body, tap, settler).boxed());
+    let body = Metered::new(upstream_body, tap, reservation, gw.background.clone());
+    let mut r = Response::new(body.boxed());
     *r.status_mut() = head.status;
     // The upstream's headers, less those of this hop and its own rate limits.
     let out = r.headers_mut();

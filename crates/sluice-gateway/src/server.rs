@@ -23,6 +23,7 @@ use sluice_llm::Estimator;
 use sluice_llm::error::ApiError;
 use tokio::net::TcpListener;
 
+use crate::background::Background;
 use crate::body::{ResponseBody, full};
 use crate::proxy::{error_response, models, proxy};
 use crate::runtime::Runtime;
@@ -36,6 +37,9 @@ pub struct Gateway<S> {
     pub clock: Arc<dyn Clock>,
     /// Token estimates (tokenizers load once).
     pub estimator: Arc<Estimator>,
+    /// Work requests leave behind (reading a JSON body on after its client
+    /// went away), cut at shutdown.
+    pub background: Arc<Background>,
     /// Request ids: a counter, started at a random point of the sequence.
     seq: AtomicU64,
     /// A random key mixed into every id, so that ids do not reveal how many
@@ -56,6 +60,7 @@ impl<S: CounterStore + Clone + Unpin> Gateway<S> {
             store,
             clock,
             estimator,
+            background: Arc::default(),
             seq: AtomicU64::new(RandomState::new().hash_one(0u64)),
             id_key: RandomState::new().hash_one(1u64),
         })
@@ -139,9 +144,18 @@ pub fn tokio_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     }
 }
 
+/// How long requests cut at the grace get to end (their reservations
+/// settle as they are dropped).
+const CUT: Duration = Duration::from_secs(1);
+
 /// Serves HTTP/1.1 and HTTP/2 on `listener` until `shutdown` completes,
 /// then stops accepting, lets requests in flight finish (and settle) for up
-/// to `grace`, and returns.
+/// to `grace`, cuts those still running (their reservations end as the
+/// module `reservation` says: a stream charged what went through, a
+/// request waiting for its upstream what was reserved; their concurrency
+/// slots are released) and the work they left behind, and returns. The
+/// settlements may still be on their way: [`CounterStore::flush`] waits
+/// for them.
 pub async fn serve<S>(
     listener: TcpListener,
     gateway: Arc<Gateway<S>>,
@@ -151,17 +165,22 @@ pub async fn serve<S>(
 where
     S: CounterStore + Clone + Unpin,
 {
+    let background = gateway.background.clone();
     let service = service_fn(move |req| {
         let gw = gateway.clone();
         async move { Ok::<_, Infallible>(gw.handle(req).await) }
     });
-    serve_connections(listener, service, shutdown, grace).await
+    serve_connections(listener, service, shutdown, grace).await?;
+    background.cut(CUT).await;
+    Ok(())
 }
 
 /// The accept loop of every HTTP listener Sluice has (the proxy, the
 /// decision service's JSON API): HTTP/1.1 and HTTP/2 with `service` on each
 /// connection until `shutdown` completes; then no new connection, and those
-/// in flight get up to `grace` to finish.
+/// in flight get up to `grace` to finish; those still open then are cut
+/// (dropped, so whatever they hold ends: a reservation settles, a slot is
+/// released) before this returns.
 pub async fn serve_connections<Svc, B>(
     listener: TcpListener,
     service: Svc,
@@ -180,6 +199,9 @@ where
 {
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
+    // The connections' tasks, to cut those left at the end of the grace
+    // (finished ones are reaped as new ones come).
+    let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -196,7 +218,8 @@ where
                 let _ = stream.set_nodelay(true);
                 let conn = builder.serve_connection(TokioIo::new(stream), service.clone());
                 let conn = graceful.watch(conn.into_owned());
-                tokio::spawn(async move {
+                while connections.try_join_next().is_some() {}
+                connections.spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
@@ -209,9 +232,16 @@ where
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(grace) => {
-            tracing::warn!(?grace, "requests still in flight after the shutdown grace; stopping anyway");
+            tracing::warn!(
+                ?grace,
+                connections = connections.len(),
+                "requests still in flight after the shutdown grace: cutting them"
+            );
         }
     }
+    connections.abort_all();
+    let _ =
+        tokio::time::timeout(CUT, async { while connections.join_next().await.is_some() {} }).await;
     Ok(())
 }
 
