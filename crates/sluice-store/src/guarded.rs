@@ -12,6 +12,11 @@
 //! with no restart. Transitions are logged (`store degraded` / `store
 //! recovered`) and visible through [`Guarded::is_degraded`].
 //!
+//! Health is kept per server: on a Cluster, per master. A stalled master
+//! sends only the tenants whose keys it holds to the failure mode; tenants
+//! on the other masters go on as before, and no global state flips between
+//! degraded and recovered as requests for different masters come and go.
+//!
 //! An admission the guard gave up on never takes effect later: it carries
 //! its deadline (the moment the guard gives up) to the script, which does
 //! nothing past it ([`RedisStore::admit_by`]); and should it have run in
@@ -107,9 +112,16 @@ struct Inner {
     options: GuardOptions,
     /// Requests met by the failure mode, logged once per interval.
     fallbacks: Every,
+    /// Per server (`RedisStore::node_of`).
+    health: Box<[Health]>,
+    failures: AtomicU64,
+}
+
+/// One server's state.
+#[derive(Debug, Default)]
+struct Health {
     degraded: AtomicBool,
     next_probe_ms: AtomicU64,
-    failures: AtomicU64,
 }
 
 /// A shared store with a timeout and a failure policy.
@@ -122,7 +134,7 @@ impl std::fmt::Debug for Guarded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Guarded")
             .field("options", &self.inner.options)
-            .field("degraded", &self.inner.degraded.load(Ordering::Relaxed))
+            .field("degraded", &self.is_degraded())
             .finish_non_exhaustive()
     }
 }
@@ -144,20 +156,30 @@ impl Guarded {
     pub fn new(store: RedisStore, options: GuardOptions) -> Self {
         Self {
             inner: Arc::new(Inner {
-                store,
                 local: MemoryStore::new(SystemClock),
                 options,
-                degraded: AtomicBool::new(false),
-                next_probe_ms: AtomicU64::new(0),
+                health: (0..store.nodes()).map(|_| Health::default()).collect(),
                 failures: AtomicU64::new(0),
                 fallbacks: Every::default(),
+                store,
             }),
         }
     }
 
-    /// Whether the shared store is failing now.
+    /// Whether the shared store is failing now (one of its servers, on a
+    /// Cluster).
     pub fn is_degraded(&self) -> bool {
-        self.inner.degraded.load(Ordering::Relaxed)
+        self.inner.health.iter().any(|h| h.degraded.load(Ordering::Relaxed))
+    }
+
+    /// Whether the server that holds `tenant`'s keys is failing now.
+    pub fn is_degraded_for(&self, tenant: u64) -> bool {
+        self.health(tenant).degraded.load(Ordering::Relaxed)
+    }
+
+    fn health(&self, tenant: u64) -> &Health {
+        let h = &self.inner.health;
+        &h[self.inner.store.node_of(tenant) % h.len()]
     }
 
     /// Calls that failed or timed out so far.
@@ -175,30 +197,37 @@ impl Guarded {
         &self.inner.local
     }
 
-    /// Whether this call should skip the store (degraded, and not the probe).
-    fn skip(&self) -> bool {
-        if !self.is_degraded() {
+    /// Whether this call for `tenant` should skip the store (its server is
+    /// degraded, and this is not the probe).
+    fn skip(&self, tenant: u64) -> bool {
+        let h = self.health(tenant);
+        if !h.degraded.load(Ordering::Relaxed) {
             return false;
         }
         let now = wall_ms();
-        let next = self.inner.next_probe_ms.load(Ordering::Relaxed);
+        let next = h.next_probe_ms.load(Ordering::Relaxed);
         if now < next {
             return true;
         }
         // One caller wins the probe; the others keep using the fallback.
         let probe = now + self.inner.options.probe_interval.as_millis() as u64;
-        self.inner
-            .next_probe_ms
-            .compare_exchange(next, probe, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
+        h.next_probe_ms.compare_exchange(next, probe, Ordering::Relaxed, Ordering::Relaxed).is_err()
     }
 
-    fn failed(&self, why: &str) {
+    /// The server name of `tenant`'s keys, for logs.
+    fn server(&self, tenant: u64) -> String {
+        let node = self.inner.store.node_of(tenant);
+        self.inner.store.node_name(node).unwrap_or_else(|| "redis".to_owned())
+    }
+
+    fn failed(&self, tenant: u64, why: &str) {
         self.inner.failures.fetch_add(1, Ordering::Relaxed);
+        let h = self.health(tenant);
         let probe = wall_ms() + self.inner.options.probe_interval.as_millis() as u64;
-        self.inner.next_probe_ms.store(probe, Ordering::Relaxed);
-        if !self.inner.degraded.swap(true, Ordering::Relaxed) {
+        h.next_probe_ms.store(probe, Ordering::Relaxed);
+        if !h.degraded.swap(true, Ordering::Relaxed) {
             tracing::warn!(
+                server = %self.server(tenant),
                 reason = why,
                 on_failure = ?self.inner.options.on_failure,
                 "store degraded: the shared counter store is unavailable"
@@ -206,9 +235,14 @@ impl Guarded {
         }
     }
 
-    fn succeeded(&self) {
-        if self.inner.degraded.swap(false, Ordering::Relaxed) {
-            tracing::warn!("store recovered: the shared counter store answers again");
+    fn succeeded(&self, tenant: u64) {
+        let h = self.health(tenant);
+        // A load first: the usual case (healthy) writes nothing shared.
+        if h.degraded.load(Ordering::Relaxed) && h.degraded.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                server = %self.server(tenant),
+                "store recovered: the shared counter store answers again"
+            );
         }
     }
 
@@ -267,24 +301,26 @@ impl Guarded {
     /// start of an outage). Tried even while degraded (reports are rare).
     async fn shared_peek(&self, plan: &Plan) -> Result<Decision, Unavailable> {
         let timeout = self.inner.options.timeout;
+        let tenant = plan.tenant;
         match tokio::time::timeout(timeout, self.inner.store.peek(plan)).await {
             Ok(Ok(d)) => {
-                self.succeeded();
+                self.succeeded(tenant);
                 Ok(d)
             }
             Ok(Err(e)) => {
-                self.failed(&e.to_string());
+                self.failed(tenant, &e.to_string());
                 Err(Unavailable(e.to_string()))
             }
             Err(_) => {
-                self.failed(&format!("no answer within {timeout:?}"));
+                self.failed(tenant, &format!("no answer within {timeout:?}"));
                 Err(Unavailable(format!("no answer within {timeout:?}")))
             }
         }
     }
 
     async fn guarded_admit(&self, plan: &Plan) -> Result<Decision, Unavailable> {
-        if self.skip() {
+        let tenant = plan.tenant;
+        if self.skip(tenant) {
             return self.fallback(plan);
         }
         let timeout = self.inner.options.timeout;
@@ -294,7 +330,7 @@ impl Guarded {
         let answer = tokio::time::timeout_at(deadline.into(), call).await;
         match answer {
             Ok(Ok(d)) => {
-                self.succeeded();
+                self.succeeded(tenant);
                 Ok(d)
             }
             // The server answered, after the deadline: nothing was charged.
@@ -308,12 +344,12 @@ impl Guarded {
                 if e.may_have_run() {
                     self.undo(plan, id);
                 }
-                self.failed(&e.to_string());
+                self.failed(tenant, &e.to_string());
                 self.fallback(plan)
             }
             Err(_) => {
                 self.undo(plan, id);
-                self.failed(&format!("no answer within {timeout:?}"));
+                self.failed(tenant, &format!("no answer within {timeout:?}"));
                 self.fallback(plan)
             }
         }
@@ -352,11 +388,11 @@ impl CounterStore for Guarded {
         {
             Ok(Ok(s)) => Ok(s),
             Ok(Err(e)) => {
-                self.failed(&e.to_string());
+                self.failed((id.0 >> 64) as u64, &e.to_string());
                 Err(Unavailable(e.to_string()))
             }
             Err(_) => {
-                self.failed("settlement timed out");
+                self.failed((id.0 >> 64) as u64, "settlement timed out");
                 Err(Unavailable("settlement timed out".into()))
             }
         }

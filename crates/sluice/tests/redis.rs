@@ -493,7 +493,11 @@ async fn three_instances_falling_back_locally_admit_at_most_the_limit() {
     redis.kill();
     let results = load(&urls, 150, 6, chat("m", 5)).await;
     let admitted = results.iter().filter(|(s, _)| *s == 200).count();
-    assert_eq!(admitted, 99, "33 on each instance: {results:?}");
+    let refused = results.iter().filter(|(s, _)| *s == 429).count();
+    if admitted != 99 {
+        let logs: Vec<String> = instances.into_iter().map(|s| s.terminate().1).collect();
+        panic!("{admitted} admitted, {refused} refused (33 on each instance): {results:?}\n{logs:#?}");
+    }
 }
 
 /// The usage API reads the shared store: while Redis is down it answers

@@ -39,10 +39,13 @@ use sluice_core::{
 use smallvec::SmallVec;
 
 mod clock;
+mod nodes;
 mod pending;
 mod sentinel;
 
 use clock::ServerClock;
+pub use nodes::MAX_NODES;
+use nodes::SlotMap;
 use pending::Settlements;
 
 /// The most settlements kept waiting for Redis; more are dropped (counted
@@ -160,6 +163,8 @@ struct Inner {
     time: TimeSource,
     /// The servers' clocks, learned from replies.
     clock: ServerClock,
+    /// A Cluster's slot map: which master holds a tenant's keys.
+    slots: Option<SlotMap>,
     ids: RandomState,
     seq: AtomicU64,
     /// Settlements on their way, retried until they land.
@@ -195,6 +200,7 @@ impl RedisStore {
         time: TimeSource,
         namespace: &str,
     ) -> Result<Self, RedisStoreError> {
+        let cluster = matches!(topology, Topology::Cluster(_));
         let conn = match topology {
             Topology::Standalone(url) => {
                 let client = redis::Client::open(url.as_str())?;
@@ -222,7 +228,8 @@ impl RedisStore {
                 renew: Script::new(RENEW_LUA),
                 slot_lease: DEFAULT_SLOT_LEASE,
                 time,
-                clock: ServerClock::new(1),
+                clock: ServerClock::new(if cluster { MAX_NODES } else { 1 }),
+                slots: cluster.then(SlotMap::new),
                 ids: RandomState::new(),
                 seq: AtomicU64::new(1),
                 settlements: Arc::new(Settlements::default()),
@@ -235,7 +242,71 @@ impl RedisStore {
         // NOSCRIPT once per node, and the script is sent then.)
         store.load_scripts().await?;
         store.learn_time().await?;
+        if store.inner.slots.is_some() {
+            store.read_slots().await?;
+            let inner = Arc::downgrade(&store.inner);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(nodes::REFRESH);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let Some(inner) = inner.upgrade() else { return };
+                    let store = RedisStore { inner };
+                    if let Err(e) = store.read_slots().await {
+                        tracing::debug!(error = %e, "reading the cluster's slot map failed");
+                    }
+                }
+            });
+        }
         Ok(store)
+    }
+
+    /// Reads a Cluster's slot map, and each master's clock.
+    async fn read_slots(&self) -> Result<(), RedisStoreError> {
+        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+        let (Conn::Cluster(c), Some(slots)) = (&self.inner.conn, &self.inner.slots) else {
+            return Ok(());
+        };
+        let mut c = c.clone();
+        let any = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+        let call = c.route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), any);
+        let reply = tokio::time::timeout(Duration::from_secs(2), call).await.map_err(|_| {
+            RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "CLUSTER SLOTS"))
+        })??;
+        for (index, host, port) in slots.update(&reply) {
+            if !matches!(self.inner.time, TimeSource::Server) {
+                continue;
+            }
+            let node = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+            let call = c.route_command(redis::cmd("TIME"), node);
+            // A master that does not answer is learned from its replies.
+            if let Ok(Ok(time)) = tokio::time::timeout(Duration::from_millis(500), call).await
+                && let Ok((secs, micros)) = redis::from_redis_value::<(i64, i64)>(time)
+            {
+                self.inner.clock.sample(
+                    index,
+                    secs * 1_000_000 + micros,
+                    std::time::Instant::now(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The server that holds `tenant`'s keys, by index (0 but on a
+    /// Cluster: its master's, below [`MAX_NODES`]).
+    pub fn node_of(&self, tenant: u64) -> usize {
+        self.inner.slots.as_ref().map_or(0, |s| s.node_of(tenant))
+    }
+
+    /// How many servers [`RedisStore::node_of`] tells apart.
+    pub fn nodes(&self) -> usize {
+        if self.inner.slots.is_some() { MAX_NODES } else { 1 }
+    }
+
+    /// The address of server `index` (for logs), if known.
+    pub fn node_name(&self, index: usize) -> Option<String> {
+        self.inner.slots.as_ref().and_then(|s| s.name(index))
     }
 
     /// Holds concurrency slots for `lease` unless renewed (the default is
@@ -430,8 +501,8 @@ impl RedisStore {
     }
 
     /// The server (a cell of [`ServerClock`]) that holds `tenant`'s keys.
-    fn server_of(&self, _tenant: u64) -> usize {
-        0
+    fn server_of(&self, tenant: u64) -> usize {
+        self.node_of(tenant)
     }
 
     /// `deadline` as the script's ARGV: microseconds on the clock the

@@ -106,6 +106,8 @@ struct Tally {
     tokens: AtomicU64,
     /// Admitted by the fallback, refused, or failed.
     other: AtomicU64,
+    /// Per tenant: met by the failure mode, and the slowest answer (us).
+    by_tenant: Vec<(AtomicU64, AtomicU64)>,
 }
 
 /// Clients admitting and settling, as fast as they can, against a guarded
@@ -130,7 +132,15 @@ async fn load(
             cost: Cost::tokens(10, 20),
         };
         let plan = policy.plan(&req, SystemClock.now());
-        match store.admit(&plan).await {
+        let started = std::time::Instant::now();
+        let answer = store.admit(&plan).await;
+        let (fell_back, slowest) = &tally.by_tenant[(i % tenants.len() as u64) as usize];
+        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        slowest.fetch_max(took, Ordering::Relaxed);
+        if !answer.as_ref().is_ok_and(|d| d.reservation().is_some_and(is_redis_id)) {
+            fell_back.fetch_add(1, Ordering::Relaxed);
+        }
+        match answer {
             Ok(d) => match d.reservation() {
                 Some(id) if is_redis_id(id) => {
                     tokio::time::sleep(Duration::from_millis(2)).await;
@@ -159,6 +169,10 @@ pub struct Target {
     pub topology: Topology,
     /// Stops (SIGSTOP) and resumes (SIGCONT) one server holding keys.
     pub server: Box<dyn FnMut(bool) + Send>,
+    /// The keys of the server it stops, when others hold keys too (a
+    /// Cluster): its tenants are the only ones that may meet the failure
+    /// mode.
+    pub keys: Box<dyn Fn() -> Option<String> + Send>,
 }
 
 /// Under load, the server stops (SIGSTOP) for twice the store's timeout,
@@ -191,7 +205,10 @@ pub fn stopped_server_oracle(mut target: Target, on_failure: OnFailure) {
     let tenants: Arc<Vec<TenantFacts>> = Arc::new(
         (0..12).map(|i| policy.tenant(&tenant(&format!("t{i}"))).expect("tenant")).collect(),
     );
-    let tally = Arc::new(Tally::default());
+    let tally = Arc::new(Tally {
+        by_tenant: tenants.iter().map(|_| Default::default()).collect(),
+        ..Tally::default()
+    });
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..16)
         .map(|c| {
@@ -206,6 +223,11 @@ pub fn stopped_server_oracle(mut target: Target, on_failure: OnFailure) {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
+    let stopped_keys = (target.keys)();
+    for (fell_back, slowest) in &tally.by_tenant {
+        fell_back.store(0, Ordering::Relaxed);
+        slowest.store(0, Ordering::Relaxed);
+    }
     (target.server)(true);
     std::thread::sleep(2 * timeout);
     (target.server)(false);
@@ -251,6 +273,26 @@ pub fn stopped_server_oracle(mut target: Target, on_failure: OnFailure) {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(shared > 0, "some requests went through redis");
+    // On a Cluster, only the stopped master's tenants met the failure mode,
+    // and the others waited for nothing.
+    if let Some(keys) = stopped_keys {
+        let mut healthy = 0;
+        for (t, (fell_back, slowest)) in tenants.iter().zip(&tally.by_tenant) {
+            if keys.contains(&format!("{{{:016x}}}", t.hash())) {
+                continue;
+            }
+            healthy += 1;
+            let slowest = Duration::from_micros(slowest.load(Ordering::Relaxed));
+            assert_eq!(
+                fell_back.load(Ordering::Relaxed),
+                0,
+                "{on_failure:?}: {} fell back",
+                t.id()
+            );
+            assert!(slowest < timeout, "{on_failure:?}: {} waited {slowest:?}", t.id());
+        }
+        assert!(healthy > 0 && healthy < tenants.len(), "tenants on both sides: {healthy}");
+    }
 }
 
 /// A standalone server to stop and resume.
@@ -260,12 +302,14 @@ pub fn standalone(server: RedisServer) -> Target {
     Target {
         topology,
         server: Box::new(move |stop| if stop { server.pause() } else { server.resume() }),
+        keys: Box::new(|| None),
     }
 }
 
 /// A three-master Cluster, one of whose masters is stopped and resumed.
 pub fn cluster_node(cluster: sluice_testkit::RedisCluster) -> Target {
     let topology = Topology::Cluster(cluster.urls());
+    let port = cluster.nodes[1].port;
     let mut cluster = cluster;
     Target {
         topology,
@@ -274,6 +318,7 @@ pub fn cluster_node(cluster: sluice_testkit::RedisCluster) -> Target {
                 if stop { cluster.nodes[1].pause() } else { cluster.nodes[1].resume() }
             },
         ),
+        keys: Box::new(move || Some(sluice_testkit::command(port, "KEYS *").unwrap_or_default())),
     }
 }
 
