@@ -496,7 +496,9 @@ async fn three_instances_falling_back_locally_admit_at_most_the_limit() {
     let refused = results.iter().filter(|(s, _)| *s == 429).count();
     if admitted != 99 {
         let logs: Vec<String> = instances.into_iter().map(|s| s.terminate().1).collect();
-        panic!("{admitted} admitted, {refused} refused (33 on each instance): {results:?}\n{logs:#?}");
+        panic!(
+            "{admitted} admitted, {refused} refused (33 on each instance): {results:?}\n{logs:#?}"
+        );
     }
 }
 

@@ -1,7 +1,8 @@
 //! The official `openai` Python SDK, unmodified, as a client of
 //! `sluice serve`: it must raise `RateLimitError` on a day limit without
-//! retrying, retry after `retry-after-ms` on a short window and succeed, and
-//! stream unchanged while being counted. The script is
+//! retrying, retry after `retry-after-ms` on a short window and succeed,
+//! stream unchanged while being counted, and raise `APIError` (once, with no
+//! retry, charged what was generated) on a stream the upstream breaks off. The script is
 //! `tests/sdk/test_openai_sdk.py`; `./scripts/test` installs the SDK into
 //! `.venv` (or set `SLUICE_PYTHON` to a Python that has `openai`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -32,7 +33,12 @@ fn python() -> PathBuf {
 async fn the_official_openai_python_sdk_behaves() {
     let python = python();
     let mock = mock().await;
-    let keys = [("day", "sk-sdk-day"), ("short", "sk-sdk-short"), ("stream", "sk-sdk-stream")];
+    let keys = [
+        ("day", "sk-sdk-day"),
+        ("short", "sk-sdk-short"),
+        ("stream", "sk-sdk-stream"),
+        ("abort", "sk-sdk-abort"),
+    ];
     let mut policy = format!(
         r#"
 [headers]
@@ -41,11 +47,13 @@ families = ["requests", "requests-day", "output-tokens-day"]
 [models."day-model"]
 [models."short-model"]
 [models."stream-model"]
+[models."abort-model"]
 
 [tiers.default.models]
 "day-model" = {{ rpd = 1 }}
 "short-model" = {{ rps = 1 }}
 "stream-model" = {{ otpd = 1_000_000 }}
+"abort-model" = {{ otpd = 1_000_000, rpd = 1_000 }}
 {}"#,
         upstream_section(&mock)
     );
@@ -66,6 +74,7 @@ families = ["requests", "requests-day", "output-tokens-day"]
             .env("SLUICE_DAY_KEY", keys[0].1)
             .env("SLUICE_SHORT_KEY", keys[1].1)
             .env("SLUICE_STREAM_KEY", keys[2].1)
+            .env("SLUICE_ABORT_KEY", keys[3].1)
             .output()
             .expect("run python")
     })
@@ -75,5 +84,5 @@ families = ["requests", "requests-day", "output-tokens-day"]
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
     assert!(out.status.success(), "the SDK tests failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("3 SDK tests passed"), "{stdout}");
+    assert!(stdout.contains("4 SDK tests passed"), "{stdout}");
 }

@@ -158,8 +158,8 @@ struct Inner {
     admit: Script,
     settle: Script,
     renew: Script,
-    /// How long a concurrency slot is held unless renewed.
-    slot_lease: Duration,
+    /// How long a concurrency slot is held unless renewed, in ms.
+    slot_lease_ms: AtomicU64,
     time: TimeSource,
     /// The servers' clocks, learned from replies.
     clock: ServerClock,
@@ -226,7 +226,7 @@ impl RedisStore {
                 admit: Script::new(ADMIT_LUA),
                 settle: Script::new(SETTLE_LUA),
                 renew: Script::new(RENEW_LUA),
-                slot_lease: DEFAULT_SLOT_LEASE,
+                slot_lease_ms: AtomicU64::new(DEFAULT_SLOT_LEASE.as_millis() as u64),
                 time,
                 clock: ServerClock::new(if cluster { MAX_NODES } else { 1 }),
                 slots: cluster.then(SlotMap::new),
@@ -310,12 +310,11 @@ impl RedisStore {
     }
 
     /// Holds concurrency slots for `lease` unless renewed (the default is
-    /// [`DEFAULT_SLOT_LEASE`]); at least a second. Call before use.
+    /// [`DEFAULT_SLOT_LEASE`]); at least a second.
     #[must_use]
-    pub fn with_slot_lease(mut self, lease: Duration) -> Self {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.slot_lease = lease.max(Duration::from_secs(1));
-        }
+    pub fn with_slot_lease(self, lease: Duration) -> Self {
+        let ms = lease.max(Duration::from_secs(1)).as_millis();
+        self.inner.slot_lease_ms.store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
         self
     }
 
@@ -728,7 +727,7 @@ impl CounterStore for RedisStore {
     }
 
     fn slot_lease(&self) -> Option<Duration> {
-        Some(self.inner.slot_lease)
+        Some(Duration::from_millis(self.inner.slot_lease_ms.load(Ordering::Relaxed)))
     }
 
     async fn renew(&self, id: ReservationId) -> Result<bool, RedisStoreError> {

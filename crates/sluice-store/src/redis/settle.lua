@@ -22,8 +22,10 @@
 -- Until the admission's deadline has passed, a settled lease leaves a mark
 -- ("x") instead of nothing, so that a duplicate of the admission arriving
 -- after this settlement (and before its deadline) finds the lease taken and
--- charges nothing (admit.lua). Settlements come after the deadline almost
--- always: then the lease is simply deleted.
+-- charges nothing (admit.lua). The mark lives until that deadline: at most
+-- the caller's timeout after the admission (a request quicker than that
+-- leaves one, as small as the lease it replaces). Settled later, the lease
+-- is simply deleted.
 
 local lease = redis.call("GET", KEYS[1])
 if not lease or lease == "x" then return 0 end
