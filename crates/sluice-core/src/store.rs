@@ -51,7 +51,8 @@ pub trait CounterStore: Send + Sync + 'static {
 
     /// Keeps the concurrency slots of reservation `id` for another
     /// [`CounterStore::slot_lease`] (the heartbeat of a running request);
-    /// whether the reservation is still open.
+    /// whether to go on renewing (`false`: the reservation is over, or its
+    /// slots need no renewal).
     fn renew(&self, id: ReservationId) -> impl Future<Output = Result<bool, Self::Error>> + Send {
         let _ = id;
         std::future::ready(Ok(true))

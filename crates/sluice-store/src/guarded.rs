@@ -420,8 +420,8 @@ impl CounterStore for Guarded {
 
     async fn renew(&self, id: ReservationId) -> Result<bool, Unavailable> {
         if !is_redis_id(id) {
-            // A slot of the fallback: in this process.
-            return Ok(true);
+            // A slot of the fallback, in this process: nothing to renew.
+            return Ok(false);
         }
         match tokio::time::timeout(self.inner.options.timeout, self.inner.store.renew(id)).await {
             Ok(Ok(open)) => Ok(open),
