@@ -491,15 +491,19 @@ async fn three_instances_falling_back_locally_admit_at_most_the_limit() {
         (0..3).map(|_| Sluice::start(&text, &[("UPSTREAM_KEY", "k")])).collect();
     let urls: Vec<String> = instances.iter().map(|s| s.url.clone()).collect();
     redis.kill();
-    let results = load(&urls, 150, 6, chat("m", 5)).await;
-    let admitted = results.iter().filter(|(s, _)| *s == 200).count();
-    let refused = results.iter().filter(|(s, _)| *s == 429).count();
-    if admitted != 99 {
-        let logs: Vec<String> = instances.into_iter().map(|s| s.terminate().1).collect();
-        panic!(
-            "{admitted} admitted, {refused} refused (33 on each instance): {results:?}\n{logs:#?}"
-        );
+    // 50 requests on each instance (two clients each).
+    let mut results = Vec::new();
+    for url in &urls {
+        results.push(load(std::slice::from_ref(url), 50, 2, chat("m", 5)));
     }
+    let mut admitted = Vec::new();
+    for r in results {
+        let r = r.await;
+        assert_eq!(r.len(), 50);
+        admitted.push(r.iter().filter(|(s, _)| *s == 200).count());
+    }
+    assert_eq!(admitted, [33, 33, 33], "each instance admits its share: 99 of 100");
+    drop(instances);
 }
 
 /// The usage API reads the shared store: while Redis is down it answers
@@ -510,7 +514,7 @@ async fn usage_api_answers_503_while_redis_is_down() {
     let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let mock = mock().await;
     let store = format!(
-        "[store]\nkind = \"redis\"\nurl = \"{}\"\ntimeout = \"50ms\"\non_failure = \"local\"\nprobe_interval = \"100ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        "[store]\nkind = \"redis\"\nurl = \"{}\"\ntimeout = \"500ms\"\non_failure = \"local\"\nprobe_interval = \"100ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         redis.url()
     );
     let text = policy(&store, "[tiers.default.models]\nm = { rpd = 100 }\n", &mock);
