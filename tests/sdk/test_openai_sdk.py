@@ -21,6 +21,7 @@ BASE = os.environ["SLUICE_URL"] + "/v1"
 DAY_KEY = os.environ["SLUICE_DAY_KEY"]
 SHORT_KEY = os.environ["SLUICE_SHORT_KEY"]
 STREAM_KEY = os.environ["SLUICE_STREAM_KEY"]
+ABORT_KEY = os.environ["SLUICE_ABORT_KEY"]
 MESSAGES = [{"role": "user", "content": "Say something."}]
 
 
@@ -98,6 +99,43 @@ def test_stream_works_unchanged_and_is_counted():
     remaining = int(raw.headers["x-ratelimit-remaining-output-tokens-day"])
     assert remaining == 1_000_000 - 9 - 4 - 1, remaining
     print(f"stream: {len(text.split())} tokens received, counted exactly (remaining {remaining})")
+
+
+def test_a_stream_the_upstream_breaks_off_raises_once_and_costs_what_was_generated():
+    # The upstream breaks the stream off after 1 chunk, then after 300, at
+    # full speed: the SDK gets every chunk, then Sluice's error event, which
+    # it raises as APIError while iterating; it never retries (before,
+    # Sluice's reply was empty, and the SDK retried twice, charged each time).
+    for k in (1, 300):
+        sent = []
+        c = client(ABORT_KEY, sent)
+        stream = c.chat.completions.create(
+            model="abort-model",
+            messages=MESSAGES,
+            max_tokens=1000,
+            stream=True,
+            extra_headers={"x-mock-abort-after-chunks": str(k)},
+        )
+        text = ""
+        try:
+            for chunk in stream:
+                if chunk.choices:
+                    text += chunk.choices[0].delta.content or ""
+        except openai.APIError as e:
+            assert "broke off the stream" in e.message, e.message
+        else:
+            raise AssertionError("the broken stream ended without an error")
+        assert text == "tok " * k, f"{len(text.split())} chunks of {k}"
+        assert len(sent) == 1, f"the SDK sent {len(sent)} requests"
+    # Charged: 2 requests and the 301 tokens generated; this one reserves 1.
+    raw = c.chat.completions.with_raw_response.create(
+        model="abort-model", messages=MESSAGES, max_tokens=1
+    )
+    tokens = int(raw.headers["x-ratelimit-remaining-output-tokens-day"])
+    requests = int(raw.headers["x-ratelimit-remaining-requests-day"])
+    assert tokens == 1_000_000 - 301 - 1, tokens
+    assert requests == 1_000 - 2 - 1, requests
+    print("broken stream: APIError after every chunk, one request each, charged 301 tokens")
 
 
 if __name__ == "__main__":

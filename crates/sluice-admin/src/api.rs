@@ -696,8 +696,13 @@ async fn usage<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
     };
     let rt = gw.runtime();
     let now = gw.clock.now();
-    let plan =
-        Plan { tenant, now, lease_until: now, charges: found.iter().map(|f| f.charge).collect() };
+    let plan = Plan {
+        tenant,
+        now,
+        lease_until: now,
+        slots_until: now,
+        charges: found.iter().map(|f| f.charge).collect(),
+    };
     let decision = gw.store.peek(&plan.at_zero_cost()).await.map_err(ApiError::store)?;
     let mut rows = Vec::new();
     for (f, s) in found.iter().zip(&decision.statuses) {

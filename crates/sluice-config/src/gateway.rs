@@ -12,13 +12,17 @@ use toml::Spanned;
 use crate::listener::{DEFAULT_BODY_MEMORY_BYTES, ListenerLimits, bounded, limits};
 use crate::raw::RawFile;
 
-/// What a request costs when its upstream fails.
+/// What a request costs when its upstream fails (no connection, no answer
+/// in time, or an error status).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpstreamFailure {
-    /// Nothing: the reservation is refunded (the default).
-    Refund,
+    /// The request counts (the upstream did the work of answering it); the
+    /// tokens it did not generate are refunded (the default).
+    Count,
     /// What was reserved.
     Charge,
+    /// Nothing: the reservation is refunded in full, request included.
+    Refund,
 }
 
 /// Which tokenizer estimates a model's prompts.
@@ -149,6 +153,9 @@ pub struct RedisConfig {
     pub probe_interval: Duration,
     /// Instances sharing limits (local fallback share).
     pub instances: u64,
+    /// How long a concurrency slot is held unless its running request
+    /// renews it.
+    pub slot_lease: Duration,
 }
 
 /// Parses `50ms`, `2s`, `1m`, `1h`.
@@ -172,6 +179,10 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// Cost of a request whose upstream fails.
     pub upstream_failure: UpstreamFailure,
+    /// Statuses of a failed request refunded in full (request included),
+    /// whatever `upstream_failure` says: e.g. 502 and 503 when the upstream
+    /// is down.
+    pub refund_statuses: Vec<u16>,
     /// Grace for in-flight requests at shutdown.
     pub shutdown_grace: Duration,
     /// Waits longer than this tell SDKs not to retry.
@@ -212,7 +223,8 @@ impl Default for GatewayConfig {
         Self {
             listen: None,
             max_body_bytes: 4 * 1024 * 1024,
-            upstream_failure: UpstreamFailure::Refund,
+            upstream_failure: UpstreamFailure::Count,
+            refund_statuses: Vec::new(),
             shutdown_grace: Duration::from_secs(30),
             no_retry_after: Duration::from_secs(60),
             tokens: TokenSettings::default(),
@@ -333,6 +345,21 @@ fn store(raw: &RawFile, problems: &mut Problems) -> StoreConfig {
     };
     let instances =
         r.instances.as_ref().and_then(|i| positive(i, "store.instances", problems)).unwrap_or(1);
+    let slot_lease = match &r.slot_lease {
+        Some(d) => match duration(d, "store.slot_lease", problems) {
+            Some(l) if l < Duration::from_secs(1) => {
+                problems.push((
+                    Some(d.span()),
+                    "store.slot_lease".into(),
+                    format!("`{}` is too short: a slot is renewed every third of its lease; give at least `1s`", d.get_ref()),
+                ));
+                Duration::from_secs(10)
+            }
+            Some(l) => l,
+            None => Duration::from_secs(10),
+        },
+        None => Duration::from_secs(10),
+    };
     let namespace =
         r.namespace.as_ref().map_or_else(|| "sluice".to_owned(), |n| n.get_ref().clone());
     if namespace.is_empty() || namespace.contains(['{', '}', ' ']) {
@@ -349,6 +376,7 @@ fn store(raw: &RawFile, problems: &mut Problems) -> StoreConfig {
         on_failure,
         probe_interval,
         instances,
+        slot_lease,
     })
 }
 
@@ -433,13 +461,33 @@ pub(crate) fn gateway(raw: &RawFile, problems: &mut Problems) -> GatewayConfig {
         }
         if let Some(f) = &s.upstream_failure {
             match f.get_ref().as_str() {
+                "count" => g.upstream_failure = UpstreamFailure::Count,
                 "refund" => g.upstream_failure = UpstreamFailure::Refund,
                 "charge" => g.upstream_failure = UpstreamFailure::Charge,
                 other => problems.push((
                     Some(f.span()),
                     "server.upstream_failure".into(),
-                    format!("`{other}` is not allowed; use `refund` (a failed request costs nothing) or `charge` (it costs what was reserved)"),
+                    format!("`{other}` is not allowed; use `count` (a failed request counts as a request, its tokens are refunded), `charge` (it costs what was reserved) or `refund` (it costs nothing)"),
                 )),
+            }
+        }
+        if let Some(list) = &s.refund_statuses {
+            for (i, v) in list.get_ref().iter().enumerate() {
+                let field = format!("server.refund_statuses[{i}]");
+                match u16::try_from(*v.get_ref()) {
+                    Ok(code) if (400..=599).contains(&code) => {
+                        if g.refund_statuses.contains(&code) {
+                            problems.push((Some(v.span()), field, format!("{code} is listed twice")));
+                        } else {
+                            g.refund_statuses.push(code);
+                        }
+                    }
+                    _ => problems.push((
+                        Some(v.span()),
+                        field,
+                        format!("{} is not an error status; give statuses from 400 to 599, e.g. `[502, 503]`", v.get_ref()),
+                    )),
+                }
             }
         }
         if let Some(d) = &s.shutdown_grace

@@ -105,6 +105,8 @@ pub struct RawStore {
     pub probe_interval: Option<Spanned<String>>,
     /// With `on_failure = "local"`: how many instances share the limits.
     pub instances: Option<Spanned<i64>>,
+    /// How long a concurrency slot is held unless renewed (`10s`).
+    pub slot_lease: Option<Spanned<String>>,
 }
 
 /// `[server]`
@@ -115,8 +117,11 @@ pub struct RawServer {
     pub listen: Option<Spanned<String>>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: Option<Spanned<i64>>,
-    /// What a request costs when the upstream fails: `refund` or `charge`.
+    /// What a request costs when the upstream fails: `count`, `charge` or
+    /// `refund`.
     pub upstream_failure: Option<Spanned<String>>,
+    /// Statuses of a failed upstream request that refund it in full.
+    pub refund_statuses: Option<Spanned<Vec<Spanned<i64>>>>,
     /// How long in-flight requests may take to finish at shutdown.
     pub shutdown_grace: Option<Spanned<String>>,
     /// Waits longer than this get `x-should-retry: false` (default `60s`).

@@ -1750,3 +1750,51 @@ fn a_missing_file_names_the_file() {
     assert!(errs.0[0].message.contains("cannot read the file"), "{errs}");
     assert!(errs.to_string().starts_with(&path.display().to_string()), "{errs}");
 }
+
+// ---------------------------------------------------------------------------
+// [server] and [store] settings.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn failure_cost_and_slot_lease_errors() {
+    run(&[Case {
+        name: "upstream_failure, refund_statuses, slot_lease",
+        text: concat!(
+            "[server]\n",                          // 1
+            "upstream_failure = \"free\"\n",       // 2: "free" at column 20
+            "refund_statuses = [502, 200, 502]\n", // 3: 200 at 25, the second 502 at 30
+            "[store]\n",                           // 4
+            "kind = \"redis\"\n",                  // 5
+            "url = \"redis://127.0.0.1:6379\"\n",  // 6
+            "slot_lease = \"100ms\"\n",            // 7: "100ms" at column 14
+            "[models.m]\n",                        // 8
+        ),
+        // (`[store]` is validated first.)
+        errors: &[
+            Want {
+                line: 7,
+                column: 14,
+                field: "store.slot_lease",
+                message: &["too short", "at least `1s`"],
+            },
+            Want {
+                line: 2,
+                column: 20,
+                field: "server.upstream_failure",
+                message: &["`free` is not allowed", "`count`", "`charge`", "`refund`"],
+            },
+            Want {
+                line: 3,
+                column: 25,
+                field: "server.refund_statuses[1]",
+                message: &["200 is not an error status", "400 to 599"],
+            },
+            Want {
+                line: 3,
+                column: 30,
+                field: "server.refund_statuses[2]",
+                message: &["502 is listed twice"],
+            },
+        ],
+    }]);
+}

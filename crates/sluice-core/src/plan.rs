@@ -107,11 +107,21 @@ pub struct Plan {
     pub now: Instant,
     /// When an unsettled reservation expires.
     pub lease_until: Instant,
+    /// When its concurrency slots are given back unless renewed
+    /// ([`crate::CounterStore::renew`]): the lease by default; a caller
+    /// that renews them while the request runs sets it sooner, so that the
+    /// slots of a process that dies free soon.
+    pub slots_until: Instant,
     /// The counters to charge.
     pub charges: SmallVec<[PlannedCharge; 8]>,
 }
 
 impl Plan {
+    /// Whether admitting it holds a concurrency slot.
+    pub fn holds_slots(&self) -> bool {
+        self.charges.iter().any(|c| c.metric == Metric::Concurrent)
+    }
+
     /// The same plan costing nothing: deciding it reports the counters as
     /// they are, without this request.
     pub fn at_zero_cost(&self) -> Plan {
@@ -150,10 +160,12 @@ impl Policy {
     /// Plans the admission of `req` at `now`.
     #[inline]
     pub fn plan(&self, req: &Request<'_>, now: Instant) -> Plan {
+        let lease_until = lease_end(self, now);
         let mut plan = Plan {
             tenant: req.tenant.hash,
             now,
-            lease_until: lease_end(self, now),
+            lease_until,
+            slots_until: lease_until,
             charges: SmallVec::new(),
         };
         // Filled where it will be used: a plan is over 600 bytes, and
@@ -170,10 +182,12 @@ impl Policy {
     /// rule), so a denial here is a denial there: the gateway refuses such a
     /// request before it reads, parses or tokenizes anything.
     pub fn plan_before_body(&self, req: &Request<'_>, now: Instant) -> Plan {
+        let lease_until = lease_end(self, now);
         let mut plan = Plan {
             tenant: req.tenant.hash,
             now,
-            lease_until: lease_end(self, now),
+            lease_until,
+            slots_until: lease_until,
             charges: SmallVec::new(),
         };
         let req = Request { model: crate::facts::ModelRef::NONE, ..*req };

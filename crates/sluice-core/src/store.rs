@@ -41,6 +41,40 @@ pub trait CounterStore: Send + Sync + 'static {
     /// wait; safe to call from `Drop`.
     fn release(&self, id: ReservationId);
 
+    /// How long a concurrency slot is held unless renewed, when the store
+    /// outlives the process holding it (a shared store): the caller sets
+    /// [`Plan::slots_until`] that far ahead and renews the slots of a
+    /// running request ([`CounterStore::renew`]) well before. `None`: slots
+    /// last as long as the reservation (a store in this process ends with
+    /// it).
+    fn slot_lease(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Keeps the concurrency slots of reservation `id` for another
+    /// [`CounterStore::slot_lease`] (the heartbeat of a running request);
+    /// whether to go on renewing (`false`: the reservation is over, or its
+    /// slots need no renewal).
+    fn renew(&self, id: ReservationId) -> impl Future<Output = Result<bool, Self::Error>> + Send {
+        let _ = id;
+        std::future::ready(Ok(true))
+    }
+
+    /// Settlements accepted ([`CounterStore::settle_detached`],
+    /// [`CounterStore::release`]) that have not landed yet: on their way, or
+    /// waiting for a store that does not answer. Stores that settle at once
+    /// have none.
+    fn pending_settlements(&self) -> usize {
+        0
+    }
+
+    /// Waits until every settlement accepted so far has landed, or `within`
+    /// has passed (shutdown); how many are still pending.
+    fn flush(&self, within: std::time::Duration) -> impl Future<Output = usize> + Send {
+        let _ = within;
+        std::future::ready(0)
+    }
+
     /// Forgets one counter of the tenant whose hash is `tenant` (an
     /// administrator's reset): the limit starts over. Whether there was
     /// anything to forget.

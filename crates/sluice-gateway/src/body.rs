@@ -1,5 +1,5 @@
-//! Response bodies that are streamed through as they arrive and settle the
-//! request's reservation when they end.
+//! Response bodies that are streamed through as they arrive and end the
+//! request's [`Reservation`] when they end.
 //!
 //! A [`Metered`] body forwards each frame of the upstream body as soon as it
 //! comes (backpressure is hyper's: a frame is only polled when the client
@@ -7,21 +7,29 @@
 //! for JSON, the body (bounded) to read `usage` from at the end; for SSE, an
 //! [`SseUsageTap`] that takes the usage from the final chunk (and strips that
 //! chunk when the client did not ask for it) and counts what was generated.
-//! When the body ends, or is dropped because the client went away (which also
-//! drops the upstream body and so cancels the upstream request), or the
-//! upstream fails mid-way, the reservation is settled exactly once with the
-//! best figure there is.
+//! How the body ends says how the request ended ([`Ending`]): it ends, or
+//! the upstream breaks off (a stream then ends with an error event the
+//! client can read, after every chunk that came: [`STREAM_ERROR_EVENT`]), or
+//! the client goes away (the body is dropped, which drops the upstream body
+//! and so cancels a stream; a JSON body is read on in the background, within
+//! [`DRAIN_TIME`], for its usage).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use bytes::{Bytes, BytesMut};
+use http::StatusCode;
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Frame, SizeHint};
-use sluice_core::{CounterStore, ReservationId, Usage};
+use sluice_core::CounterStore;
 use sluice_llm::usage::{SseUsageTap, usage_from_json};
 
+use crate::background::Background;
+use crate::reservation::{Ending, Reservation};
 use crate::upstream::UpstreamBody;
 
 /// Errors of a response body.
@@ -38,6 +46,14 @@ pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
 /// The most of a JSON response kept to read its `usage` from.
 const JSON_KEEP: usize = 8 * 1024 * 1024;
 
+/// The most a JSON body whose client went away is read on for its usage.
+pub const DRAIN_TIME: Duration = Duration::from_secs(60);
+
+/// What ends a stream that the upstream broke off: an OpenAI-style error
+/// event, after every chunk that came (the `openai` SDKs raise it as an
+/// `APIError`). No `data: [DONE]` follows: the stream is incomplete.
+pub const STREAM_ERROR_EVENT: &[u8] = b"data: {\"error\":{\"message\":\"The upstream model server broke off the stream; the response is incomplete.\",\"type\":\"server_error\",\"param\":null,\"code\":\"upstream_error\"}}\n\n";
+
 /// How the body is read on its way through.
 pub enum Tap {
     /// A JSON response: keep its frames (shared, not copied) to read
@@ -45,9 +61,9 @@ pub enum Tap {
     Json(JsonFrames),
     /// An SSE stream.
     Sse(Box<SseUsageTap>),
-    /// Not metered: the request is settled as `on_success` says (e.g. an
-    /// upstream error response, refunded).
-    None,
+    /// An upstream error response, passed through: the request failed with
+    /// this status.
+    Failed(StatusCode),
 }
 
 /// The frames of a JSON body, up to [`JSON_KEEP`] bytes.
@@ -98,93 +114,53 @@ impl JsonFrames {
     }
 }
 
-/// What settling needs besides the body.
-pub struct Settler<S: CounterStore> {
-    store: S,
-    id: Option<ReservationId>,
-    /// Estimated input tokens (charged for input when the upstream does not
-    /// report usage).
-    input_estimate: u64,
-    /// What was reserved: the charge when nothing better is known.
-    reserved: Usage,
-    /// Usage to settle with when the body ends normally and carries none
-    /// (`None`: the reserved amounts).
-    on_success: Option<Usage>,
-}
-
-impl<S: CounterStore> Settler<S> {
-    /// A settler for reservation `id` (none: nothing to settle).
-    pub fn new(store: S, id: Option<ReservationId>, input_estimate: u64, reserved: Usage) -> Self {
-        Self { store, id, input_estimate, reserved, on_success: None }
-    }
-
-    /// Settle with `usage` when the body ends, whatever it says.
-    pub fn with_fixed_usage(mut self, usage: Usage) -> Self {
-        self.on_success = Some(usage);
-        self
-    }
-
-    /// Settles now (once).
-    pub fn settle(&mut self, usage: Usage) {
-        if let Some(id) = self.id.take() {
-            self.store.settle_detached(id, usage);
-        }
-    }
-}
-
-impl<S: CounterStore> Drop for Settler<S> {
-    fn drop(&mut self) {
-        // Nobody settled: the request ended before a response (an error on
-        // the way); charge what was reserved.
-        let reserved = self.reserved;
-        self.settle(reserved);
-    }
-}
-
 /// An upstream body, forwarded and metered.
-pub struct Metered<S: CounterStore> {
-    inner: UpstreamBody,
+pub struct Metered<S: CounterStore + Clone> {
+    /// `None` once handed to a background drain.
+    inner: Option<UpstreamBody>,
     tap: Tap,
-    settler: Settler<S>,
+    /// `None` once ended.
+    reservation: Option<Reservation<S>>,
+    /// Where a body whose client went away is read on.
+    background: Arc<Background>,
+    /// Ended (settled, or handed to a drain): the body ends at the next
+    /// poll.
     done: bool,
 }
 
-impl<S: CounterStore> Metered<S> {
+impl<S: CounterStore + Clone> Metered<S> {
     /// Wraps an upstream body.
-    pub fn new(inner: UpstreamBody, tap: Tap, settler: Settler<S>) -> Self {
-        Self { inner, tap, settler, done: false }
+    pub fn new(
+        inner: UpstreamBody,
+        tap: Tap,
+        reservation: Reservation<S>,
+        background: Arc<Background>,
+    ) -> Self {
+        Self { inner: Some(inner), tap, reservation: Some(reservation), background, done: false }
     }
 
-    /// What the request used, from what went through so far. `complete`:
-    /// the body ended normally.
-    fn usage(&self, complete: bool) -> Usage {
-        let s = &self.settler;
-        if complete && let Some(u) = s.on_success {
-            return u;
-        }
-        let reported = match &self.tap {
-            Tap::Json(frames) if complete => frames.usage(),
-            Tap::Sse(tap) => tap.usage(),
-            _ => None,
-        };
-        match (reported, &self.tap) {
-            (Some(u), _) => Usage::tokens(u.input, u.output),
-            // A stream that broke off before its usage chunk: the prompt as
-            // estimated, and what was generated so far.
-            (None, Tap::Sse(tap)) => Usage::tokens(s.input_estimate, tap.estimated_output_tokens()),
-            // A complete JSON body without usage: the reservation stands.
-            (None, Tap::Json(_)) if complete => s.reserved,
-            // Cut off before the end of a JSON body: nothing came back.
-            (None, Tap::Json(_)) => Usage::tokens(s.input_estimate, 0),
-            (None, Tap::None) => s.on_success.unwrap_or(s.reserved),
+    /// How the request ended, from what went through. `complete`: the body
+    /// ended as the upstream meant it to.
+    fn ending(&self, complete: bool) -> Ending {
+        match &self.tap {
+            Tap::Failed(status) => Ending::UpstreamFailed { status: *status },
+            Tap::Sse(tap) => match tap.usage() {
+                Some(u) => Ending::Complete { reported: Some(u) },
+                None => Ending::StreamWithoutUsage { output_seen: tap.estimated_output_tokens() },
+            },
+            Tap::Json(frames) if complete => Ending::Complete { reported: frames.usage() },
+            // Cut before the end of a JSON body: its usage is not known.
+            Tap::Json(_) => Ending::Unknown,
         }
     }
 
     fn finish(&mut self, complete: bool) {
         if !self.done {
             self.done = true;
-            let usage = self.usage(complete);
-            self.settler.settle(usage);
+            let ending = self.ending(complete);
+            if let Some(mut r) = self.reservation.take() {
+                r.end(ending);
+            }
         }
     }
 
@@ -197,15 +173,59 @@ impl<S: CounterStore> Metered<S> {
     }
 }
 
-impl<S: CounterStore> Drop for Metered<S> {
+impl<S: CounterStore + Clone> Drop for Metered<S> {
     fn drop(&mut self) {
+        if self.done {
+            return;
+        }
         // Dropped before the end: the client went away (or the server is
-        // shutting down). Charge what was generated.
+        // shutting down). A JSON body's usage comes at its end: read on, in
+        // the background and within bounds, to charge what was generated.
+        if let Tap::Json(frames) = &mut self.tap
+            && let (Some(inner), Some(reservation)) = (self.inner.take(), self.reservation.take())
+        {
+            self.done = true;
+            let frames = std::mem::take(frames);
+            self.background.spawn(drain(inner, frames, reservation));
+            return;
+        }
         self.finish(false);
     }
 }
 
-impl<S: CounterStore + Unpin> Body for Metered<S> {
+/// Reads the rest of a JSON body whose client went away, for its usage,
+/// within [`DRAIN_TIME`] and [`JSON_KEEP`]; ends the reservation with it
+/// (with what was reserved if it does not come: the reservation's drop).
+async fn drain<S: CounterStore + Clone>(
+    mut inner: UpstreamBody,
+    mut frames: JsonFrames,
+    mut reservation: Reservation<S>,
+) {
+    let read = async {
+        loop {
+            match inner.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        let last = inner.is_end_stream();
+                        frames.push(&data, last);
+                        if last {
+                            return true;
+                        }
+                    }
+                }
+                None => return true,
+                Some(Err(_)) => return false,
+            }
+        }
+    };
+    if let Ok(true) = tokio::time::timeout(DRAIN_TIME, read).await
+        && let Some(u) = frames.usage()
+    {
+        reservation.end(Ending::Complete { reported: Some(u) });
+    }
+}
+
+impl<S: CounterStore + Clone + Unpin> Body for Metered<S> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -218,7 +238,8 @@ impl<S: CounterStore + Unpin> Body for Metered<S> {
             if this.done {
                 return Poll::Ready(None);
             }
-            match Pin::new(&mut this.inner).poll_frame(cx) {
+            let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+            match Pin::new(inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(frame))) => {
                     let frame = match frame.into_data() {
@@ -227,13 +248,13 @@ impl<S: CounterStore + Unpin> Body for Metered<S> {
                     };
                     // A body with a length is over with its last frame: hyper
                     // may never poll for the end, so settle now.
-                    let last = this.inner.is_end_stream();
+                    let last = this.inner.as_ref().is_none_or(Body::is_end_stream);
                     let out = match &mut this.tap {
                         Tap::Json(frames) => {
                             frames.push(&frame, last);
                             frame
                         }
-                        Tap::None => frame,
+                        Tap::Failed(_) => frame,
                         Tap::Sse(tap) => {
                             let mut out = BytesMut::with_capacity(frame.len());
                             tap.push(&frame, &mut out);
@@ -265,8 +286,28 @@ impl<S: CounterStore + Unpin> Body for Metered<S> {
                     return Poll::Ready(None);
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    // The upstream failed mid-body: what came through is
-                    // charged; the client sees the body end with an error.
+                    // The upstream broke off. A stream ends with what came
+                    // (an event cut short is passed on as it is) and an error
+                    // event, as a whole response, not an aborted one (which
+                    // would lose what hyper had not written yet: with a fast
+                    // upstream, all of it). What went through is charged.
+                    if let Tap::Sse(tap) = &mut this.tap {
+                        tracing::warn!(error = %e, "the upstream broke off a stream");
+                        let mut tail = BytesMut::new();
+                        tap.finish(&mut tail);
+                        if !tail.is_empty() && !tail.ends_with(b"\n\n") {
+                            tail.extend_from_slice(if tail.ends_with(b"\n") {
+                                b"\n"
+                            } else {
+                                b"\n\n"
+                            });
+                        }
+                        tail.extend_from_slice(STREAM_ERROR_EVENT);
+                        this.finish(false);
+                        return Poll::Ready(Some(Ok(Frame::data(tail.freeze()))));
+                    }
+                    // A JSON body cut short cannot be completed: the client
+                    // sees it end with an error.
                     this.finish(false);
                     return Poll::Ready(Some(Err(Box::new(e))));
                 }
@@ -279,10 +320,10 @@ impl<S: CounterStore + Unpin> Body for Metered<S> {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.tap {
+        match (&self.tap, &self.inner) {
             // Stripping a chunk changes the length: promise nothing.
-            Tap::Sse(_) => SizeHint::default(),
-            _ => self.inner.size_hint(),
+            (Tap::Sse(_), _) | (_, None) => SizeHint::default(),
+            (_, Some(inner)) => inner.size_hint(),
         }
     }
 }

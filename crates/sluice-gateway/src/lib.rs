@@ -13,11 +13,13 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod background;
 pub mod body;
 pub mod edge;
 mod hop;
 mod proxy;
 mod request_id;
+pub mod reservation;
 pub mod runtime;
 mod server;
 pub mod upstream;

@@ -11,7 +11,6 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use sluice_config::gateway::UpstreamFailure;
 use sluice_core::{Clock, Cost, CounterStore, Decision, Outcome, Plan, Usage};
 use sluice_llm::error::ApiError;
 use sluice_llm::headers::{HeaderOptions, insert_headers, is_rate_limit_header};
@@ -19,8 +18,9 @@ use sluice_llm::usage::SseUsageTap;
 use sluice_llm::{RewriteOptions, expected_output, force_include_usage};
 
 use crate::auth::AuthError;
-use crate::body::{JsonFrames, Metered, ResponseBody, Settler, Tap, full};
+use crate::body::{JsonFrames, Metered, ResponseBody, Tap, full};
 use crate::hop;
+use crate::reservation::{Ending, FailureCost, Reservation};
 use crate::runtime::{Endpoint, KeyEntry, Route, Runtime, Tenant};
 use crate::server::Gateway;
 use crate::upstream::SendError;
@@ -277,30 +277,34 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     }
 
     // Admission: every limit, all or nothing.
-    let decision = match gw.store.admit(&plan).await {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::error!(error = %e, "counter store failed");
-            return error_response(&ApiError::store_unavailable());
-        }
+    // Concurrency slots in a shared store are held for a short lease, which
+    // the reservation renews while the request runs (Reservation::keep_slots).
+    let slot_lease = gw.store.slot_lease().filter(|_| plan.holds_slots());
+    if let Some(lease) = slot_lease {
+        let until = now.0.saturating_add(u64::try_from(lease.as_nanos()).unwrap_or(u64::MAX));
+        plan.slots_until = sluice_core::Instant(until.min(plan.lease_until.0));
+    }
+    // (The store logs its failures, once per interval.)
+    let Ok(decision) = gw.store.admit(&plan).await else {
+        return error_response(&ApiError::store_unavailable());
     };
     if !decision.is_admitted() {
         return refusal(rt, tenant, &decision, &model_name, now, &opts);
     }
     let reserved = Usage::tokens(input, output);
-    let failure_usage = match rt.settings.upstream_failure {
-        UpstreamFailure::Refund => Usage::REFUND,
-        UpstreamFailure::Charge => reserved,
-    };
-    let settler = Settler::new(gw.store.clone(), decision.reservation(), input, reserved);
+    let failure = FailureCost::new(rt.settings.upstream_failure, &rt.settings.refund_statuses);
+    let mut reservation =
+        Reservation::new(gw.store.clone(), decision.reservation(), input, reserved, failure);
+    if slot_lease.is_some() {
+        reservation.keep_slots();
+    }
 
     // Forward.
     let upstream = &rt.upstreams[route.upstream];
     let upstream_body = match upstream_body(body, stream, route) {
         Ok(b) => b,
         Err(e) => {
-            let mut s = settler;
-            s.settle(Usage::REFUND);
+            reservation.end(Ending::NotForwarded);
             return error_response(&e);
         }
     };
@@ -310,8 +314,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
         None => endpoint.upstream_uris.get(route.upstream).cloned().flatten(),
     };
     let Some(uri) = uri else {
-        let mut s = settler;
-        s.settle(failure_usage);
+        reservation.end(Ending::NotForwarded);
         return error_response(&ApiError::upstream_error());
     };
     let mut up = Request::new(Full::new(upstream_body));
@@ -331,12 +334,11 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
-            let mut s = settler;
-            s.settle(failure_usage);
             let err = match e {
                 SendError::Timeout(_) => ApiError::upstream_timeout(),
                 SendError::Unreachable(_) => ApiError::upstream_error(),
             };
+            reservation.end(Ending::UpstreamFailed { status: err.status });
             let mut r = error_response(&err);
             insert_headers(r.headers_mut(), &decision, &rt.policy, now, &opts);
             return r;
@@ -350,7 +352,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let tap = if !ok {
-        Tap::None
+        Tap::Failed(head.status)
     } else if is_sse {
         Tap::Sse(Box::new(
             SseUsageTap::new(stream && !client_asked_usage).with_encoding(route.encoding),
@@ -358,8 +360,8 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     } else {
         Tap::Json(JsonFrames::default())
     };
-    let settler = if ok { settler } else { settler.with_fixed_usage(failure_usage) };
-    let mut r = Response::new(Metered::new(upstream_body, tap, settler).boxed());
+    let body = Metered::new(upstream_body, tap, reservation, gw.background.clone());
+    let mut r = Response::new(body.boxed());
     *r.status_mut() = head.status;
     // The upstream's headers, less those of this hop and its own rate limits.
     let out = r.headers_mut();

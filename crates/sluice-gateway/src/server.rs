@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderName, HeaderValue};
@@ -15,6 +16,7 @@ use sluice_llm::Estimator;
 use sluice_llm::error::ApiError;
 use tokio::net::TcpListener;
 
+use crate::background::Background;
 use crate::body::{ResponseBody, full};
 use crate::edge::{ListenerOptions, RequestBody, Throttle, serve_connections};
 use crate::proxy::{error_response, models, proxy};
@@ -30,6 +32,9 @@ pub struct Gateway<S> {
     pub clock: Arc<dyn Clock>,
     /// Token estimates (tokenizers load once).
     pub estimator: Arc<Estimator>,
+    /// Work requests leave behind (reading a JSON body on after its client
+    /// went away), cut at shutdown.
+    pub background: Arc<Background>,
     /// Request ids: keyed with a secret of this process.
     ids: RequestIds,
     /// Requests refused for their API key, for the log.
@@ -61,6 +66,7 @@ impl<S: CounterStore + Clone + Unpin> Gateway<S> {
             store,
             clock,
             estimator,
+            background: Arc::default(),
             ids: RequestIds::new(),
             refused_keys: Throttle::default(),
             started: std::time::Instant::now(),
@@ -118,9 +124,18 @@ pub fn tokio_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     }
 }
 
+/// How long requests cut at the grace get to end (their reservations
+/// settle as they are dropped).
+const CUT: Duration = Duration::from_secs(1);
+
 /// Serves HTTP/1.1 and HTTP/2 on `listener` within `opts`' limits until
 /// `shutdown` completes, then stops accepting, lets requests in flight
-/// finish (and settle) for up to `opts.grace`, and returns.
+/// finish (and settle) for up to `opts.grace`, cuts those still running
+/// (their reservations end as the module `reservation` says: a stream
+/// charged what went through, a request waiting for its upstream what was
+/// reserved; their concurrency slots are released) and the work they left
+/// behind, and returns. The settlements may still be on their way:
+/// [`CounterStore::flush`] waits for them.
 pub async fn serve<S>(
     listener: TcpListener,
     gateway: Arc<Gateway<S>>,
@@ -130,9 +145,12 @@ pub async fn serve<S>(
 where
     S: CounterStore + Clone + Unpin,
 {
+    let background = gateway.background.clone();
     let service = service_fn(move |req| {
         let gw = gateway.clone();
         async move { Ok::<_, Infallible>(gw.handle(req).await) }
     });
-    serve_connections(listener, service, shutdown, opts).await
+    serve_connections(listener, service, shutdown, opts).await?;
+    background.cut(CUT).await;
+    Ok(())
 }

@@ -23,8 +23,8 @@
 //! should move large bodies ([`RequestFacts::text_bytes`]) to a blocking
 //! thread.
 //!
-//! Expected output is `max_completion_tokens ?? max_tokens ?? default`,
-//! capped, times the number of choices (see [`expected_output`]).
+//! Expected output is `max_completion_tokens ?? max_tokens ?? default`
+//! times the number of choices (see [`expected_output`]).
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -322,8 +322,11 @@ pub fn bytes_estimate(bytes: usize, encoding: Option<Encoding>) -> u64 {
 }
 
 /// The output tokens to reserve for a request:
-/// `min(max_completion_tokens ?? max_tokens ?? default, cap) × choices`, and 0
-/// for endpoints with no output (embeddings).
+/// `(max_completion_tokens ?? max_tokens ?? min(default, cap)) × choices`,
+/// and 0 for endpoints with no output (embeddings). What a request asks for
+/// is reserved whole, never capped: the upstream may generate that much (a
+/// request no limit can admit is then refused as too large); `cap` bounds
+/// only the default.
 pub fn expected_output(facts: &RequestFacts<'_>, default: u64, cap: u64) -> u64 {
     if !facts.kind.has_output() {
         return 0;
@@ -331,8 +334,7 @@ pub fn expected_output(facts: &RequestFacts<'_>, default: u64, cap: u64) -> u64 
     facts
         .max_completion_tokens
         .or(facts.max_tokens)
-        .unwrap_or(default)
-        .min(cap)
+        .unwrap_or(default.min(cap))
         .saturating_mul(facts.choices())
 }
 
@@ -574,7 +576,9 @@ mod tests {
             expected_output(&chat(r#","max_tokens":100,"max_completion_tokens":300"#), 512, 4096),
             300
         );
-        assert_eq!(expected_output(&chat(r#","max_tokens":100000"#), 512, 4096), 4096);
+        // Asked for: reserved whole, above the cap too.
+        assert_eq!(expected_output(&chat(r#","max_tokens":100000"#), 512, 4096), 100_000);
+        assert_eq!(expected_output(&chat(""), 8192, 4096), 4096, "the cap bounds the default");
         assert_eq!(expected_output(&chat(r#","max_tokens":100,"n":3"#), 512, 4096), 300);
         assert_eq!(expected_output(&chat(r#","max_tokens":0"#), 512, 4096), 0);
         assert_eq!(

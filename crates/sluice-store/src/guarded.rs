@@ -11,6 +11,19 @@
 //! straight to the fallback; the first probe that succeeds ends the outage,
 //! with no restart. Transitions are logged (`store degraded` / `store
 //! recovered`) and visible through [`Guarded::is_degraded`].
+//!
+//! Health is kept per server: on a Cluster, per master. A stalled master
+//! sends only the tenants whose keys it holds to the failure mode; tenants
+//! on the other masters go on as before, and no global state flips between
+//! degraded and recovered as requests for different masters come and go.
+//!
+//! An admission the guard gave up on never takes effect later: it carries
+//! its deadline (the moment the guard gives up) to the script, which does
+//! nothing past it ([`RedisStore::admit_by`]); and should it have run in
+//! time with its answer lost on the way (or the server's clock stepped back
+//! since it was learned), the guard queues its undoing, a refund of the
+//! reservation it would have made, which runs after it on the same
+//! connection (and finds nothing if it did not run).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,7 +36,7 @@ use sluice_core::{
 use smallvec::SmallVec;
 
 use crate::memory::MemoryStore;
-use crate::redis::is_redis_id;
+use crate::redis::{RedisStore, RedisStoreError, is_redis_id};
 
 /// What to do when the shared store fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +58,8 @@ pub struct GuardOptions {
     pub on_failure: OnFailure,
     /// While degraded, how often one request tries the store again.
     pub probe_interval: Duration,
-    /// With `Local`: each instance enforces `amount / instances` (at least 1).
+    /// With `Local`: each instance enforces `amount / instances`, rounded
+    /// down ([`share`]).
     pub instances: u64,
 }
 
@@ -65,57 +79,107 @@ impl Default for GuardOptions {
 #[error("the shared counter store is unavailable: {0}")]
 pub struct Unavailable(pub String);
 
-struct Inner<S> {
-    store: S,
+/// How often requests met by the failure mode are logged (one line, with
+/// how many).
+const LOG_EVERY_MS: u64 = 10_000;
+
+/// A log line at most once per interval, with how many times it happened.
+#[derive(Debug, Default)]
+struct Every {
+    next_ms: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Every {
+    /// Counts one; the count to log, when a line is due.
+    fn hit(&self) -> Option<u64> {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let now = wall_ms();
+        let next = self.next_ms.load(Ordering::Relaxed);
+        if now < next {
+            return None;
+        }
+        self.next_ms
+            .compare_exchange(next, now + LOG_EVERY_MS, Ordering::Relaxed, Ordering::Relaxed)
+            .ok()
+            .map(|_| self.count.swap(0, Ordering::Relaxed))
+    }
+}
+
+struct Inner {
+    store: RedisStore,
     local: MemoryStore,
     options: GuardOptions,
-    degraded: AtomicBool,
-    next_probe_ms: AtomicU64,
+    /// Requests met by the failure mode, logged once per interval.
+    fallbacks: Every,
+    /// Per server (`RedisStore::node_of`).
+    health: Box<[Health]>,
     failures: AtomicU64,
 }
 
+/// One server's state.
+#[derive(Debug, Default)]
+struct Health {
+    degraded: AtomicBool,
+    next_probe_ms: AtomicU64,
+}
+
 /// A shared store with a timeout and a failure policy.
-pub struct Guarded<S> {
-    inner: Arc<Inner<S>>,
+#[derive(Clone)]
+pub struct Guarded {
+    inner: Arc<Inner>,
 }
 
-impl<S> Clone for Guarded<S> {
-    fn clone(&self) -> Self {
-        Self { inner: self.inner.clone() }
-    }
-}
-
-impl<S> std::fmt::Debug for Guarded<S> {
+impl std::fmt::Debug for Guarded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Guarded")
             .field("options", &self.inner.options)
-            .field("degraded", &self.inner.degraded.load(Ordering::Relaxed))
+            .field("degraded", &self.is_degraded())
             .finish_non_exhaustive()
     }
+}
+
+/// One instance's share of `amount` when `instances` share it: rounded
+/// down, so that together they never admit more than the amount; but at
+/// least 1, or an amount smaller than the number of instances would admit
+/// nothing at all (then together they may admit up to `instances`).
+pub fn share(amount: u64, instances: u64) -> u64 {
+    (amount / instances.max(1)).max(1)
 }
 
 fn wall_ms() -> u64 {
     SystemClock.now().as_millis()
 }
 
-impl<S: CounterStore> Guarded<S> {
+impl Guarded {
     /// Guards `store`.
-    pub fn new(store: S, options: GuardOptions) -> Self {
+    pub fn new(store: RedisStore, options: GuardOptions) -> Self {
         Self {
             inner: Arc::new(Inner {
-                store,
                 local: MemoryStore::new(SystemClock),
                 options,
-                degraded: AtomicBool::new(false),
-                next_probe_ms: AtomicU64::new(0),
+                health: (0..store.nodes()).map(|_| Health::default()).collect(),
                 failures: AtomicU64::new(0),
+                fallbacks: Every::default(),
+                store,
             }),
         }
     }
 
-    /// Whether the shared store is failing now.
+    /// Whether the shared store is failing now (one of its servers, on a
+    /// Cluster).
     pub fn is_degraded(&self) -> bool {
-        self.inner.degraded.load(Ordering::Relaxed)
+        self.inner.health.iter().any(|h| h.degraded.load(Ordering::Relaxed))
+    }
+
+    /// Whether the server that holds `tenant`'s keys is failing now.
+    pub fn is_degraded_for(&self, tenant: u64) -> bool {
+        self.health(tenant).degraded.load(Ordering::Relaxed)
+    }
+
+    fn health(&self, tenant: u64) -> &Health {
+        let h = &self.inner.health;
+        &h[self.inner.store.node_of(tenant) % h.len()]
     }
 
     /// Calls that failed or timed out so far.
@@ -124,7 +188,7 @@ impl<S: CounterStore> Guarded<S> {
     }
 
     /// The store guarded.
-    pub fn store(&self) -> &S {
+    pub fn store(&self) -> &RedisStore {
         &self.inner.store
     }
 
@@ -133,30 +197,37 @@ impl<S: CounterStore> Guarded<S> {
         &self.inner.local
     }
 
-    /// Whether this call should skip the store (degraded, and not the probe).
-    fn skip(&self) -> bool {
-        if !self.is_degraded() {
+    /// Whether this call for `tenant` should skip the store (its server is
+    /// degraded, and this is not the probe).
+    fn skip(&self, tenant: u64) -> bool {
+        let h = self.health(tenant);
+        if !h.degraded.load(Ordering::Relaxed) {
             return false;
         }
         let now = wall_ms();
-        let next = self.inner.next_probe_ms.load(Ordering::Relaxed);
+        let next = h.next_probe_ms.load(Ordering::Relaxed);
         if now < next {
             return true;
         }
         // One caller wins the probe; the others keep using the fallback.
         let probe = now + self.inner.options.probe_interval.as_millis() as u64;
-        self.inner
-            .next_probe_ms
-            .compare_exchange(next, probe, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
+        h.next_probe_ms.compare_exchange(next, probe, Ordering::Relaxed, Ordering::Relaxed).is_err()
     }
 
-    fn failed(&self, why: &str) {
+    /// The server name of `tenant`'s keys, for logs.
+    fn server(&self, tenant: u64) -> String {
+        let node = self.inner.store.node_of(tenant);
+        self.inner.store.node_name(node).unwrap_or_else(|| "redis".to_owned())
+    }
+
+    fn failed(&self, tenant: u64, why: &str) {
         self.inner.failures.fetch_add(1, Ordering::Relaxed);
+        let h = self.health(tenant);
         let probe = wall_ms() + self.inner.options.probe_interval.as_millis() as u64;
-        self.inner.next_probe_ms.store(probe, Ordering::Relaxed);
-        if !self.inner.degraded.swap(true, Ordering::Relaxed) {
+        h.next_probe_ms.store(probe, Ordering::Relaxed);
+        if !h.degraded.swap(true, Ordering::Relaxed) {
             tracing::warn!(
+                server = %self.server(tenant),
                 reason = why,
                 on_failure = ?self.inner.options.on_failure,
                 "store degraded: the shared counter store is unavailable"
@@ -164,9 +235,14 @@ impl<S: CounterStore> Guarded<S> {
         }
     }
 
-    fn succeeded(&self) {
-        if self.inner.degraded.swap(false, Ordering::Relaxed) {
-            tracing::warn!("store recovered: the shared counter store answers again");
+    fn succeeded(&self, tenant: u64) {
+        let h = self.health(tenant);
+        // A load first: the usual case (healthy) writes nothing shared.
+        if h.degraded.load(Ordering::Relaxed) && h.degraded.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                server = %self.server(tenant),
+                "store recovered: the shared counter store answers again"
+            );
         }
     }
 
@@ -176,7 +252,7 @@ impl<S: CounterStore> Guarded<S> {
         if n == 1 {
             return plan.clone();
         }
-        let share = |a: u64| a.div_ceil(n).max(1);
+        let share = |a: u64| share(a, n);
         let mut p = plan.clone();
         for c in &mut p.charges {
             c.rule = match c.rule {
@@ -192,61 +268,115 @@ impl<S: CounterStore> Guarded<S> {
         p
     }
 
-    fn fallback(&self, plan: &Plan, peek: bool) -> Result<Decision, Unavailable> {
-        match self.inner.options.on_failure {
+    fn fallback(&self, plan: &Plan) -> Result<Decision, Unavailable> {
+        let on_failure = self.inner.options.on_failure;
+        if let Some(n) = self.inner.fallbacks.hit() {
+            match on_failure {
+                OnFailure::Closed => tracing::error!(
+                    refused = n,
+                    "requests refused (503): the shared counter store is unavailable"
+                ),
+                OnFailure::Open => tracing::warn!(
+                    admitted = n,
+                    "requests admitted without counting: the shared counter store is unavailable"
+                ),
+                OnFailure::Local => tracing::warn!(
+                    decided = n,
+                    "requests decided by this instance's own counts: the shared counter store is unavailable"
+                ),
+            }
+        }
+        match on_failure {
             OnFailure::Open => Ok(Decision {
                 outcome: Outcome::Admitted { reservation: None },
                 statuses: SmallVec::new(),
             }),
             OnFailure::Closed => Err(Unavailable("no answer from the shared store".into())),
-            OnFailure::Local => {
-                let p = self.local_plan(plan);
-                Ok(if peek {
-                    self.inner.local.peek_now(&p)
-                } else {
-                    self.inner.local.admit_now(&p)
-                })
+            OnFailure::Local => Ok(self.inner.local.admit_now(&self.local_plan(plan))),
+        }
+    }
+
+    /// The counters as the shared store has them, or `Unavailable`: never
+    /// the fallback's (which counts only this instance's requests, from the
+    /// start of an outage). Tried even while degraded (reports are rare).
+    async fn shared_peek(&self, plan: &Plan) -> Result<Decision, Unavailable> {
+        let timeout = self.inner.options.timeout;
+        let tenant = plan.tenant;
+        match tokio::time::timeout(timeout, self.inner.store.peek(plan)).await {
+            Ok(Ok(d)) => {
+                self.succeeded(tenant);
+                Ok(d)
+            }
+            Ok(Err(e)) => {
+                self.failed(tenant, &e.to_string());
+                Err(Unavailable(e.to_string()))
+            }
+            Err(_) => {
+                self.failed(tenant, &format!("no answer within {timeout:?}"));
+                Err(Unavailable(format!("no answer within {timeout:?}")))
             }
         }
     }
 
-    async fn guarded_admit(&self, plan: &Plan, peek: bool) -> Result<Decision, Unavailable> {
-        if self.skip() {
-            return self.fallback(plan, peek);
+    async fn guarded_admit(&self, plan: &Plan) -> Result<Decision, Unavailable> {
+        let tenant = plan.tenant;
+        if self.skip(tenant) {
+            return self.fallback(plan);
         }
-        let call = async {
-            if peek {
-                self.inner.store.peek(plan).await
-            } else {
-                self.inner.store.admit(plan).await
-            }
-        };
-        match tokio::time::timeout(self.inner.options.timeout, call).await {
+        let timeout = self.inner.options.timeout;
+        // The moment this call gives up is the script's deadline.
+        let deadline = std::time::Instant::now() + timeout;
+        let (id, call) = self.inner.store.admit_by(plan, Some(deadline));
+        let answer = tokio::time::timeout_at(deadline.into(), call).await;
+        match answer {
             Ok(Ok(d)) => {
-                self.succeeded();
+                self.succeeded(tenant);
                 Ok(d)
             }
+            // The server answered, after the deadline: nothing was charged.
+            // Not a failure of the store (its clock was learned a little
+            // high, or the call was nearly too slow): this request falls back.
+            Ok(Err(RedisStoreError::Late)) => {
+                tracing::debug!("an admission reached redis after its deadline");
+                self.fallback(plan)
+            }
             Ok(Err(e)) => {
-                self.failed(&e.to_string());
-                self.fallback(plan, peek)
+                if e.may_have_run() {
+                    self.undo(plan, id);
+                }
+                self.failed(tenant, &e.to_string());
+                self.fallback(plan)
             }
             Err(_) => {
-                self.failed(&format!("no answer within {:?}", self.inner.options.timeout));
-                self.fallback(plan, peek)
+                self.undo(plan, id);
+                self.failed(tenant, &format!("no answer within {timeout:?}"));
+                self.fallback(plan)
             }
+        }
+    }
+
+    /// Queues the undoing of an admission given up on: a refund of
+    /// everything it would have charged (concurrency released). It runs
+    /// after the admission on the same connection: if the admission ran, it
+    /// is undone; if it did not (or came late), this finds nothing.
+    fn undo(&self, plan: &Plan, id: ReservationId) {
+        if !plan.charges.is_empty() {
+            self.inner.store.settle_detached(id, Usage::REFUND);
         }
     }
 }
 
-impl<S: CounterStore + Clone> CounterStore for Guarded<S> {
+impl CounterStore for Guarded {
     type Error = Unavailable;
 
     async fn admit(&self, plan: &Plan) -> Result<Decision, Unavailable> {
-        self.guarded_admit(plan, false).await
+        self.guarded_admit(plan).await
     }
 
+    /// The shared store's counters; `Unavailable` while it fails (never
+    /// the fallback's counts).
     async fn peek(&self, plan: &Plan) -> Result<Decision, Unavailable> {
-        self.guarded_admit(plan, true).await
+        self.shared_peek(plan).await
     }
 
     async fn settle(&self, id: ReservationId, usage: Usage) -> Result<Settlement, Unavailable> {
@@ -258,11 +388,11 @@ impl<S: CounterStore + Clone> CounterStore for Guarded<S> {
         {
             Ok(Ok(s)) => Ok(s),
             Ok(Err(e)) => {
-                self.failed(&e.to_string());
+                self.failed((id.0 >> 64) as u64, &e.to_string());
                 Err(Unavailable(e.to_string()))
             }
             Err(_) => {
-                self.failed("settlement timed out");
+                self.failed((id.0 >> 64) as u64, "settlement timed out");
                 Err(Unavailable("settlement timed out".into()))
             }
         }
@@ -284,6 +414,30 @@ impl<S: CounterStore + Clone> CounterStore for Guarded<S> {
         }
     }
 
+    fn slot_lease(&self) -> Option<std::time::Duration> {
+        self.inner.store.slot_lease()
+    }
+
+    async fn renew(&self, id: ReservationId) -> Result<bool, Unavailable> {
+        if !is_redis_id(id) {
+            // A slot of the fallback, in this process: nothing to renew.
+            return Ok(false);
+        }
+        match tokio::time::timeout(self.inner.options.timeout, self.inner.store.renew(id)).await {
+            Ok(Ok(open)) => Ok(open),
+            Ok(Err(e)) => Err(Unavailable(e.to_string())),
+            Err(_) => Err(Unavailable("renewing slots timed out".into())),
+        }
+    }
+
+    fn pending_settlements(&self) -> usize {
+        self.inner.store.pending_settlements()
+    }
+
+    async fn flush(&self, within: std::time::Duration) -> usize {
+        self.inner.store.flush_settlements(within).await
+    }
+
     async fn reset(&self, tenant: u64, key: CounterKey) -> Result<bool, Unavailable> {
         let local = self.inner.local.reset(key);
         let call = self.inner.store.reset(tenant, key);
@@ -291,6 +445,29 @@ impl<S: CounterStore + Clone> CounterStore for Guarded<S> {
             Ok(Ok(shared)) => Ok(shared || local),
             Ok(Err(e)) => Err(Unavailable(e.to_string())),
             Err(_) => Err(Unavailable("reset timed out".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share;
+
+    /// Shares rounded down never add up to more than the amount; an amount
+    /// smaller than the number of instances gives each one 1.
+    #[test]
+    fn shares_never_add_up_to_more_than_the_amount() {
+        assert_eq!(share(100, 3), 33);
+        for amount in 1..500 {
+            for n in 1..12 {
+                let s = share(amount, n);
+                if amount >= n {
+                    assert!(s * n <= amount, "{amount} over {n}: {s} each");
+                    assert!(s * n > amount - n, "{amount} over {n}: {s} each");
+                } else {
+                    assert_eq!(s, 1);
+                }
+            }
         }
     }
 }

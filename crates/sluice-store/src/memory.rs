@@ -799,6 +799,7 @@ mod tests {
             tenant,
             now,
             lease_until: Instant(now.0 + 60_000_000_000),
+            slots_until: Instant(now.0 + 60_000_000_000),
             charges: charges.into_iter().collect(),
         }
     }

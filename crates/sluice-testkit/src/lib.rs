@@ -212,7 +212,26 @@ impl RedisServer {
         }
     }
 
-    /// Starts it again on the same port, empty.
+    /// Lets a paused server go on (SIGCONT): what it was sent meanwhile
+    /// runs now.
+    pub fn resume(&mut self) {
+        if let Some(c) = &self.child {
+            let status = Command::new("kill")
+                .arg("-CONT")
+                .arg(c.id().to_string())
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill -CONT {} failed: {status}", c.id());
+        }
+    }
+
+    /// The process id of the server, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Starts it again on the same port: empty, unless it persists (started
+    /// with `--appendonly yes`: it reloads its append-only file).
     pub fn restart(&mut self) {
         self.kill();
         let port = self.port;

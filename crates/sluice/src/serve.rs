@@ -24,6 +24,9 @@ use tokio::sync::watch;
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// How often each instance checks whether tenants changed.
 const TENANT_WATCH: Duration = Duration::from_millis(250);
+/// At shutdown, what settlements still pending get at least, after the
+/// requests have finished or been cut at the grace.
+const SETTLE_AT_EXIT: Duration = Duration::from_secs(2);
 
 pub fn run(
     config_path: &Path,
@@ -135,7 +138,8 @@ async fn serve(
             let topology = topology(&r.topology);
             let redis = RedisStore::connect_in(&topology, TimeSource::Server, &r.namespace)
                 .await
-                .with_context(|| format!("connecting to redis ({topology:?})"))?;
+                .with_context(|| format!("connecting to redis ({topology:?})"))?
+                .with_slot_lease(r.slot_lease);
             let tenants = RedisTenants::connect(&topology, &r.namespace)
                 .await
                 .context("reading tenants from redis")?;
@@ -334,12 +338,14 @@ where
     let proxy = listener.map(|listener| {
         tokio::spawn(sluice_gateway::serve(
             listener,
-            gateway,
+            gateway.clone(),
             stopped(),
             opts("proxy", config.gateway.limits),
         ))
     });
     shutdown_signal().await;
+    // When the shutdown began: the grace runs from then.
+    let stop_began = tokio::time::Instant::now();
     let _ = stop_tx.send(true);
     let stopping = async {
         if let Some(p) = proxy
@@ -363,6 +369,22 @@ where
     sweeper.abort();
     if let Some(s) = saver {
         s.abort();
+    }
+    // Settlements still on their way (a shared store that was slow or down)
+    // get the rest of the grace, and at least SETTLE_AT_EXIT.
+    let pending = gateway.store.pending_settlements();
+    if pending > 0 {
+        let grace_end = stop_began + grace;
+        let within =
+            grace_end.saturating_duration_since(tokio::time::Instant::now()).max(SETTLE_AT_EXIT);
+        tracing::info!(pending, ?within, "sending the settlements still pending");
+        let left = gateway.store.flush(within).await;
+        if left > 0 {
+            tracing::warn!(
+                left,
+                "settlements not sent before exit: their reservations keep what was reserved until their lease ends"
+            );
+        }
     }
     // A clean shutdown loses no count: the requests have been settled.
     if let Some(p) = persist {

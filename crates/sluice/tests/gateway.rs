@@ -277,13 +277,20 @@ async fn a_dropped_stream_is_charged_only_for_what_was_generated() {
     assert!((seen as i64..=sent).contains(&charged), "charged {charged}, saw {seen}, sent {sent}");
 }
 
+/// Bad input is answered before admission and charges nothing. A request
+/// the upstream failed keeps its request count by default (the upstream
+/// did the work of answering it; a refund would let a client send requests
+/// the upstream rejects without any limit), its tokens refunded; the
+/// statuses of `refund_statuses` are refunded in full.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_and_failed_upstreams_change_no_counter() {
+async fn bad_input_charges_nothing_and_failed_upstreams_count_a_request() {
     let mock = mock().await;
-    let policy = format!(
-        r#"
+    let policy = |server: &str| {
+        format!(
+            r#"
 [server]
 max_body_bytes = 2048
+{server}
 
 [headers]
 families = ["requests-day"]
@@ -303,10 +310,11 @@ window = "1d"
 base_url = "http://127.0.0.1:9/v1"
 connect_timeout = "1s"
 {}{}"#,
-        upstream_section(&mock),
-        tenant("t", "", &[(KEY_A1, "")])
-    );
-    let s = Sluice::start(&policy, &[("UPSTREAM_KEY", "k")]);
+            upstream_section(&mock),
+            tenant("t", "", &[(KEY_A1, "")])
+        )
+    };
+    let s = Sluice::start(&policy(""), &[("UPSTREAM_KEY", "k")]);
     let c = client();
     let url = format!("{}/v1/chat/completions", s.url);
     let code = |r: &reqwest::Response| r.status().as_u16();
@@ -328,18 +336,29 @@ connect_timeout = "1s"
     let big = json!({"model": "m", "messages": [{"role": "user", "content": "x".repeat(5000)}]});
     let r = post(&c, &url, Some(KEY_A1), &big, &[]).await;
     assert_eq!(code(&r), 413);
-    // Admitted, then the upstream fails: refunded.
-    let r = post(&c, &url, Some(KEY_A1), &chat("down", 5), &[]).await;
-    assert_eq!(code(&r), 502);
-    let r = post(&c, &url, Some(KEY_A1), &chat("m", 5), &[("x-mock-hang", "1")]).await;
-    assert_eq!(code(&r), 504);
-    let r = post(&c, &url, Some(KEY_A1), &chat("m", 5), &[("x-mock-status", "500")]).await;
-    assert_eq!(code(&r), 500, "an upstream error passes through");
-    r.text().await.unwrap();
-    // Only now is a request counted: the first of the day.
+    // Nothing counted so far: the first request of the day.
     let r = post(&c, &url, Some(KEY_A1), &chat("m", 5), &[]).await;
     assert_eq!(code(&r), 200);
     assert_eq!(num(&r, "x-ratelimit-remaining-requests-day"), 99);
+    r.text().await.unwrap();
+    // Admitted, then the upstream fails: each counts a request.
+    let failures = |c: reqwest::Client, url: String| async move {
+        let r = post(&c, &url, Some(KEY_A1), &chat("down", 5), &[]).await;
+        assert_eq!(r.status(), 502);
+        let r = post(&c, &url, Some(KEY_A1), &chat("m", 5), &[("x-mock-hang", "1")]).await;
+        assert_eq!(r.status(), 504);
+        let r = post(&c, &url, Some(KEY_A1), &chat("m", 5), &[("x-mock-status", "500")]).await;
+        assert_eq!(r.status(), 500, "an upstream error passes through");
+        r.text().await.unwrap();
+        let r = post(&c, &url, Some(KEY_A1), &chat("m", 5), &[]).await;
+        assert_eq!(r.status(), 200);
+        num(&r, "x-ratelimit-remaining-requests-day")
+    };
+    assert_eq!(failures(c.clone(), url.clone()).await, 99 - 3 - 1, "three failures counted");
+    // Refunding 502 and 504 (the upstream down or silent) is a choice.
+    let s = Sluice::start(&policy("refund_statuses = [502, 504]"), &[("UPSTREAM_KEY", "k")]);
+    let url = format!("{}/v1/chat/completions", s.url);
+    assert_eq!(failures(c, url).await, 100 - 1 - 1, "only the 500 counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -219,7 +219,9 @@ async fn burst(url: &str, n: usize) -> (Vec<u16>, Duration) {
     (statuses, slowest)
 }
 
-async fn chaos(on_failure: &str) -> (Vec<u16>, Vec<u16>, Vec<u16>, Duration) {
+/// What `chaos` saw: statuses before, during and after the outage, the
+/// slowest answer during it, and the instance's log.
+async fn chaos(on_failure: &str) -> (Vec<u16>, Vec<u16>, Vec<u16>, Duration, String) {
     let mut redis = RedisServer::start();
     let mock = mock().await;
     let store = format!(
@@ -242,14 +244,18 @@ async fn chaos(on_failure: &str) -> (Vec<u16>, Vec<u16>, Vec<u16>, Duration) {
     let (after, _) = burst(&url, 7).await;
     // The process is still alive and well.
     assert_eq!(client().get(format!("{}/healthz", s.url)).send().await.unwrap().status(), 200);
-    (before, during, after, slowest)
+    let (_, log) = s.terminate();
+    (before, during, after, slowest, log)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_fail_closed_answers_503_then_recovers() {
-    let (before, during, after, slowest) = chaos("closed").await;
+    let (before, during, after, slowest, log) = chaos("closed").await;
     assert_eq!(before, [200, 200, 200]);
     assert!(during.iter().all(|&s| s == 503), "{during:?}");
+    // One line for the eight refusals (one per 10 s, with a count), not one each.
+    assert_eq!(log.matches("requests refused (503)").count(), 1, "{log}");
+    assert!(log.contains("refused=1"), "{log}");
     assert!(slowest < Duration::from_secs(1), "a dead Redis must not stall requests: {slowest:?}");
     // Redis came back empty: 5 an hour again, enforced.
     assert_eq!(after, [200, 200, 200, 200, 200, 429, 429], "{after:?}");
@@ -257,7 +263,7 @@ async fn redis_down_fail_closed_answers_503_then_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_fail_open_admits_then_recovers() {
-    let (before, during, after, slowest) = chaos("open").await;
+    let (before, during, after, slowest, _) = chaos("open").await;
     assert_eq!(before, [200, 200, 200]);
     assert!(during.iter().all(|&s| s == 200), "{during:?}");
     assert!(slowest < Duration::from_secs(1), "{slowest:?}");
@@ -266,7 +272,7 @@ async fn redis_down_fail_open_admits_then_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_fail_local_counts_in_memory_then_recovers() {
-    let (before, during, after, slowest) = chaos("local").await;
+    let (before, during, after, slowest, _) = chaos("local").await;
     assert_eq!(before, [200, 200, 200]);
     // This instance's own count: 5 an hour, from zero.
     assert_eq!(during, [200, 200, 200, 200, 200, 429, 429, 429], "{during:?}");
@@ -467,4 +473,75 @@ async fn sentinel_failover_from_a_hung_master_keeps_counting_on_the_promoted_rep
     f.assert_followed(r).await;
     // The old master is still stopped: it never answered again.
     f.sentinels.master.kill();
+}
+
+/// Three instances falling back to their own counts while Redis is down
+/// (`instances = 3`): each enforces its share of the limit, rounded down,
+/// so together they admit at most the limit (99 of 100; rounded up, 102).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_falling_back_locally_admit_at_most_the_limit() {
+    let mut redis = RedisServer::start();
+    let mock = mock().await;
+    let store = format!(
+        "[store]\nkind = \"redis\"\nurl = \"{}\"\ntimeout = \"50ms\"\non_failure = \"local\"\ninstances = 3\n",
+        redis.url()
+    );
+    let text = policy(&store, "[tiers.default.models]\nm = { rpd = 100 }\n", &mock);
+    let instances: Vec<Sluice> =
+        (0..3).map(|_| Sluice::start(&text, &[("UPSTREAM_KEY", "k")])).collect();
+    let urls: Vec<String> = instances.iter().map(|s| s.url.clone()).collect();
+    redis.kill();
+    // 50 requests on each instance (two clients each).
+    let mut results = Vec::new();
+    for url in &urls {
+        results.push(load(std::slice::from_ref(url), 50, 2, chat("m", 5)));
+    }
+    let mut admitted = Vec::new();
+    for r in results {
+        let r = r.await;
+        assert_eq!(r.len(), 50);
+        admitted.push(r.iter().filter(|(s, _)| *s == 200).count());
+    }
+    assert_eq!(admitted, [33, 33, 33], "each instance admits its share: 99 of 100");
+    drop(instances);
+}
+
+/// The usage API reads the shared store: while Redis is down it answers
+/// 503, not the fallback's counts (which start from zero); once Redis is
+/// back, the counts Redis kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_api_answers_503_while_redis_is_down() {
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let mock = mock().await;
+    let store = format!(
+        "[store]\nkind = \"redis\"\nurl = \"{}\"\ntimeout = \"500ms\"\non_failure = \"local\"\nprobe_interval = \"100ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        redis.url()
+    );
+    let text = policy(&store, "[tiers.default.models]\nm = { rpd = 100 }\n", &mock);
+    let mut s = Sluice::start(&text, &[("UPSTREAM_KEY", "k"), ("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN)]);
+    let ops = Ops::of(&mut s);
+    let url = format!("{}/v1/chat/completions", s.url);
+    for _ in 0..3 {
+        assert_eq!(post(&client(), &url, Some(KEY), &chat("m", 5), &[]).await.status(), 200);
+    }
+    let used = |v: &serde_json::Value| v["limits"][0]["used"].as_u64();
+    let (status, v) = ops.call(reqwest::Method::GET, "/tenants/t/usage", None).await;
+    assert_eq!((status, used(&v)), (200, Some(3)), "{v}");
+    redis.kill();
+    // Admitted by this instance's own counts meanwhile.
+    assert_eq!(post(&client(), &url, Some(KEY), &chat("m", 5), &[]).await.status(), 200);
+    let (status, v) = ops.call(reqwest::Method::GET, "/tenants/t/usage", None).await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["code"], "store_unavailable", "{v}");
+    redis.restart();
+    let back = Instant::now();
+    loop {
+        let (status, v) = ops.call(reqwest::Method::GET, "/tenants/t/usage", None).await;
+        if status == 200 {
+            assert_eq!(used(&v), Some(3), "what Redis kept: {v}");
+            break;
+        }
+        assert!(back.elapsed() < Duration::from_secs(5), "still {status} after Redis came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -1,7 +1,9 @@
 //! The official `openai` SDKs for Python and Node, unmodified, as clients
 //! of `sluice serve`: each must raise its `RateLimitError` on a day limit
 //! without retrying, retry after `retry-after-ms` on a short window and
-//! succeed, and stream unchanged while being counted. The scripts are
+//! succeed, and stream unchanged while being counted; the Python one also
+//! raises `APIError` (once, with no retry, charged what was generated) on a
+//! stream the upstream breaks off. The scripts are
 //! `tests/sdk/test_openai_sdk.py` and `tests/sdk/node/test_openai_sdk.mjs`;
 //! `./scripts/test` installs the Python SDK into `.venv` (or set
 //! `SLUICE_PYTHON`) and the Node one into `tests/sdk/node/node_modules`.
@@ -49,11 +51,16 @@ fn node() -> (PathBuf, PathBuf) {
 }
 
 /// Runs one SDK's script against a `sluice serve` with the policy the
-/// scripts expect: a day-limited, a per-second-limited and a streaming
-/// tenant.
+/// scripts expect: a day-limited, a per-second-limited, a streaming tenant,
+/// and one whose streams the upstream breaks off.
 async fn run_sdk_script(program: PathBuf, script: PathBuf) -> String {
     let mock = mock().await;
-    let keys = [("day", "sk-sdk-day"), ("short", "sk-sdk-short"), ("stream", "sk-sdk-stream")];
+    let keys = [
+        ("day", "sk-sdk-day"),
+        ("short", "sk-sdk-short"),
+        ("stream", "sk-sdk-stream"),
+        ("abort", "sk-sdk-abort"),
+    ];
     let mut policy = format!(
         r#"
 [headers]
@@ -62,11 +69,13 @@ families = ["requests", "requests-day", "output-tokens-day"]
 [models."day-model"]
 [models."short-model"]
 [models."stream-model"]
+[models."abort-model"]
 
 [tiers.default.models]
 "day-model" = {{ rpd = 1 }}
 "short-model" = {{ rps = 1 }}
 "stream-model" = {{ otpd = 1_000_000 }}
+"abort-model" = {{ otpd = 1_000_000, rpd = 1_000 }}
 {}"#,
         upstream_section(&mock)
     );
@@ -85,6 +94,7 @@ families = ["requests", "requests-day", "output-tokens-day"]
             .env("SLUICE_DAY_KEY", keys[0].1)
             .env("SLUICE_SHORT_KEY", keys[1].1)
             .env("SLUICE_STREAM_KEY", keys[2].1)
+            .env("SLUICE_ABORT_KEY", keys[3].1)
             .output()
             .expect("run the SDK script")
     })
@@ -102,7 +112,7 @@ async fn the_official_openai_python_sdk_behaves() {
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/sdk/test_openai_sdk.py");
     let stdout = run_sdk_script(python(), script).await;
-    assert!(stdout.contains("3 SDK tests passed"), "{stdout}");
+    assert!(stdout.contains("4 SDK tests passed"), "{stdout}");
 }
 
 /// The Node SDK does not cap `retry-after`: without `x-should-retry: false`

@@ -1,4 +1,4 @@
--- sluice_admit v1: all-or-nothing admission of one request, in one call.
+-- sluice_admit v2: all-or-nothing admission of one request, in one call.
 --
 -- The arithmetic is the engine's (sluice-core/src/counter.rs), in
 -- milliseconds: Lua numbers are doubles, exact for integers below 2^53.
@@ -9,15 +9,19 @@
 -- KEYS[2..]    the counter keys the charges refer to: group hashes
 --              (sluice:{<tenant>}:g:<group>, one field per counter) and
 --              concurrency sets (sluice:{<tenant>}:n:<group><counter>, a
---              sorted set of lease ids scored by lease expiry)
+--              sorted set of lease ids scored by the slot's expiry)
 --
 -- ARGV[1]      "s" to read the time from the server (TIME), or a client
 --              time in ms (tests drive a fake clock this way)
 -- ARGV[2]      lease time to live, ms
 -- ARGV[3]      "a" to admit, "p" to peek (decide, write nothing)
 -- ARGV[4]      the lease id (the member added to concurrency sets)
--- ARGV[5]      n, the number of charges; then 10 values per charge i,
---              starting at ARGV[6 + 10*(i-1)]:
+-- ARGV[5]      the deadline: past this time (in microseconds, on the clock
+--              of ARGV[1]) the script does nothing, or "-" for none
+-- ARGV[6]      slot time to live, ms: how long a concurrency slot is held
+--              unless renewed (renew.lua)
+-- ARGV[7]      n, the number of charges; then 10 values per charge i,
+--              starting at ARGV[8 + 10*(i-1)]:
 --   +0 index into KEYS of the counter's key
 --   +1 the counter's field in its group hash
 --   +2 kind: "r" rolling, "c" calendar, "n" concurrent
@@ -29,23 +33,63 @@
 --   +8 "s" shadow (reported, never denies) or "-"
 --   +9 the metric: requests, tokens, input_tokens, output_tokens, concurrent
 --
--- Returns { outcome, denied, retry_at, now, then per charge: verdict, used,
---           remaining, reset, wait } where outcome is 0 admitted, 1 limited,
---           2 too large; denied is the 1-based charge that decided (0 if
---           admitted); verdict 0 fits, 1 wait, 2 never; reset is -1 when
---           there is none; wait is when a waiting charge would fit (0 else).
-
-local now
+-- Returns { outcome, denied, retry_at, now, now_us, then per charge:
+--           verdict, used, remaining, reset, wait } where outcome is 0
+--           admitted, 1 limited, 2 too large, 3 late (past the deadline:
+--           nothing done, no charges listed), 4 admitted before (the lease
+--           exists: a retried or duplicated call; nothing charged again, the
+--           counters shown as they are); denied is the 1-based charge that
+--           decided (0 if admitted); now_us is the time in microseconds (the
+--           caller learns the server's clock from it); verdict 0 fits, 1
+--           wait, 2 never; reset is -1 when there is none; wait is when a
+--           waiting charge would fit (0 else).
+--
+-- Why a deadline, and why in the server's time. The caller gives up on a
+-- call after its timeout and answers by its failure policy; the call may
+-- still be queued (in a socket, in a stopped or busy server) and run later.
+-- Run then, it would charge a request nobody was told was admitted through
+-- Redis, and hold its concurrency slot. So the caller sends the moment it
+-- gives up, converted to the server's clock, and a late call does nothing.
+-- The caller's and the server's clocks differ (different hosts, and Redis
+-- reads the wall clock, which NTP may step). The caller does not trust the
+-- two to agree: it learns the server's clock from replies. A reply read at
+-- local (monotonic) time r carries the server's time S, taken while the
+-- script ran, so before r: S - r is a lower bound of (server clock - local
+-- clock). The deadline sent is the local give-up time plus the largest such
+-- bound of the last seconds, less 1 ms: a time the server's clock reaches
+-- no later than the caller gives up, whatever the skew. An estimate that is
+-- too low only makes a call that was nearly late count as late (the caller
+-- falls back for that request); too high (the server's clock stepped back
+-- since) is covered by the caller's compensation: on giving up it queues a
+-- refund of the reservation, which runs after this call on the same
+-- connection and undoes it if it ran (settle.lua; a no-op if it did not).
+local now, now_us
 if ARGV[1] == "s" then
   local t = redis.call("TIME")
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  now = math.floor(now_us / 1000)
 else
   now = tonumber(ARGV[1])
+  now_us = now * 1000
 end
 local lease_ttl = tonumber(ARGV[2])
 local peek = ARGV[3] == "p"
 local lease_id = ARGV[4]
-local n = tonumber(ARGV[5])
+local deadline = ARGV[5]
+local slot_ttl = tonumber(ARGV[6])
+local n = tonumber(ARGV[7])
+
+-- Late: the caller has given up (see the header). Nothing is read or written.
+if not peek and deadline ~= "-" and now_us > tonumber(deadline) then
+  return { 3, 0, 0, now, now_us }
+end
+-- Admitted before under this id (a retry, or a duplicate): charge nothing
+-- again; report the counters as they are.
+local again = false
+if not peek and redis.call("EXISTS", KEYS[1]) == 1 then
+  again = true
+  peek = true
+end
 
 local function ceil_div(a, b) return math.floor((a + b - 1) / b) end
 
@@ -53,7 +97,7 @@ local checks = {}
 local outcome, denied, retry_at = 0, 0, 0
 local never = 0
 for i = 1, n do
-  local b = 6 + 10 * (i - 1)
+  local b = 8 + 10 * (i - 1)
   local key = KEYS[tonumber(ARGV[b])]
   local field = ARGV[b + 1]
   local kind = ARGV[b + 2]
@@ -139,9 +183,9 @@ if outcome == 0 and not peek then
     local c = checks[i]
     if c.verdict == 0 then
       if c.kind == "n" then
-        redis.call("ZADD", c.key, now + lease_ttl, lease_id)
+        redis.call("ZADD", c.key, now + slot_ttl, lease_id)
         local pttl = redis.call("PTTL", c.key)
-        if pttl < lease_ttl then redis.call("PEXPIRE", c.key, lease_ttl) end
+        if pttl < slot_ttl then redis.call("PEXPIRE", c.key, slot_ttl) end
       else
         redis.call("HSET", c.key, c.field, c.state)
         local pttl = redis.call("PTTL", c.key)
@@ -149,7 +193,7 @@ if outcome == 0 and not peek then
       end
       -- What settlement needs: key, field, kind, charged, the charge's
       -- period (rolling) or slot end (calendar), amount, metric.
-      local b = 6 + 10 * (i - 1)
+      local b = 8 + 10 * (i - 1)
       local extra = ARGV[b + 6]
       if c.kind == "c" then extra = string.format("%d", c.state_end) end
       lease[#lease + 1] = table.concat({ c.key, c.field, c.kind, ARGV[b + 3], extra, ARGV[b + 4], ARGV[b + 9] }, "|")
@@ -157,20 +201,25 @@ if outcome == 0 and not peek then
   end
   if #lease > 0 then
     -- The first line is the lease's expiry on the clock in use, so that a
-    -- client clock (tests) expires it too.
-    table.insert(lease, 1, "exp:" .. string.format("%d", now + lease_ttl))
+    -- client clock (tests) expires it too, and the deadline (0: none), until
+    -- which a settlement leaves a mark (settle.lua).
+    local dl = 0
+    if deadline ~= "-" then dl = tonumber(deadline) end
+    table.insert(lease, 1, "exp:" .. string.format("%d", now + lease_ttl) .. ":" .. string.format("%d", dl) .. ":" .. string.format("%d", slot_ttl))
     redis.call("SET", KEYS[1], table.concat(lease, "\n"), "PX", lease_ttl)
   end
 end
 
 -- The state after this request where it was charged, before it elsewhere
 -- (a denied request charges nothing, on any limit).
-local out = { outcome, denied, retry_at, now }
+if again then outcome = 4; denied = 0; retry_at = 0 end
+local out = { outcome, denied, retry_at, now, now_us }
 for i = 1, n do
   local c = checks[i]
   local shown = c.before
   if outcome == 0 and c.verdict == 0 then shown = c.after end
-  out[#out + 1] = c.verdict
+  -- Admitted before: every charge that counts fitted then.
+  if again and not c.shadow then out[#out + 1] = 0 else out[#out + 1] = c.verdict end
   out[#out + 1] = shown[1]
   out[#out + 1] = shown[2]
   out[#out + 1] = shown[3]

@@ -9,13 +9,19 @@
 //! Every key of a tenant carries the tenant's hash tag, so a whole admission
 //! lands on one Cluster slot. Nothing is left without a TTL.
 //!
+//! An admission that its caller gave up on never takes effect later: each
+//! carries its deadline in the server's time ([`RedisStore::admit_by`]; the
+//! server's clock is learned from replies, `clock.rs`), past which the
+//! script does nothing; and admission is idempotent by its reservation id,
+//! so a retried or duplicated call charges once.
+//!
 //! Key layout (`<t>` is the tenant's 64-bit hash in hex):
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
 //! | `sluice:{<t>}:g:<group>` | hash | one field per counter of a group: `r:<ahead>:<at>` (rolling) or `c:<slot end>:<used>` (calendar) |
-//! | `sluice:{<t>}:n:<group><counter>` | sorted set | requests in flight: lease ids scored by lease expiry |
-//! | `sluice:{<t>}:l:<id>` | string | an open reservation: its charges, until settled or expired |
+//! | `sluice:{<t>}:n:<group><counter>` | sorted set | requests in flight: lease ids scored by when their slot lapses unless renewed |
+//! | `sluice:{<t>}:l:<id>` | string | an open reservation: its charges, until settled or expired (settled before its admission's deadline: `x` until then) |
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -27,13 +33,24 @@ use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::{RedisError, Script};
 use sluice_core::{
-    Clock, CounterKey, CounterStore, Decision, Instant, LimitStatus, Metric, Outcome, Plan,
-    ReservationId, Rule, Settlement, Usage, Verdict,
+    Clock, CounterKey, CounterStore, Decision, Plan, ReservationId, Settlement, Usage,
 };
-use smallvec::SmallVec;
 
+mod admission;
+mod clock;
+mod nodes;
+mod pending;
 mod sentinel;
 
+use clock::ServerClock;
+pub use nodes::MAX_NODES;
+use nodes::SlotMap;
+use pending::Settlements;
+
+/// The most settlements kept waiting for Redis; more are dropped (counted
+/// by [`RedisStore::lost_settlements`]): their reservations keep what was
+/// reserved until the lease ends.
+pub const SETTLEMENT_QUEUE: usize = pending::CAPACITY;
 pub(crate) use sentinel::SentinelConn;
 
 /// The admission script (see admit.lua's header for KEYS and ARGV), after
@@ -42,6 +59,10 @@ pub const ADMIT_LUA: &str = concat!(include_str!("rolling.lua"), include_str!("a
 /// The settlement script (see settle.lua's header for KEYS and ARGV), after
 /// the functions it shares with admission.
 pub const SETTLE_LUA: &str = concat!(include_str!("rolling.lua"), include_str!("settle.lua"));
+/// The heartbeat of a running request's concurrency slots (see renew.lua).
+pub const RENEW_LUA: &str = include_str!("renew.lua");
+/// How long a concurrency slot is held unless renewed, by default.
+pub const DEFAULT_SLOT_LEASE: Duration = Duration::from_secs(10);
 /// Forgets one counter. KEYS[1] the group hash, KEYS[2] the concurrency
 /// set; ARGV[1] the counter's field. Returns how many things were removed.
 pub const RESET_LUA: &str =
@@ -91,6 +112,9 @@ pub enum RedisStoreError {
     /// The script answered something else than expected.
     #[error("redis: unexpected reply from the admission script ({0})")]
     Reply(String),
+    /// The admission reached the server after its deadline: it did nothing.
+    #[error("redis: the admission reached the server after its deadline; nothing was charged")]
+    Late,
 }
 
 impl RedisStoreError {
@@ -105,7 +129,18 @@ impl RedisStoreError {
                     || e.is_timeout()
                     || e.is_cluster_error()
             }
-            Self::Reply(_) => false,
+            Self::Reply(_) | Self::Late => false,
+        }
+    }
+
+    /// Whether the command may have run on the server although no answer
+    /// came: it was sent (or may have been) and the connection broke or
+    /// timed out. Not when the server answered, or could not be reached.
+    pub fn may_have_run(&self) -> bool {
+        match self {
+            // An error reply is an answer; a refused connection sent nothing.
+            Self::Redis(e) => e.code().is_none() && !e.is_connection_refusal(),
+            Self::Reply(_) | Self::Late => false,
         }
     }
 }
@@ -121,10 +156,21 @@ struct Inner {
     conn: Conn,
     admit: Script,
     settle: Script,
+    renew: Script,
+    /// How long a concurrency slot is held unless renewed, in ms.
+    slot_lease_ms: AtomicU64,
     time: TimeSource,
+    /// The servers' clocks, learned from replies.
+    clock: ServerClock,
+    /// A Cluster's slot map: which master holds a tenant's keys.
+    slots: Option<SlotMap>,
     ids: RandomState,
     seq: AtomicU64,
-    runtime: tokio::runtime::Handle,
+    /// Settlements on their way, retried until they land.
+    settlements: Arc<Settlements>,
+    /// The longest lease of the admissions made so far, in ms: how long a
+    /// settlement may be worth retrying.
+    longest_lease_ms: AtomicU64,
 }
 
 /// A Redis-backed counter store. Cheap to clone (shared).
@@ -141,7 +187,7 @@ impl std::fmt::Debug for RedisStore {
 
 impl RedisStore {
     /// Connects, with keys under `sluice:`. Must be called inside a tokio
-    /// runtime; detached settlements run on it.
+    /// runtime: the task that sends settlements runs on it.
     pub async fn connect(topology: &Topology, time: TimeSource) -> Result<Self, RedisStoreError> {
         Self::connect_in(topology, time, "sluice").await
     }
@@ -153,6 +199,7 @@ impl RedisStore {
         time: TimeSource,
         namespace: &str,
     ) -> Result<Self, RedisStoreError> {
+        let cluster = matches!(topology, Topology::Cluster(_));
         let conn = match topology {
             Topology::Standalone(url) => {
                 let client = redis::Client::open(url.as_str())?;
@@ -177,22 +224,123 @@ impl RedisStore {
                 conn,
                 admit: Script::new(ADMIT_LUA),
                 settle: Script::new(SETTLE_LUA),
+                renew: Script::new(RENEW_LUA),
+                slot_lease_ms: AtomicU64::new(DEFAULT_SLOT_LEASE.as_millis() as u64),
                 time,
+                clock: ServerClock::new(if cluster { MAX_NODES } else { 1 }),
+                slots: cluster.then(SlotMap::new),
                 ids: RandomState::new(),
                 seq: AtomicU64::new(1),
-                runtime: tokio::runtime::Handle::current(),
+                settlements: Arc::new(Settlements::default()),
+                longest_lease_ms: AtomicU64::new(0),
             }),
         };
+        tokio::spawn(store.inner.settlements.clone().run(Arc::downgrade(&store.inner)));
         // Load the scripts now, so that admissions are one EVALSHA from the
         // start. (A cluster's nodes learn them on first use: EVALSHA answers
         // NOSCRIPT once per node, and the script is sent then.)
         store.load_scripts().await?;
+        store.learn_time().await?;
+        if store.inner.slots.is_some() {
+            store.read_slots().await?;
+            let inner = Arc::downgrade(&store.inner);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(nodes::REFRESH);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let Some(inner) = inner.upgrade() else { return };
+                    let store = RedisStore { inner };
+                    if let Err(e) = store.read_slots().await {
+                        tracing::debug!(error = %e, "reading the cluster's slot map failed");
+                    }
+                }
+            });
+        }
         Ok(store)
+    }
+
+    /// Reads a Cluster's slot map, and each master's clock.
+    async fn read_slots(&self) -> Result<(), RedisStoreError> {
+        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+        let (Conn::Cluster(c), Some(slots)) = (&self.inner.conn, &self.inner.slots) else {
+            return Ok(());
+        };
+        let mut c = c.clone();
+        let any = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+        let call = c.route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), any);
+        let reply = tokio::time::timeout(Duration::from_secs(2), call).await.map_err(|_| {
+            RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "CLUSTER SLOTS"))
+        })??;
+        for (index, host, port) in slots.update(&reply) {
+            if !matches!(self.inner.time, TimeSource::Server) {
+                continue;
+            }
+            let node = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+            let call = c.route_command(redis::cmd("TIME"), node);
+            // A master that does not answer is learned from its replies.
+            if let Ok(Ok(time)) = tokio::time::timeout(Duration::from_millis(500), call).await
+                && let Ok((secs, micros)) = redis::from_redis_value::<(i64, i64)>(time)
+            {
+                self.inner.clock.sample(
+                    index,
+                    secs * 1_000_000 + micros,
+                    std::time::Instant::now(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The server that holds `tenant`'s keys, by index (0 but on a
+    /// Cluster: its master's, below [`MAX_NODES`]).
+    pub fn node_of(&self, tenant: u64) -> usize {
+        self.inner.slots.as_ref().map_or(0, |s| s.node_of(tenant))
+    }
+
+    /// How many servers [`RedisStore::node_of`] tells apart.
+    pub fn nodes(&self) -> usize {
+        if self.inner.slots.is_some() { MAX_NODES } else { 1 }
+    }
+
+    /// The address of server `index` (for logs), if known.
+    pub fn node_name(&self, index: usize) -> Option<String> {
+        self.inner.slots.as_ref().and_then(|s| s.name(index))
+    }
+
+    /// Holds concurrency slots for `lease` unless renewed (the default is
+    /// [`DEFAULT_SLOT_LEASE`]); at least a second.
+    #[must_use]
+    pub fn with_slot_lease(self, lease: Duration) -> Self {
+        let ms = lease.max(Duration::from_secs(1)).as_millis();
+        self.inner.slot_lease_ms.store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self
+    }
+
+    /// Learns the server's clock before the first admission (a Cluster's
+    /// nodes are learned from their replies).
+    async fn learn_time(&self) -> Result<(), RedisStoreError> {
+        if !matches!(self.inner.time, TimeSource::Server) {
+            return Ok(());
+        }
+        let time = redis::cmd("TIME");
+        let reply: Option<(i64, i64)> = match &self.inner.conn {
+            Conn::Single(c) => Some(time.query_async(&mut c.clone()).await?),
+            Conn::Sentinel(s) => match s.current() {
+                Some(mut c) => Some(time.query_async(&mut c).await?),
+                None => None,
+            },
+            Conn::Cluster(_) => None,
+        };
+        if let Some((secs, micros)) = reply {
+            self.inner.clock.sample(0, secs * 1_000_000 + micros, std::time::Instant::now());
+        }
+        Ok(())
     }
 
     async fn load_scripts(&self) -> Result<(), RedisStoreError> {
         async fn load(c: &mut impl redis::aio::ConnectionLike) -> Result<(), RedisError> {
-            for script in [ADMIT_LUA, SETTLE_LUA] {
+            for script in [ADMIT_LUA, SETTLE_LUA, RENEW_LUA] {
                 let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(script).query_async(c).await?;
             }
             Ok(())
@@ -236,98 +384,6 @@ impl RedisStore {
         (ReservationId((u128::from(tenant) << 64) | u128::from(random)), format!("{random:016x}"))
     }
 
-    /// The KEYS and ARGV of the admission script for `plan`, and the
-    /// reservation id it would create.
-    fn admission_call(&self, plan: &Plan, peek: bool) -> (Vec<String>, Vec<String>, ReservationId) {
-        let tag = format!("{}:{{{:016x}}}", self.inner.namespace, plan.tenant);
-        let (id, lease) = self.lease_id(plan.tenant);
-        let mut keys = Vec::with_capacity(4);
-        keys.push(format!("{tag}:l:{lease}"));
-        let lease_ms = plan.lease_until.0.saturating_sub(plan.now.0) / 1_000_000;
-        let mut args = Vec::with_capacity(5 + 10 * plan.charges.len());
-        args.push(match &self.inner.time {
-            TimeSource::Server => "s".to_owned(),
-            // The plan's time, from the same clock: what the memory store
-            // uses too.
-            TimeSource::Client(_) => (plan.now.0 / 1_000_000).to_string(),
-        });
-        args.push(lease_ms.max(1).to_string());
-        args.push(if peek { "p" } else { "a" }.to_owned());
-        args.push(lease);
-        args.push(plan.charges.len().to_string());
-        for c in &plan.charges {
-            let key = match c.rule {
-                Rule::Concurrent { .. } => format!(
-                    "{tag}:n:{:016x}{:016x}{:016x}",
-                    c.key.group.hi, c.key.group.lo, c.key.counter
-                ),
-                _ => format!("{tag}:g:{:016x}{:016x}", c.key.group.hi, c.key.group.lo),
-            };
-            let index = match keys.iter().position(|k| *k == key) {
-                Some(i) => i + 1,
-                None => {
-                    keys.push(key);
-                    keys.len()
-                }
-            };
-            let cost = c.cost;
-            args.push(index.to_string());
-            args.push(format!("{:016x}", c.key.counter));
-            let (kind, p1, p2, p3) = match c.rule {
-                Rule::Rolling { period_nanos, amount: _, burst } => {
-                    ("r", burst, period_nanos / 1_000_000, 0)
-                }
-                Rule::Calendar { slot, next_end, .. } => {
-                    ("c", slot.start.as_millis(), slot.end.as_millis(), next_end.as_millis())
-                }
-                Rule::Concurrent { .. } => ("n", 0, 0, 0),
-            };
-            args.push(kind.to_owned());
-            args.push(cost.to_string());
-            args.push(c.rule.amount().to_string());
-            args.push(p1.to_string());
-            args.push(p2.to_string());
-            args.push(p3.to_string());
-            args.push(if c.shadow { "s" } else { "-" }.to_owned());
-            args.push(c.metric.as_str().to_owned());
-        }
-        (keys, args, id)
-    }
-
-    /// The admission of `plan` as one Redis command line (`EVALSHA <sha>
-    /// <numkeys> <keys…> <args…>`), for benchmarks and debugging.
-    pub fn admission_command(&self, plan: &Plan) -> Vec<String> {
-        let (keys, args, _) = self.admission_call(plan, false);
-        let mut cmd = vec!["EVALSHA".to_owned(), self.inner.admit.get_hash().to_owned()];
-        cmd.push(keys.len().to_string());
-        cmd.extend(keys);
-        cmd.extend(args);
-        cmd
-    }
-
-    async fn admit_or_peek(&self, plan: &Plan, peek: bool) -> Result<Decision, RedisStoreError> {
-        if plan.charges.is_empty() {
-            // No limit applies: nothing to ask.
-            return Ok(Decision {
-                outcome: Outcome::Admitted { reservation: None },
-                statuses: SmallVec::new(),
-            });
-        }
-        let (keys, args, id) = self.admission_call(plan, peek);
-        let mut inv = self.inner.admit.prepare_invoke();
-        for k in &keys {
-            inv.key(k);
-        }
-        for a in &args {
-            inv.arg(a);
-        }
-        let reply = self.run(&inv).await?;
-        let nums: Vec<i64> =
-            redis::from_redis_value(reply).map_err(|e| RedisStoreError::Reply(e.to_string()))?;
-        decision(plan, &nums, (!peek).then_some(id))
-            .ok_or_else(|| RedisStoreError::Reply(format!("{nums:?}")))
-    }
-
     async fn settle_inner(
         &self,
         id: ReservationId,
@@ -351,56 +407,47 @@ impl RedisStore {
         Ok(if done == 1 { Settlement::Settled } else { Settlement::Unknown })
     }
 
-    fn detached(&self, id: ReservationId, usage: Usage, release: bool) {
-        let store = self.clone();
-        self.inner.runtime.spawn(async move {
-            let call = store.settle_inner(id, usage, release);
-            match tokio::time::timeout(Duration::from_secs(5), call).await {
-                Ok(Ok(_)) => {}
-                // The lease expires on its own and keeps its charge.
-                Ok(Err(e)) => tracing::warn!(error = %e, "settling a reservation in redis failed"),
-                Err(_) => tracing::warn!("settling a reservation in redis timed out"),
-            }
-        });
+    async fn renew_inner(&self, id: ReservationId) -> Result<bool, RedisStoreError> {
+        let tenant = (id.0 >> 64) as u64;
+        let lease = format!("{:016x}", id.0 as u64);
+        let mut inv = self.inner.renew.prepare_invoke();
+        inv.key(format!("{}:{{{tenant:016x}}}:l:{lease}", self.inner.namespace));
+        inv.arg(self.time_arg()).arg(&lease);
+        let reply = self.run(&inv).await?;
+        let open: i64 =
+            redis::from_redis_value(reply).map_err(|e| RedisStoreError::Reply(e.to_string()))?;
+        Ok(open == 1)
     }
-}
 
-/// Reads the admission script's reply into a decision.
-fn decision(plan: &Plan, nums: &[i64], id: Option<ReservationId>) -> Option<Decision> {
-    let (head, rest) = nums.split_at_checked(4)?;
-    let u = |v: i64| u64::try_from(v).unwrap_or(0);
-    let ms = |v: i64| Instant::from_millis(u(v));
-    let mut statuses = SmallVec::new();
-    for (c, r) in plan.charges.iter().zip(rest.chunks_exact(5)) {
-        let verdict = match r[0] {
-            0 => Verdict::Fits,
-            1 => Verdict::WaitUntil(ms(r[4])),
-            _ => Verdict::Never,
+    /// Queues a settlement, retried until it lands or the longest lease
+    /// seen has passed (by then Redis has expired the lease it settles).
+    fn detached(&self, id: ReservationId, usage: Usage, release: bool) {
+        let lease = match self.inner.longest_lease_ms.load(Ordering::Relaxed) {
+            0 => sluice_core::DEFAULT_LEASE,
+            ms => Duration::from_millis(ms),
         };
-        statuses.push(LimitStatus {
-            limit: c.limit,
-            metric: c.metric,
-            amount: c.rule.amount(),
-            used: u(r[1]),
-            remaining: u(r[2]),
-            requested: c.cost,
-            reset: (r[3] >= 0 && c.metric != Metric::Concurrent).then(|| ms(r[3])),
-            verdict,
-            shadow: c.shadow,
-            window_secs: c.rule.window_secs(),
-        });
+        let until = std::time::Instant::now() + lease;
+        self.inner.settlements.push(id, usage, release, until);
     }
-    if statuses.len() != plan.charges.len() {
-        return None;
+
+    /// Settlements accepted and not landed yet: being sent, or waiting for
+    /// Redis to answer again.
+    pub fn pending_settlements(&self) -> usize {
+        self.inner.settlements.len()
     }
-    let denied = usize::try_from(head[1]).ok()?.checked_sub(1);
-    let outcome = match (head[0], denied) {
-        (0, _) => Outcome::Admitted { reservation: id },
-        (1, Some(limit)) => Outcome::Limited { limit, retry_at: ms(head[2]) },
-        (2, Some(limit)) => Outcome::TooLarge { limit },
-        _ => return None,
-    };
-    Some(Decision { outcome, statuses })
+
+    /// Settlements lost: dropped because too many were waiting, and given
+    /// up because their lease ended first (their reservations keep what was
+    /// reserved).
+    pub fn lost_settlements(&self) -> (u64, u64) {
+        self.inner.settlements.lost()
+    }
+
+    /// Waits until every settlement accepted so far has landed, or
+    /// `within` has passed; how many are still pending.
+    pub async fn flush_settlements(&self, within: Duration) -> usize {
+        self.inner.settlements.flush(within).await
+    }
 }
 
 impl CounterStore for RedisStore {
@@ -424,6 +471,22 @@ impl CounterStore for RedisStore {
 
     fn release(&self, id: ReservationId) {
         self.detached(id, Usage::REFUND, true);
+    }
+
+    fn slot_lease(&self) -> Option<Duration> {
+        Some(Duration::from_millis(self.inner.slot_lease_ms.load(Ordering::Relaxed)))
+    }
+
+    async fn renew(&self, id: ReservationId) -> Result<bool, RedisStoreError> {
+        self.renew_inner(id).await
+    }
+
+    fn pending_settlements(&self) -> usize {
+        self.inner.settlements.len()
+    }
+
+    async fn flush(&self, within: Duration) -> usize {
+        self.flush_settlements(within).await
     }
 
     async fn reset(&self, tenant: u64, key: CounterKey) -> Result<bool, RedisStoreError> {

@@ -1,7 +1,8 @@
--- sluice_settle v1: settles (or releases) one reservation, once.
+-- sluice_settle v2: settles (or releases) one reservation, once.
 --
--- KEYS[1]  the lease, sluice:{<tenant>}:l:<id>: a line "exp:<expiry ms>",
---          then one line per charge,
+-- KEYS[1]  the lease, sluice:{<tenant>}:l:<id>: a line
+--          "exp:<expiry ms>:<admission deadline us>:<slot ttl ms>", then
+--          one line per charge,
 --          "key|field|kind|charged|extra|amount|metric" where extra is the
 --          period in ms (rolling) or the end of the slot charged (calendar),
 --          amount the limit's amount at admission. Every
@@ -17,17 +18,32 @@
 --
 -- Returns 1 if settled now, 0 if there was nothing to settle (already
 -- settled, released, expired, or never issued).
+--
+-- Until the admission's deadline has passed, a settled lease leaves a mark
+-- ("x") instead of nothing, so that a duplicate of the admission arriving
+-- after this settlement (and before its deadline) finds the lease taken and
+-- charges nothing (admit.lua). The mark lives until that deadline: at most
+-- the caller's timeout after the admission (a request quicker than that
+-- leaves one, as small as the lease it replaces). Settled later, the lease
+-- is simply deleted.
 
 local lease = redis.call("GET", KEYS[1])
-if not lease then return 0 end
-redis.call("DEL", KEYS[1])
+if not lease or lease == "x" then return 0 end
 
-local now
+local now, now_us
 if ARGV[1] == "s" then
   local t = redis.call("TIME")
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  now = math.floor(now_us / 1000)
 else
   now = tonumber(ARGV[1])
+  now_us = now * 1000
+end
+local deadline = tonumber(string.match(lease, "^exp:%d+:(%d+)")) or 0
+if now_us < deadline then
+  redis.call("SET", KEYS[1], "x", "PX", math.floor((deadline - now_us) / 1000) + 1)
+else
+  redis.call("DEL", KEYS[1])
 end
 -- Expired (its key's TTL runs on the server's clock; this on the clock in
 -- use): the charge stays as reserved; concurrency has expired by score.

@@ -3,6 +3,7 @@
 //! module with its factory and one `engine_tests!` line.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod faults;
 mod harness;
 mod scenarios;
 mod suite;
@@ -45,6 +46,44 @@ macro_rules! engine_tests {
                 crate::$module::$name(&$factory);
             }
         )*
+    };
+}
+
+/// Instantiates the tests of a shared store's calls (deadlines, duplicates)
+/// for one Redis-like store factory.
+macro_rules! redis_fault_tests {
+    ($factory:expr) => {
+        #[test]
+        fn an_admission_past_its_deadline_does_nothing() {
+            crate::faults::an_admission_past_its_deadline_does_nothing(&$factory);
+        }
+        #[test]
+        fn a_duplicated_admission_charges_once() {
+            crate::faults::a_duplicated_admission_charges_once(&$factory);
+        }
+        #[test]
+        fn slots_lapse_unless_renewed() {
+            crate::faults::slots_lapse_unless_renewed(&$factory);
+        }
+    };
+}
+
+/// Instantiates the stopped-server oracle, in each failure mode, for one
+/// way of making (and stopping) a server.
+macro_rules! stopped_server_tests {
+    ($target:expr) => {
+        #[test]
+        fn a_stopped_server_counts_exactly_what_it_admitted_failing_closed() {
+            crate::faults::stopped_server_oracle($target, sluice_store::OnFailure::Closed);
+        }
+        #[test]
+        fn a_stopped_server_counts_exactly_what_it_admitted_failing_open() {
+            crate::faults::stopped_server_oracle($target, sluice_store::OnFailure::Open);
+        }
+        #[test]
+        fn a_stopped_server_counts_exactly_what_it_admitted_failing_local() {
+            crate::faults::stopped_server_oracle($target, sluice_store::OnFailure::Local);
+        }
     };
 }
 
@@ -148,6 +187,18 @@ mod redis {
     }
 
     engine_tests!(Redis);
+    redis_fault_tests!(Redis);
+    stopped_server_tests!(crate::faults::standalone(RedisServer::start()));
+
+    #[test]
+    fn settlements_wait_for_a_restarted_server() {
+        crate::faults::settlements_wait_for_a_restarted_server();
+    }
+
+    #[test]
+    fn the_settlement_queue_is_bounded() {
+        crate::faults::the_settlement_queue_is_bounded();
+    }
 }
 
 mod valkey {
@@ -174,6 +225,8 @@ mod valkey {
     }
 
     engine_tests!(Valkey);
+    redis_fault_tests!(Valkey);
+    stopped_server_tests!(crate::faults::standalone(RedisServer::start_valkey()));
 }
 
 mod redis_cluster {
@@ -200,4 +253,6 @@ mod redis_cluster {
     }
 
     engine_tests!(Cluster);
+    redis_fault_tests!(Cluster);
+    stopped_server_tests!(crate::faults::cluster_node(RedisCluster::start()));
 }

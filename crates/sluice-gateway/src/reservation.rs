@@ -1,0 +1,218 @@
+//! A request's reservation, from admission to settlement: the one place
+//! that says what a request is charged, however it ends.
+//!
+//! The gateway makes a [`Reservation`] when the store admits a request. It
+//! holds the request's concurrency slots (renewing them while the request
+//! runs: [`Reservation::keep_slots`]) and is ended exactly once, by
+//! [`Reservation::end`] with how the request ended, or by being dropped
+//! (the request's future or its response body was dropped before it could
+//! say: the client went away, or the request was cut at shutdown).
+//!
+//! | how the request ends | [`Ending`] | charged |
+//! | --- | --- | --- |
+//! | success, the response reports `usage` | `Complete { reported: Some(u) }` | 1 request, `u`'s input and output tokens |
+//! | success, a JSON body without `usage` | `Complete { reported: None }` | what was reserved |
+//! | a stream without its usage chunk (it ended, the client went away, the upstream broke off, or shutdown cut it) | `StreamWithoutUsage { output_seen }` | 1 request, the prompt as estimated, and the output tokens of the text that went through |
+//! | the client went away after the head of a JSON response | the body is read on in the background (`body.rs`), then as above | the reported usage; the reservation if none came within the bound |
+//! | the client went away before the head (or shutdown cut the request) | `Unknown` (dropped) | what was reserved |
+//! | the upstream failed: no connection (502), no answer in time (504), or an error status | `UpstreamFailed { status }` | `server.upstream_failure`: `count` (default) 1 request, no token; `charge` what was reserved; `refund` nothing; a status in `server.refund_statuses`: nothing |
+//! | a JSON body cut by the upstream | `Unknown` | what was reserved |
+//! | nothing reached the upstream (the gateway could not build the request) | `NotForwarded` | nothing |
+//!
+//! A request that reached the upstream keeps its request count unless the
+//! policy says otherwise: the upstream did the work of answering it, and a
+//! refunded failure would let a client send requests the upstream rejects
+//! without any limit.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use sluice_config::gateway::UpstreamFailure;
+use sluice_core::{CounterStore, ReservationId, Usage};
+
+/// How a request ended, as far as its charge goes (see the module's table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// The response ended as the upstream meant it to, reporting `usage` or
+    /// not.
+    Complete {
+        /// The usage the response reported.
+        reported: Option<sluice_llm::usage::Usage>,
+    },
+    /// A stream that ended, or was cut, before its usage chunk.
+    StreamWithoutUsage {
+        /// Output tokens estimated from the text that went through.
+        output_seen: u64,
+    },
+    /// The upstream failed: no response (502, 504) or an error status.
+    UpstreamFailed {
+        /// What the client was answered.
+        status: StatusCode,
+    },
+    /// Nothing reached the upstream.
+    NotForwarded,
+    /// Nothing better is known: what was reserved stands.
+    Unknown,
+}
+
+/// What an upstream failure costs: `server.upstream_failure`, and the
+/// statuses of `server.refund_statuses` (refunded in full).
+#[derive(Clone, Copy, Debug)]
+pub struct FailureCost {
+    policy: UpstreamFailure,
+    /// Statuses 400 to 655, one bit each.
+    refunded: [u64; 4],
+}
+
+impl FailureCost {
+    /// The cost of failures under `policy`, with `refund_statuses` refunded.
+    pub fn new(policy: UpstreamFailure, refund_statuses: &[u16]) -> Self {
+        let mut refunded = [0u64; 4];
+        for &s in refund_statuses {
+            if let Some(bit) = s.checked_sub(400).filter(|b| *b < 256) {
+                refunded[usize::from(bit / 64)] |= 1 << (bit % 64);
+            }
+        }
+        Self { policy, refunded }
+    }
+
+    /// What a failure answered with `status` costs, when `reserved` was
+    /// reserved.
+    pub fn cost(&self, status: StatusCode, reserved: Usage) -> Usage {
+        let refunded = status
+            .as_u16()
+            .checked_sub(400)
+            .filter(|b| *b < 256)
+            .is_some_and(|b| self.refunded[usize::from(b / 64)] & (1 << (b % 64)) != 0);
+        if refunded {
+            return Usage::REFUND;
+        }
+        match self.policy {
+            UpstreamFailure::Count => Usage::tokens(0, 0),
+            UpstreamFailure::Charge => reserved,
+            UpstreamFailure::Refund => Usage::REFUND,
+        }
+    }
+}
+
+/// A request's reservation: settled once, however the request ends.
+pub struct Reservation<S: CounterStore> {
+    store: S,
+    /// `None` once settled, or when there is nothing to settle.
+    id: Option<ReservationId>,
+    /// Input tokens as estimated before the request.
+    input_estimate: u64,
+    /// What was reserved.
+    reserved: Usage,
+    failure: FailureCost,
+    /// The task renewing the request's concurrency slots.
+    heartbeat: Option<tokio::task::AbortHandle>,
+}
+
+impl<S: CounterStore> std::fmt::Debug for Reservation<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("id", &self.id)
+            .field("reserved", &self.reserved)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: CounterStore + Clone> Reservation<S> {
+    /// The reservation `id` (none: nothing to settle) of a request whose
+    /// prompt was estimated at `input_estimate` tokens, for which `reserved`
+    /// was reserved.
+    pub fn new(
+        store: S,
+        id: Option<ReservationId>,
+        input_estimate: u64,
+        reserved: Usage,
+        failure: FailureCost,
+    ) -> Self {
+        Self { store, id, input_estimate, reserved, failure, heartbeat: None }
+    }
+
+    /// Renews the reservation's concurrency slots while it is open (every
+    /// third of the store's slot lease), so that they lapse soon after the
+    /// process holding them dies, and never while its request runs. A store
+    /// whose slots end with this process needs nothing.
+    pub fn keep_slots(&mut self) {
+        let (Some(id), Some(lease)) = (self.id, self.store.slot_lease()) else { return };
+        let every = (lease / 3).max(Duration::from_millis(100));
+        let store = self.store.clone();
+        let task = tokio::spawn(async move {
+            let start = tokio::time::Instant::now() + every;
+            let mut tick = tokio::time::interval_at(start, every);
+            loop {
+                tick.tick().await;
+                match store.renew(id).await {
+                    Ok(true) => {}
+                    // Settled or expired: nothing left to keep.
+                    Ok(false) => break,
+                    // The next tick tries again (the slot lease allows two
+                    // missed renewals).
+                    Err(e) => tracing::debug!(error = %e, "renewing concurrency slots failed"),
+                }
+            }
+        });
+        self.heartbeat = Some(task.abort_handle());
+    }
+
+    /// What the request is charged if it ends so (the module's table).
+    pub fn charge(&self, ending: Ending) -> Usage {
+        match ending {
+            Ending::Complete { reported: Some(u) } => Usage::tokens(u.input, u.output),
+            Ending::Complete { reported: None } | Ending::Unknown => self.reserved,
+            Ending::StreamWithoutUsage { output_seen } => {
+                Usage::tokens(self.input_estimate, output_seen)
+            }
+            Ending::UpstreamFailed { status } => self.failure.cost(status, self.reserved),
+            Ending::NotForwarded => Usage::REFUND,
+        }
+    }
+
+    /// Settles the reservation as the request ended (once: later calls,
+    /// and the drop, do nothing).
+    pub fn end(&mut self, ending: Ending) {
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+        if let Some(id) = self.id.take() {
+            let usage = self.charge(ending);
+            self.store.settle_detached(id, usage);
+        }
+    }
+}
+
+impl<S: CounterStore> Drop for Reservation<S> {
+    fn drop(&mut self) {
+        // Not ended: the request's future or body was dropped before it
+        // could say how it ended (the client went away before the response,
+        // or shutdown cut it). What was reserved stands.
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+        if let Some(id) = self.id.take() {
+            self.store.settle_detached(id, self.reserved);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_cost_what_the_policy_says() {
+        let reserved = Usage::tokens(100, 500);
+        let count = FailureCost::new(UpstreamFailure::Count, &[502, 503]);
+        assert_eq!(count.cost(StatusCode::BAD_REQUEST, reserved), Usage::tokens(0, 0));
+        assert_eq!(count.cost(StatusCode::GATEWAY_TIMEOUT, reserved), Usage::tokens(0, 0));
+        assert_eq!(count.cost(StatusCode::BAD_GATEWAY, reserved), Usage::REFUND);
+        assert_eq!(count.cost(StatusCode::SERVICE_UNAVAILABLE, reserved), Usage::REFUND);
+        let charge = FailureCost::new(UpstreamFailure::Charge, &[]);
+        assert_eq!(charge.cost(StatusCode::INTERNAL_SERVER_ERROR, reserved), reserved);
+        let refund = FailureCost::new(UpstreamFailure::Refund, &[]);
+        assert_eq!(refund.cost(StatusCode::TOO_MANY_REQUESTS, reserved), Usage::REFUND);
+    }
+}
