@@ -5,7 +5,7 @@
 //! interval). A secret key is returned once, when it is created, and never
 //! again: the store keeps its hash.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
@@ -17,12 +17,10 @@ use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sluice_core::{
-    Clock, Cost, CounterKey, CounterStore, Instant, KeySpec, ModelRef, Plan, Request as Admission,
-    SystemClock, TenantSpec,
-};
+use sluice_core::{Clock, CounterStore, Instant, KeySpec, SystemClock, TenantSpec};
 use sluice_gateway::auth::{bearer, hash_secret, hash_text, same};
 use sluice_gateway::runtime::tenant_spec;
+use sluice_gateway::usage::{counters_of, history_json, limits_of, row_json};
 use sluice_store::{KeyRecord, OverrideRecord, TenantRecord, TenantStore};
 
 use crate::control::{Control, ReloadError};
@@ -572,64 +570,9 @@ async fn rotate_key<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
     Ok(answer)
 }
 
-/// One counter of a tenant, with how it was found.
-struct Found {
-    key: CounterKey,
-    charge: sluice_core::PlannedCharge,
-    model: Option<String>,
-    endpoint: String,
-    key_id: Option<String>,
-}
-
-/// Every counter a tenant's requests can touch: each model its tier may
-/// use, on each endpoint, with each of its keys (and without).
-fn counters_of<S: CounterStore + Clone + Unpin>(
-    gw: &sluice_gateway::Gateway<S>,
-    id: &str,
-) -> Option<(u64, Vec<Found>)> {
-    let rt = gw.runtime();
-    let tenant = rt.tenant(id)?;
-    let policy = &rt.policy;
-    let index = rt.tenant_index.get(id).copied()?;
-    let keys: Vec<Option<(&sluice_core::KeyFacts, String)>> = std::iter::once(None)
-        .chain(
-            rt.keys.values().filter(|k| k.tenant == index).map(|k| Some((&k.facts, k.id.clone()))),
-        )
-        .collect();
-    let mut models: Vec<(ModelRef, Option<String>)> = policy
-        .models()
-        .map(|(_, m)| (policy.model_ref(&m.name), Some(m.name.to_string())))
-        .filter(|(r, _)| policy.model_allowed(tenant.facts.tier(), *r))
-        .collect();
-    models.push((ModelRef::NONE, None));
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    let now = gw.clock.now();
-    for (endpoint, info) in policy.endpoints() {
-        for (model, model_name) in &models {
-            for key in &keys {
-                let req = Admission {
-                    tenant: &tenant.facts,
-                    key: key.as_ref().map(|(k, _)| *k),
-                    endpoint,
-                    model: *model,
-                    cost: Cost::REQUEST,
-                };
-                for c in policy.plan(&req, now).charges {
-                    if seen.insert(c.key) {
-                        out.push(Found {
-                            key: c.key,
-                            charge: c,
-                            model: model_name.clone(),
-                            endpoint: info.name.to_string(),
-                            key_id: key.as_ref().map(|(_, id)| id.clone()),
-                        });
-                    }
-                }
-            }
-        }
-    }
-    Some((tenant.facts.hash(), out))
+/// A served tenant's index, or 404.
+fn served(rt: &sluice_gateway::Runtime, id: &str) -> Result<usize, ApiError> {
+    rt.tenant_index.get(id).copied().ok_or_else(|| ApiError::not_found("tenant", id))
 }
 
 async fn usage<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
@@ -638,45 +581,19 @@ async fn usage<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
 ) -> ApiResult {
     valid_id(&id)?;
     let gw = &st.control.gateway;
-    let Some((tenant, found)) = counters_of(gw, &id) else {
-        return Err(ApiError::not_found("tenant", &id));
-    };
     let rt = gw.runtime();
+    let index = served(&rt, &id)?;
     let now = gw.clock.now();
-    let plan =
-        Plan { tenant, now, lease_until: now, charges: found.iter().map(|f| f.charge).collect() };
-    let decision = gw.store.peek(&plan.at_zero_cost()).await.map_err(ApiError::store)?;
-    let mut rows = Vec::new();
-    for (f, s) in found.iter().zip(&decision.statuses) {
-        let Some(limit) = rt.policy.limit(s.limit) else { continue };
-        let mut partition = serde_json::Map::new();
-        for fact in &limit.by {
-            match fact {
-                sluice_core::Fact::Model | sluice_core::Fact::ModelClass => {
-                    partition.insert(fact.to_string(), json!(f.model));
-                }
-                sluice_core::Fact::Endpoint => {
-                    partition.insert("endpoint".into(), json!(f.endpoint));
-                }
-                _ => {
-                    partition.insert(fact.to_string(), json!(f.key_id));
-                }
-            }
-        }
-        rows.push(json!({
-            "limit": &*limit.name,
-            "description": limit.describe(),
-            "metric": limit.metric.as_str(),
-            "window": limit.window.map(|w| format!("{} {}", w.period, w.kind.as_str())),
-            "partition": partition,
-            "amount": s.amount,
-            "used": s.used,
-            "remaining": s.remaining,
-            "reset_at": s.reset.map(Instant::rfc3339),
-            "shadow": s.shadow,
-        }));
+    let rows = limits_of(&gw.store, &rt, index, now)
+        .await
+        .ok_or_else(|| ApiError::not_found("tenant", &id))?
+        .map_err(ApiError::store)?;
+    let rows: Vec<Value> = rows.iter().filter_map(|r| row_json(&rt, r)).collect();
+    let mut answer = json!({ "tenant": id, "at": now.rfc3339(), "limits": rows });
+    if let (Some(h), Some(o)) = (gw.history(), answer.as_object_mut()) {
+        o.insert("history".into(), history_json(h, &id, now));
     }
-    ok(StatusCode::OK, json!({ "tenant": id, "at": now.rfc3339(), "limits": rows }))
+    ok(StatusCode::OK, answer)
 }
 
 #[derive(Deserialize, Default)]
@@ -693,10 +610,11 @@ async fn reset_usage<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
     let r = body(b)?;
     valid_id(&id)?;
     let gw = &st.control.gateway;
-    let Some((tenant, found)) = counters_of(gw, &id) else {
+    let rt = gw.runtime();
+    let index = served(&rt, &id)?;
+    let Some((tenant, found)) = counters_of(&rt, index, gw.clock.now()) else {
         return Err(ApiError::not_found("tenant", &id));
     };
-    let rt = gw.runtime();
     if let Some(name) = &r.limit
         && rt.policy.limits_named(name).is_empty()
     {

@@ -189,6 +189,8 @@ pub struct GatewayConfig {
     pub data_path: Option<std::path::PathBuf>,
     /// How often counters are saved to the data file.
     pub save_every: Duration,
+    /// The usage history (`[history]`).
+    pub history: crate::history::HistoryConfig,
 }
 
 /// `[admin]`, validated.
@@ -198,6 +200,10 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// The environment variable holding its bearer token.
     pub token_env: String,
+    /// Whether it serves the usage dashboard.
+    pub dashboard: bool,
+    /// How long a dashboard login lasts.
+    pub session_ttl: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -215,6 +221,7 @@ impl Default for GatewayConfig {
             admin: None,
             data_path: None,
             save_every: Duration::from_secs(5),
+            history: crate::history::HistoryConfig::default(),
         }
     }
 }
@@ -359,7 +366,11 @@ fn positive(v: &Spanned<i64>, field: &str, problems: &mut Problems) -> Option<u6
 
 /// Validates the gateway sections of a file.
 pub(crate) fn gateway(raw: &RawFile, problems: &mut Problems) -> GatewayConfig {
-    let mut g = GatewayConfig { store: store(raw, problems), ..GatewayConfig::default() };
+    let mut g = GatewayConfig {
+        store: store(raw, problems),
+        history: crate::history::history(raw, problems),
+        ..GatewayConfig::default()
+    };
     if let Some(a) = &raw.admin {
         let a = a.get_ref();
         let listen = match &a.listen {
@@ -386,8 +397,21 @@ pub(crate) fn gateway(raw: &RawFile, problems: &mut Problems) -> GatewayConfig {
                 format!("`{token_env}` is not an environment variable name"),
             ));
         }
+        let session_ttl = a
+            .session_ttl
+            .as_ref()
+            .and_then(|d| duration(d, "admin.session_ttl", problems))
+            .unwrap_or(Duration::from_secs(8 * 3600));
+        if session_ttl < Duration::from_secs(60) || session_ttl > Duration::from_secs(30 * 86_400) {
+            problems.push((
+                a.session_ttl.as_ref().map(Spanned::span),
+                "admin.session_ttl".into(),
+                "between `1m` and `30d`".into(),
+            ));
+        }
         if let Some(listen) = listen {
-            g.admin = Some(AdminConfig { listen, token_env });
+            let dashboard = a.dashboard.unwrap_or(true);
+            g.admin = Some(AdminConfig { listen, token_env, dashboard, session_ttl });
         }
     }
     if let Some(d) = &raw.data {

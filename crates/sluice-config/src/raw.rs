@@ -49,6 +49,8 @@ pub struct RawFile {
     pub admin: Option<Spanned<RawAdmin>>,
     /// `[data]`: the embedded data file.
     pub data: Option<Spanned<RawData>>,
+    /// `[history]`: the usage history.
+    pub history: Option<Spanned<crate::history::RawHistory>>,
 }
 
 /// `[admin]`
@@ -59,6 +61,10 @@ pub struct RawAdmin {
     pub listen: Option<Spanned<String>>,
     /// The environment variable holding the admin API's bearer token.
     pub token_env: Option<Spanned<String>>,
+    /// Whether the admin listener serves the usage dashboard (`/dashboard`).
+    pub dashboard: Option<bool>,
+    /// How long a dashboard login lasts (`8h`).
+    pub session_ttl: Option<Spanned<String>>,
 }
 
 /// `[data]`

@@ -13,13 +13,14 @@
 //! best figure there is.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Frame, SizeHint};
-use sluice_core::{CounterStore, ReservationId, Usage};
+use sluice_core::{CounterStore, EventSink, RequestEvent, ReservationId, Step, Usage};
 use sluice_llm::usage::{SseUsageTap, usage_from_json};
 
 use crate::upstream::UpstreamBody;
@@ -98,6 +99,29 @@ impl JsonFrames {
     }
 }
 
+/// Who is told what a request used when it settles: the tenant and model
+/// it is counted under, and where the event goes (the usage history).
+pub struct UsageNote {
+    sink: Arc<dyn EventSink>,
+    tenant: Arc<str>,
+    model: Arc<str>,
+}
+
+impl UsageNote {
+    /// A note for `tenant`'s request to `model` (shared names: nothing is
+    /// copied).
+    pub fn new(sink: &Arc<dyn EventSink>, tenant: &Arc<str>, model: &Arc<str>) -> Self {
+        Self { sink: sink.clone(), tenant: tenant.clone(), model: model.clone() }
+    }
+
+    /// Tells the sink what the request used.
+    fn settled(self, usage: Usage) {
+        let step =
+            Step::Settled { input_tokens: usage.input_tokens, output_tokens: usage.output_tokens };
+        self.sink.record(&RequestEvent { tenant: &self.tenant, model: &self.model, step });
+    }
+}
+
 /// What settling needs besides the body.
 pub struct Settler<S: CounterStore> {
     store: S,
@@ -110,12 +134,20 @@ pub struct Settler<S: CounterStore> {
     /// Usage to settle with when the body ends normally and carries none
     /// (`None`: the reserved amounts).
     on_success: Option<Usage>,
+    /// Who is told the usage (once).
+    note: Option<UsageNote>,
 }
 
 impl<S: CounterStore> Settler<S> {
     /// A settler for reservation `id` (none: nothing to settle).
     pub fn new(store: S, id: Option<ReservationId>, input_estimate: u64, reserved: Usage) -> Self {
-        Self { store, id, input_estimate, reserved, on_success: None }
+        Self { store, id, input_estimate, reserved, on_success: None, note: None }
+    }
+
+    /// Tells `note` the usage when the request settles.
+    pub fn noting(mut self, note: UsageNote) -> Self {
+        self.note = Some(note);
+        self
     }
 
     /// Settle with `usage` when the body ends, whatever it says.
@@ -128,6 +160,9 @@ impl<S: CounterStore> Settler<S> {
     pub fn settle(&mut self, usage: Usage) {
         if let Some(id) = self.id.take() {
             self.store.settle_detached(id, usage);
+        }
+        if let Some(note) = self.note.take() {
+            note.settled(usage);
         }
     }
 }

@@ -18,6 +18,7 @@ mod proxy;
 pub mod runtime;
 mod server;
 pub mod upstream;
+pub mod usage;
 
 pub use runtime::{Runtime, RuntimeError};
 pub use server::{Gateway, serve, serve_connections, tokio_runtime};

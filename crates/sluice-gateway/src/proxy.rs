@@ -12,14 +12,14 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use sluice_config::gateway::UpstreamFailure;
-use sluice_core::{Clock, Cost, CounterStore, Decision, Outcome, Plan, Usage};
+use sluice_core::{Clock, Cost, CounterStore, Decision, Outcome, Plan, RequestEvent, Step, Usage};
 use sluice_llm::error::ApiError;
 use sluice_llm::headers::{HeaderOptions, insert_headers, is_rate_limit_header, remove_headers};
 use sluice_llm::usage::SseUsageTap;
 use sluice_llm::{RewriteOptions, expected_output, force_include_usage};
 
 use crate::auth::AuthError;
-use crate::body::{JsonFrames, Metered, ResponseBody, Settler, Tap, full};
+use crate::body::{JsonFrames, Metered, ResponseBody, Settler, Tap, UsageNote, full};
 use crate::runtime::{Endpoint, KeyEntry, Route, Runtime, Tenant};
 use crate::server::Gateway;
 use crate::upstream::SendError;
@@ -78,7 +78,7 @@ pub(crate) fn error_response(e: &ApiError) -> Response<ResponseBody> {
     r
 }
 
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody> {
+pub(crate) fn json_response(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -204,7 +204,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
             cost: Cost::tokens(1, 0),
         };
         let plan = rt.policy.plan_before_body(&head, now);
-        if let Some(refused) = refuse_early(gw, rt, tenant, &plan, "", &opts).await {
+        if let Some(refused) = refuse_early(gw, rt, tenant, &plan, ("", ""), &opts).await {
             drain(body, rt.settings.max_body_bytes);
             return refused;
         }
@@ -224,6 +224,9 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
         Some(r) if rt.policy.model_allowed(tenant.facts.tier(), model) => r,
         _ => return error_response(&ApiError::model_not_found(&facts.model)),
     };
+    // The model as the policy names it (the route was found: it has one).
+    let model_info = model.id.and_then(|m| rt.policy.model_info(m));
+    let model_id = model_info.map_or("", |m| &*m.name);
     let stream = facts.stream && kind.streams_usage();
     let client_asked_usage = facts.include_usage;
 
@@ -248,7 +251,8 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     if facts.text_bytes() > EXPENSIVE_BODY_BYTES
         && tenant.recently_refused(now)
         && plan.charges.iter().any(|c| rt.policy.limit(c.limit).is_some_and(|l| l.needs_model()))
-        && let Some(refused) = refuse_early(gw, rt, tenant, &plan, &facts.model, &opts).await
+        && let Some(refused) =
+            refuse_early(gw, rt, tenant, &plan, (&facts.model, model_id), &opts).await
     {
         return refused;
     }
@@ -296,14 +300,18 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
         }
     };
     if !decision.is_admitted() {
-        return refusal(rt, tenant, &decision, &model_name, now, &opts);
+        return refusal(gw, rt, tenant, &decision, (&model_name, model_id), now, &opts);
     }
+    gw.record(&RequestEvent { tenant: tenant.facts.id(), model: model_id, step: Step::Admitted });
     let reserved = Usage::tokens(input, output);
     let failure_usage = match rt.settings.upstream_failure {
         UpstreamFailure::Refund => Usage::REFUND,
         UpstreamFailure::Charge => reserved,
     };
-    let settler = Settler::new(gw.store.clone(), decision.reservation(), input, reserved);
+    let mut settler = Settler::new(gw.store.clone(), decision.reservation(), input, reserved);
+    if let (Some(sink), Some(m)) = (gw.event_sink(), model_info) {
+        settler = settler.noting(UsageNote::new(sink, tenant.facts.shared_id(), &m.name));
+    }
 
     // Forward.
     let upstream = &rt.upstreams[route.upstream];
@@ -382,16 +390,23 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
 
 /// The 429 for a refused decision; a refusal that will stand for a while
 /// makes the tenant's next requests checked before their bodies are read.
-fn refusal(
+/// `model`: as the client wrote it (for the message), and as the policy
+/// names it (empty before the body was read).
+fn refusal<S: CounterStore>(
+    gw: &Gateway<S>,
     rt: &Runtime,
     tenant: &Tenant,
     decision: &Decision,
-    model: &str,
+    (model, model_id): (&str, &str),
     now: sluice_core::Instant,
     opts: &HeaderOptions,
 ) -> Response<ResponseBody> {
     if let Outcome::Limited { retry_at, .. } = decision.outcome {
         tenant.note_refusal(retry_at);
+    }
+    if let Some(limit) = decision.denied_by().and_then(|s| rt.policy.limit(s.limit)) {
+        let step = Step::Refused { limit: &limit.name };
+        gw.record(&RequestEvent { tenant: tenant.facts.id(), model: model_id, step });
     }
     let err = ApiError::rate_limited(decision, &rt.policy, model, tenant.facts.id(), now)
         .unwrap_or_else(ApiError::insufficient_quota);
@@ -407,14 +422,15 @@ async fn refuse_early<S: CounterStore + Clone + Unpin>(
     rt: &Runtime,
     tenant: &Tenant,
     plan: &Plan,
-    model: &str,
+    (model, model_id): (&str, &str),
     opts: &HeaderOptions,
 ) -> Option<Response<ResponseBody>> {
     if plan.charges.is_empty() {
         return None;
     }
     let decision = gw.store.peek(plan).await.ok()?;
-    (!decision.is_admitted()).then(|| refusal(rt, tenant, &decision, model, plan.now, opts))
+    (!decision.is_admitted())
+        .then(|| refusal(gw, rt, tenant, &decision, (model, model_id), plan.now, opts))
 }
 
 /// How long a refused request's unread body is read and dropped, so that

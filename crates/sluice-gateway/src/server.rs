@@ -6,8 +6,8 @@ use std::collections::hash_map::RandomState;
 use std::convert::Infallible;
 use std::future::Future;
 use std::hash::BuildHasher;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -18,9 +18,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use sluice_core::{Clock, CounterStore};
+use sluice_core::{Clock, CounterStore, EventSink, RequestEvent};
 use sluice_llm::Estimator;
 use sluice_llm::error::ApiError;
+use sluice_store::History;
 use tokio::net::TcpListener;
 
 use crate::body::{ResponseBody, full};
@@ -41,6 +42,42 @@ pub struct Gateway<S> {
     /// A random key mixed into every id, so that ids do not reveal how many
     /// requests this process has seen.
     id_key: u64,
+    /// Who counts what requests do (set once, at start).
+    events: OnceLock<Events>,
+}
+
+/// Where the events of requests go.
+struct Events {
+    /// Every event.
+    sink: Arc<dyn EventSink>,
+    /// The usage history (also a sink), for `/v1/usage`.
+    history: Arc<History>,
+}
+
+impl<S> Gateway<S> {
+    /// Records usage in `history` from now on (once; later calls are
+    /// ignored).
+    pub fn set_history(&self, history: Arc<History>) {
+        let _ = self.events.set(Events { sink: history.clone(), history });
+    }
+
+    /// The usage history, if usage is recorded.
+    pub fn history(&self) -> Option<&Arc<History>> {
+        self.events.get().map(|e| &e.history)
+    }
+
+    /// Where events go, if anywhere (for a settlement that happens later).
+    pub fn event_sink(&self) -> Option<&Arc<dyn EventSink>> {
+        self.events.get().map(|e| &e.sink)
+    }
+
+    /// Tells every sink what a request did (memory only: cheap).
+    #[inline]
+    pub fn record(&self, event: &RequestEvent<'_>) {
+        if let Some(e) = self.events.get() {
+            e.sink.record(event);
+        }
+    }
 }
 
 impl<S: CounterStore + Clone + Unpin> Gateway<S> {
@@ -58,6 +95,7 @@ impl<S: CounterStore + Clone + Unpin> Gateway<S> {
             estimator,
             seq: AtomicU64::new(RandomState::new().hash_one(0u64)),
             id_key: RandomState::new().hash_one(1u64),
+            events: OnceLock::new(),
         })
     }
 
@@ -100,6 +138,7 @@ impl<S: CounterStore + Clone + Unpin> Gateway<S> {
                 (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
                 (&Method::GET, "/readyz") => text(StatusCode::OK, "ready\n"),
                 (&Method::GET, "/v1/models") => models(self, &rt, req.headers()),
+                (&Method::GET, "/v1/usage") => crate::usage::serve(self, &rt, req.headers()).await,
                 (m, p) => error_response(&ApiError::unknown_url(m.as_str(), p)),
             }
         };

@@ -103,7 +103,8 @@ async fn serve(
             tracing::info!(counters = restored, "counters restored from the data file");
             let persist = Persist { file: file.clone(), store: store.clone() };
             let sweep = store.clone();
-            let parts = Parts { config_path, config, listen, mock_urls };
+            let history = crate::history::in_file(&config.gateway, &file)?;
+            let parts = Parts { config_path, config, listen, mock_urls, history };
             run_gateway(parts, store, file, move || sweep.sweep(), Some(persist)).await?;
         }
         StoreConfig::Redis(r) => {
@@ -129,7 +130,9 @@ async fn serve(
                 },
             );
             let sweep = store.clone();
-            let parts = Parts { config_path, config, listen, mock_urls };
+            let history =
+                crate::history::in_redis(&config.gateway, &topology, &r.namespace).await?;
+            let parts = Parts { config_path, config, listen, mock_urls, history };
             run_gateway(parts, store, tenants, move || sweep.local().sweep(), None).await?;
         }
     }
@@ -144,6 +147,8 @@ struct Parts {
     config: Config,
     listen: Option<SocketAddr>,
     mock_urls: MockUrls,
+    /// The usage history, where it is kept.
+    history: Option<crate::history::Kept>,
 }
 
 /// Saving the memory store's counters to the data file, behind admission.
@@ -180,13 +185,18 @@ where
     S: CounterStore + Clone + Unpin,
     T: TenantStore + Clone,
 {
-    let Parts { config_path, config, listen, mock_urls } = parts;
+    let Parts { config_path, config, listen, mock_urls, history } = parts;
     let snapshot = tenants.snapshot().await.context("reading tenants")?;
     let (runtime, warnings) = Runtime::build(&config, &snapshot, &*mock_urls)?;
     for w in warnings {
         tracing::warn!("{w}");
     }
     let gateway = Gateway::new(runtime, store, Arc::new(SystemClock));
+    let history = history.map(Arc::new);
+    if let Some(h) = &history {
+        gateway.set_history(h.history.clone());
+    }
+    let history_task = history.as_ref().map(crate::history::Kept::spawn);
     let control = Control::new(
         config_path,
         config.clone(),
@@ -314,6 +324,12 @@ where
     sweeper.abort();
     if let Some(s) = saver {
         s.abort();
+    }
+    if let Some(t) = history_task {
+        t.abort();
+    }
+    if let Some(h) = &history {
+        h.finish().await;
     }
     // A clean shutdown loses no count: the requests have been settled.
     if let Some(p) = persist {

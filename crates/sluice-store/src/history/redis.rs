@@ -23,7 +23,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use redis::RedisError;
 use sluice_core::policy::name_hash;
 
@@ -139,10 +138,15 @@ impl RedisHistory {
                 }
             };
         }
-        futures_util::stream::iter(pipes.iter().map(|p| self.run(p)))
-            .buffered(PARALLEL)
-            .collect()
-            .await
+        let mut out = Vec::with_capacity(pipes.len());
+        for chunk in pipes.chunks(PARALLEL) {
+            let mut running = Vec::with_capacity(chunk.len());
+            for p in chunk {
+                running.push(self.run(p));
+            }
+            out.extend(futures_util::future::join_all(running).await);
+        }
+        out
     }
 
     /// Adds `cells` to the shared buckets. Returns how many were lost.
