@@ -6,7 +6,7 @@
 //! again: the store keeps its hash.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Request, State};
@@ -24,6 +24,7 @@ use sluice_gateway::usage::{counters_of, history_json, limits_of, row_json};
 use sluice_store::{KeyRecord, OverrideRecord, TenantRecord, TenantStore};
 
 use crate::control::{Control, ReloadError};
+use crate::dashboard::Dashboard;
 
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -33,12 +34,30 @@ pub struct AdminState<S, T> {
     /// The policy, tenants and gateway.
     pub control: Arc<Control<S, T>>,
     token: [u8; 32],
+    /// The usage dashboard, when it is served.
+    dashboard: OnceLock<Dashboard>,
 }
 
 impl<S, T> AdminState<S, T> {
     /// State for an API that requires `token` as its bearer token.
     pub fn new(control: Arc<Control<S, T>>, token: &str) -> Arc<Self> {
-        Arc::new(Self { control, token: hash_secret(token) })
+        Arc::new(Self { control, token: hash_secret(token), dashboard: OnceLock::new() })
+    }
+
+    /// Serves the usage dashboard too (call before [`router`]); its logins
+    /// last `session_ttl`.
+    pub fn enable_dashboard(&self, session_ttl: std::time::Duration) -> &Dashboard {
+        self.dashboard.get_or_init(|| Dashboard::new(session_ttl))
+    }
+
+    /// The dashboard, if served.
+    pub fn dashboard(&self) -> Option<&Dashboard> {
+        self.dashboard.get()
+    }
+
+    /// The SHA-256 of the admin token.
+    pub(crate) fn token_hash(&self) -> &[u8; 32] {
+        &self.token
     }
 }
 
@@ -158,8 +177,12 @@ where
         .route("/admin/v1/policy", get(get_policy::<S, T>))
         .route("/admin/v1/policy/reload", post(reload_policy::<S, T>))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token::<S, T>))
-        .with_state(state);
-    Router::new().route("/admin/v1/openapi.json", get(openapi)).merge(api).fallback(|| async {
+        .with_state(state.clone());
+    let mut all = Router::new().route("/admin/v1/openapi.json", get(openapi)).merge(api);
+    if state.dashboard().is_some() {
+        all = all.merge(crate::dashboard::router(state));
+    }
+    all.fallback(|| async {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint").into_response()
     })
 }

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod control;
+pub mod dashboard;
 
 use std::future::Future;
 use std::sync::Arc;

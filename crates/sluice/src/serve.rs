@@ -241,6 +241,7 @@ where
     };
 
     let mut tasks = Vec::new();
+    let mut board = None;
     if let Some(admin) = &config.gateway.admin {
         let token = std::env::var(&admin.token_env).map_err(|_| {
             anyhow::anyhow!(
@@ -258,6 +259,11 @@ where
             .with_context(|| format!("admin API listening on {}", admin.listen))?;
         println!("sluice admin on http://{}", admin_listener.local_addr()?);
         let state = AdminState::new(control.clone(), &token);
+        if admin.dashboard {
+            let d = state.enable_dashboard(admin.session_ttl);
+            board = Some(tokio::spawn(d.board.clone().keep(gateway.clone())));
+            println!("sluice dashboard on http://{}/dashboard", admin_listener.local_addr()?);
+        }
         tasks.push(tokio::spawn(sluice_admin::serve(admin_listener, state, stopped())));
     }
 
@@ -327,6 +333,9 @@ where
     }
     if let Some(t) = history_task {
         t.abort();
+    }
+    if let Some(b) = board {
+        b.abort();
     }
     if let Some(h) = &history {
         h.finish().await;
