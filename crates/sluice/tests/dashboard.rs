@@ -64,7 +64,9 @@ fn env() -> [(&'static str, &'static str); 2] {
 /// A program: `$var` if set, else the first of `names` on the PATH.
 fn program(var: &str, names: &[&str], package: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(var) {
-        return PathBuf::from(p);
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "{var} names {}, which does not exist", p.display());
+        return p;
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     for dir in std::env::split_paths(&path) {
