@@ -20,7 +20,8 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Frame, SizeHint};
-use sluice_core::{CounterStore, EventSink, RequestEvent, ReservationId, Step, Usage};
+use sluice_core::policy::Model;
+use sluice_core::{CounterStore, EventSink, RequestEvent, ReservationId, Step, TenantFacts, Usage};
 use sluice_llm::usage::{SseUsageTap, usage_from_json};
 
 use crate::upstream::UpstreamBody;
@@ -104,21 +105,35 @@ impl JsonFrames {
 pub struct UsageNote {
     sink: Arc<dyn EventSink>,
     tenant: Arc<str>,
+    tenant_hash: u64,
     model: Arc<str>,
+    model_hash: u64,
 }
 
 impl UsageNote {
     /// A note for `tenant`'s request to `model` (shared names: nothing is
     /// copied).
-    pub fn new(sink: &Arc<dyn EventSink>, tenant: &Arc<str>, model: &Arc<str>) -> Self {
-        Self { sink: sink.clone(), tenant: tenant.clone(), model: model.clone() }
+    pub fn new(sink: &Arc<dyn EventSink>, tenant: &TenantFacts, model: &Model) -> Self {
+        Self {
+            sink: sink.clone(),
+            tenant: tenant.shared_id().clone(),
+            tenant_hash: tenant.hash(),
+            model: model.name.clone(),
+            model_hash: model.hash,
+        }
     }
 
     /// Tells the sink what the request used.
     fn settled(self, usage: Usage) {
         let step =
             Step::Settled { input_tokens: usage.input_tokens, output_tokens: usage.output_tokens };
-        self.sink.record(&RequestEvent { tenant: &self.tenant, model: &self.model, step });
+        self.sink.record(&RequestEvent {
+            tenant: &self.tenant,
+            tenant_hash: self.tenant_hash,
+            model: &self.model,
+            model_hash: self.model_hash,
+            step,
+        });
     }
 }
 

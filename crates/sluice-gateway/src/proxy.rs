@@ -12,6 +12,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use sluice_config::gateway::UpstreamFailure;
+use sluice_core::policy::Model;
 use sluice_core::{Clock, Cost, CounterStore, Decision, Outcome, Plan, RequestEvent, Step, Usage};
 use sluice_llm::error::ApiError;
 use sluice_llm::headers::{HeaderOptions, insert_headers, is_rate_limit_header, remove_headers};
@@ -204,7 +205,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
             cost: Cost::tokens(1, 0),
         };
         let plan = rt.policy.plan_before_body(&head, now);
-        if let Some(refused) = refuse_early(gw, rt, tenant, &plan, ("", ""), &opts).await {
+        if let Some(refused) = refuse_early(gw, rt, tenant, &plan, ("", None), &opts).await {
             drain(body, rt.settings.max_body_bytes);
             return refused;
         }
@@ -226,7 +227,6 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     };
     // The model as the policy names it (the route was found: it has one).
     let model_info = model.id.and_then(|m| rt.policy.model_info(m));
-    let model_id = model_info.map_or("", |m| &*m.name);
     let stream = facts.stream && kind.streams_usage();
     let client_asked_usage = facts.include_usage;
 
@@ -252,7 +252,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
         && tenant.recently_refused(now)
         && plan.charges.iter().any(|c| rt.policy.limit(c.limit).is_some_and(|l| l.needs_model()))
         && let Some(refused) =
-            refuse_early(gw, rt, tenant, &plan, (&facts.model, model_id), &opts).await
+            refuse_early(gw, rt, tenant, &plan, (&facts.model, model_info), &opts).await
     {
         return refused;
     }
@@ -300,9 +300,9 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
         }
     };
     if !decision.is_admitted() {
-        return refusal(gw, rt, tenant, &decision, (&model_name, model_id), now, &opts);
+        return refusal(gw, rt, tenant, &decision, (&model_name, model_info), now, &opts);
     }
-    gw.record(&RequestEvent { tenant: tenant.facts.id(), model: model_id, step: Step::Admitted });
+    gw.record(&event(tenant, model_info, Step::Admitted));
     let reserved = Usage::tokens(input, output);
     let failure_usage = match rt.settings.upstream_failure {
         UpstreamFailure::Refund => Usage::REFUND,
@@ -310,7 +310,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     };
     let mut settler = Settler::new(gw.store.clone(), decision.reservation(), input, reserved);
     if let (Some(sink), Some(m)) = (gw.event_sink(), model_info) {
-        settler = settler.noting(UsageNote::new(sink, tenant.facts.shared_id(), &m.name));
+        settler = settler.noting(UsageNote::new(sink, &tenant.facts, m));
     }
 
     // Forward.
@@ -388,6 +388,17 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     r
 }
 
+/// What the usage history (and whatever else counts requests) is told.
+fn event<'a>(tenant: &'a Tenant, model: Option<&'a Model>, step: Step<'a>) -> RequestEvent<'a> {
+    RequestEvent {
+        tenant: tenant.facts.shared_id(),
+        tenant_hash: tenant.facts.hash(),
+        model: model.map_or(RequestEvent::no_model(), |m| &m.name),
+        model_hash: model.map_or(0, |m| m.hash),
+        step,
+    }
+}
+
 /// The 429 for a refused decision; a refusal that will stand for a while
 /// makes the tenant's next requests checked before their bodies are read.
 /// `model`: as the client wrote it (for the message), and as the policy
@@ -397,7 +408,7 @@ fn refusal<S: CounterStore>(
     rt: &Runtime,
     tenant: &Tenant,
     decision: &Decision,
-    (model, model_id): (&str, &str),
+    (model, model_info): (&str, Option<&Model>),
     now: sluice_core::Instant,
     opts: &HeaderOptions,
 ) -> Response<ResponseBody> {
@@ -406,7 +417,7 @@ fn refusal<S: CounterStore>(
     }
     if let Some(limit) = decision.denied_by().and_then(|s| rt.policy.limit(s.limit)) {
         let step = Step::Refused { limit: &limit.name };
-        gw.record(&RequestEvent { tenant: tenant.facts.id(), model: model_id, step });
+        gw.record(&event(tenant, model_info, step));
     }
     let err = ApiError::rate_limited(decision, &rt.policy, model, tenant.facts.id(), now)
         .unwrap_or_else(ApiError::insufficient_quota);
@@ -422,7 +433,7 @@ async fn refuse_early<S: CounterStore + Clone + Unpin>(
     rt: &Runtime,
     tenant: &Tenant,
     plan: &Plan,
-    (model, model_id): (&str, &str),
+    (model, model_info): (&str, Option<&Model>),
     opts: &HeaderOptions,
 ) -> Option<Response<ResponseBody>> {
     if plan.charges.is_empty() {
@@ -430,7 +441,7 @@ async fn refuse_early<S: CounterStore + Clone + Unpin>(
     }
     let decision = gw.store.peek(plan).await.ok()?;
     (!decision.is_admitted())
-        .then(|| refusal(gw, rt, tenant, &decision, (model, model_id), plan.now, opts))
+        .then(|| refusal(gw, rt, tenant, &decision, (model, model_info), plan.now, opts))
 }
 
 /// How long a refused request's unread body is read and dropped, so that

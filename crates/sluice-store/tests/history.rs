@@ -10,8 +10,10 @@ use sluice_store::history::{Grain, HistorySettings};
 use sluice_store::{History, RedisHistory, Topology};
 use sluice_testkit::{RedisCluster, RedisServer};
 
-fn event<'a>(tenant: &'a str, model: &'a str, step: Step<'a>) -> RequestEvent<'a> {
-    RequestEvent { tenant, model, step }
+/// Records one event of `tenant` and `model`.
+fn record(h: &History, tenant: &str, model: &str, step: Step<'_>) {
+    let (t, m): (Arc<str>, Arc<str>) = (Arc::from(tenant), Arc::from(model));
+    h.record(&RequestEvent::new(&t, &m, step));
 }
 
 async fn two_instances_see_the_same_buckets(topology: Topology) {
@@ -24,13 +26,13 @@ async fn two_instances_see_the_same_buckets(topology: Topology) {
     // Each instance serves part of the traffic, of several tenants.
     for i in 0..20u64 {
         let (h, tenant) = if i % 2 == 0 { (&a, "acme") } else { (&b, "globex") };
-        h.record(&event(tenant, "m:1", Step::Admitted));
-        h.record(&event(tenant, "m:1", Step::Settled { input_tokens: i, output_tokens: 1 }));
+        record(h, tenant, "m:1", Step::Admitted);
+        record(h, tenant, "m:1", Step::Settled { input_tokens: i, output_tokens: 1 });
     }
-    a.record(&event("acme", "", Step::Refused { limit: "rpm/x" }));
-    b.record(&event("acme", "m:1", Step::Admitted));
+    record(&a, "acme", "", Step::Refused { limit: &Arc::from("rpm/x") });
+    record(&b, "acme", "m:1", Step::Admitted);
     clock.advance(Duration::from_secs(60));
-    b.record(&event("acme", "m:1", Step::Refused { limit: "tpd" }));
+    record(&b, "acme", "m:1", Step::Refused { limit: &Arc::from("tpd") });
     for h in [(&a, &ra), (&b, &rb), (&a, &ra)] {
         let r = h.0.sync(h.1).await.unwrap();
         assert_eq!(r.lost, 0);

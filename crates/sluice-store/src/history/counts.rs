@@ -26,11 +26,11 @@ impl Counts {
     }
 
     /// Notes `n` refusals by `limit`.
-    pub fn add_limited(&mut self, limit: &str, n: u64) {
+    pub fn add_limited(&mut self, limit: &Arc<str>, n: u64) {
         self.limited += n;
-        match self.limited_by.binary_search_by(|(l, _)| (**l).cmp(limit)) {
+        match self.limited_by.binary_search_by(|(l, _)| l.cmp(limit)) {
             Ok(i) => self.limited_by[i].1 += n,
-            Err(i) => self.limited_by.insert(i, (Arc::from(limit), n)),
+            Err(i) => self.limited_by.insert(i, (limit.clone(), n)),
         }
     }
 
@@ -109,10 +109,11 @@ mod tests {
     fn counts_add_and_survive_encoding() {
         let mut a =
             Counts { requests: 3, input_tokens: 100, output_tokens: 7, ..Counts::default() };
-        a.add_limited("rpm", 2);
+        let (rpm, tpd): (Arc<str>, Arc<str>) = (Arc::from("rpm"), Arc::from("tokens-per-day"));
+        a.add_limited(&rpm, 2);
         let mut b = Counts { requests: 1, ..Counts::default() };
-        b.add_limited("rpm", 1);
-        b.add_limited("tokens-per-day", 4);
+        b.add_limited(&rpm, 1);
+        b.add_limited(&tpd, 4);
         a.add(&b);
         assert_eq!((a.requests, a.limited), (4, 7));
         assert_eq!((a.limited_by("rpm"), a.limited_by("tokens-per-day")), (3, 4));

@@ -130,7 +130,7 @@ impl Kept {
             (Arc::from(OVERFLOW), Arc::from(""))
         };
         let t = self.tenants.entry(tenant).or_default();
-        let at = match t.models.iter().position(|(m, _)| *m == model) {
+        let at = match t.models.iter().position(|(m, _)| Arc::ptr_eq(m, &model) || *m == model) {
             Some(i) => i,
             None => {
                 self.series += 1;
@@ -159,24 +159,18 @@ impl Kept {
             Grain::Minute => &mut series.minutes,
             Grain::Hour => &mut series.hours,
         };
-        let new = match buckets.binary_search_by_key(&at, |b| b.at) {
-            Ok(i) => {
-                match how {
-                    Merge::Add => buckets[i].counts.add(counts),
-                    Merge::Set => buckets[i].counts = counts.clone(),
-                }
-                false
-            }
-            Err(i) => {
-                buckets.insert(i, Bucket { at, counts: counts.clone() });
-                true
-            }
+        let new = put(buckets, at, counts, how);
+        self.placed(tenant, grain, at, new);
+    }
+
+    /// Books a bucket just written: its start if it is new, the tenant's
+    /// latest minute, what the next save must write.
+    fn placed(&mut self, tenant: &Arc<str>, grain: Grain, at: u32, new: bool) {
+        let starts = match grain {
+            Grain::Minute => &mut self.minute_starts,
+            Grain::Hour => &mut self.hour_starts,
         };
         if new {
-            let starts = match grain {
-                Grain::Minute => &mut self.minute_starts,
-                Grain::Hour => &mut self.hour_starts,
-            };
             *starts.entry(at).or_default() += 1;
         }
         if grain == Grain::Minute
@@ -199,8 +193,14 @@ impl Kept {
         minute: u32,
         counts: &Counts,
     ) {
-        self.merge(tenant, model, Grain::Minute, minute, counts, Merge::Add);
-        self.merge(tenant, model, Grain::Hour, minute / 60, counts, Merge::Add);
+        if counts.is_empty() {
+            return;
+        }
+        let series = self.series_mut(tenant, model, Grain::Minute);
+        let new_minute = put(&mut series.minutes, minute, counts, Merge::Add);
+        let new_hour = put(&mut series.hours, minute / 60, counts, Merge::Add);
+        self.placed(tenant, Grain::Minute, minute, new_minute);
+        self.placed(tenant, Grain::Hour, minute / 60, new_hour);
     }
 
     /// Drops minute buckets before `minute` and hour buckets before `hour`,
@@ -233,6 +233,30 @@ impl Kept {
         });
         self.series -= emptied;
         self.dropped_before = (self.dropped_before.0.max(minute), self.dropped_before.1.max(hour));
+    }
+}
+
+/// Puts `counts` into `buckets` at `at`; whether the bucket is new.
+fn put(buckets: &mut VecDeque<Bucket>, at: u32, counts: &Counts, how: Merge) -> bool {
+    // Mostly the newest bucket, or one after it.
+    let i = match buckets.back() {
+        Some(b) if b.at == at => Ok(buckets.len() - 1),
+        Some(b) if b.at < at => Err(buckets.len()),
+        None => Err(0),
+        Some(_) => buckets.binary_search_by_key(&at, |b| b.at),
+    };
+    match i {
+        Ok(i) => {
+            match how {
+                Merge::Add => buckets[i].counts.add(counts),
+                Merge::Set => buckets[i].counts = counts.clone(),
+            }
+            false
+        }
+        Err(i) => {
+            buckets.insert(i, Bucket { at, counts: counts.clone() });
+            true
+        }
     }
 }
 

@@ -192,14 +192,16 @@ impl History {
     #[inline]
     pub fn record(&self, e: &RequestEvent<'_>) {
         let minute = minute_of(self.clock.now());
+        let names =
+            pending::Names { tenant: e.tenant, model: e.model, key: (e.tenant_hash, e.model_hash) };
         match e.step {
-            Step::Admitted => self.pending.with(e.tenant, e.model, minute, |c| c.requests += 1),
+            Step::Admitted => self.pending.with(names, minute, |c| c.requests += 1),
             Step::Refused { limit } => {
-                self.pending.with(e.tenant, e.model, minute, |c| c.add_limited(limit, 1));
+                self.pending.with(names, minute, |c| c.add_limited(limit, 1));
             }
             Step::Settled { input_tokens: 0, output_tokens: 0 } => {}
             Step::Settled { input_tokens, output_tokens } => {
-                self.pending.with(e.tenant, e.model, minute, |c| {
+                self.pending.with(names, minute, |c| {
                     c.input_tokens += input_tokens;
                     c.output_tokens += output_tokens;
                 });

@@ -1,9 +1,10 @@
 //! The request path's side of the history: events are added into
 //! per-minute cells in memory, under one of a few locks (chosen by the hash
 //! of the cell), and collected by a background task every second or so. No
-//! I/O, no allocation except for a cell's first event (its names), and a
-//! bounded number of cells whatever the traffic: past the bound, a new
-//! cell's events are folded into one overflow cell per minute.
+//! I/O and no allocation (a cell is found by the names' hashes, compared as
+//! integers, and keeps shared copies of the names), and a bounded number of
+//! cells whatever the traffic: past the bound, a new cell's events are
+//! folded into one overflow cell per minute.
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 use parking_lot::Mutex;
+use sluice_core::RequestEvent;
 
 use super::counts::Counts;
 
@@ -23,6 +25,8 @@ pub const OVERFLOW: &str = "(other tenants)";
 /// One tenant's use of one model in one minute, not yet collected.
 #[derive(Debug)]
 pub struct Cell {
+    /// The hashes of the tenant and the model.
+    key: (u64, u64),
     /// The tenant's id.
     pub tenant: Arc<str>,
     /// The model's id (empty: decided before the model was known).
@@ -47,9 +51,22 @@ pub(crate) struct Pending {
     pub(crate) overflowed: AtomicU64,
 }
 
-fn hash_of(hasher: &DefaultHashBuilder, tenant: &str, model: &str, minute: u32) -> u64 {
-    hasher.hash_one((tenant, model, minute))
+fn hash_of(hasher: &DefaultHashBuilder, key: (u64, u64), minute: u32) -> u64 {
+    hasher.hash_one((key, minute))
 }
+
+/// The names of a cell, shared, and their hashes.
+#[derive(Clone, Copy)]
+pub(crate) struct Names<'a> {
+    pub(crate) tenant: &'a Arc<str>,
+    pub(crate) model: &'a Arc<str>,
+    pub(crate) key: (u64, u64),
+}
+
+/// The tenant name and key of the overflow cell.
+static OVERFLOW_TENANT: std::sync::LazyLock<Arc<str>> =
+    std::sync::LazyLock::new(|| Arc::from(OVERFLOW));
+const OVERFLOW_KEY: (u64, u64) = (u64::MAX, u64::MAX);
 
 impl Pending {
     /// At most `max_cells` cells between two collections.
@@ -62,46 +79,62 @@ impl Pending {
         }
     }
 
-    /// Applies `f` to the cell of (`tenant`, `model`, `minute`).
+    /// Applies `f` to the cell of (`names`, `minute`).
     #[inline]
-    pub(crate) fn with(&self, tenant: &str, model: &str, minute: u32, f: impl FnOnce(&mut Counts)) {
-        let h = hash_of(&self.hasher, tenant, model, minute);
+    pub(crate) fn with(&self, names: Names<'_>, minute: u32, f: impl FnOnce(&mut Counts)) {
+        let h = hash_of(&self.hasher, names.key, minute);
         // Bits the table does not use for its index or tags.
         let shard = &self.shards[(h >> 32) as usize % SHARDS].0;
         let mut cells = shard.lock();
-        let found =
-            cells.find_mut(h, |c| c.minute == minute && *c.tenant == *tenant && *c.model == *model);
-        if let Some(cell) = found {
+        if let Some(cell) = cells.find_mut(h, |c| c.key == names.key && c.minute == minute) {
             f(&mut cell.counts);
             return;
         }
         if cells.len() < self.per_shard {
             let mut counts = Counts::default();
             f(&mut counts);
-            let cell = Cell { tenant: Arc::from(tenant), model: Arc::from(model), minute, counts };
+            let cell = Cell {
+                key: names.key,
+                tenant: names.tenant.clone(),
+                model: names.model.clone(),
+                minute,
+                counts,
+            };
             let hasher = &self.hasher;
-            cells.insert_unique(h, cell, |c| hash_of(hasher, &c.tenant, &c.model, c.minute));
+            cells.insert_unique(h, cell, |c| hash_of(hasher, c.key, c.minute));
             return;
         }
         drop(cells);
         self.overflowed.fetch_add(1, Ordering::Relaxed);
-        self.with_overflow(minute, f);
+        if names.key != OVERFLOW_KEY {
+            let overflow = Names {
+                tenant: &OVERFLOW_TENANT,
+                model: RequestEvent::no_model(),
+                key: OVERFLOW_KEY,
+            };
+            self.with_overflow(overflow, minute, f);
+        }
     }
 
     /// The overflow cell of `minute` (allowed past the bound: one a minute
     /// and shard at most).
-    fn with_overflow(&self, minute: u32, f: impl FnOnce(&mut Counts)) {
-        let h = hash_of(&self.hasher, OVERFLOW, "", minute);
+    fn with_overflow(&self, names: Names<'_>, minute: u32, f: impl FnOnce(&mut Counts)) {
+        let h = hash_of(&self.hasher, names.key, minute);
         let mut cells = self.shards[(h >> 32) as usize % SHARDS].0.lock();
-        match cells.find_mut(h, |c| c.minute == minute && &*c.tenant == OVERFLOW) {
+        match cells.find_mut(h, |c| c.key == names.key && c.minute == minute) {
             Some(cell) => f(&mut cell.counts),
             None => {
                 let mut counts = Counts::default();
                 f(&mut counts);
-                let cell =
-                    Cell { tenant: Arc::from(OVERFLOW), model: Arc::from(""), minute, counts };
+                let cell = Cell {
+                    key: names.key,
+                    tenant: names.tenant.clone(),
+                    model: names.model.clone(),
+                    minute,
+                    counts,
+                };
                 let hasher = &self.hasher;
-                cells.insert_unique(h, cell, |c| hash_of(hasher, &c.tenant, &c.model, c.minute));
+                cells.insert_unique(h, cell, |c| hash_of(hasher, c.key, c.minute));
             }
         }
     }
@@ -127,12 +160,18 @@ impl Pending {
 mod tests {
     use super::*;
 
+    fn names<'a>(tenant: &'a Arc<str>, model: &'a Arc<str>) -> Names<'a> {
+        let e = RequestEvent::new(tenant, model, sluice_core::Step::Admitted);
+        Names { tenant, model, key: (e.tenant_hash, e.model_hash) }
+    }
+
     #[test]
     fn cells_add_up_and_overflow_past_the_bound() {
         let p = Pending::new(32);
+        let (acme, m): (Arc<str>, Arc<str>) = (Arc::from("acme"), Arc::from("m"));
         for i in 0..10 {
-            p.with("acme", "m", 100, |c| c.requests += 1);
-            p.with("acme", "m", 101, |c| c.requests += i);
+            p.with(names(&acme, &m), 100, |c| c.requests += 1);
+            p.with(names(&acme, &m), 101, |c| c.requests += i);
         }
         let mut cells = p.collect();
         cells.sort_by_key(|c| c.minute);
@@ -141,7 +180,8 @@ mod tests {
         assert_eq!(p.len(), 0, "collected");
         // Far more tenants than cells: memory stays bounded, nothing is lost.
         for t in 0..10_000 {
-            p.with(&format!("t{t}"), "m", 7, |c| c.requests += 1);
+            let t: Arc<str> = Arc::from(format!("t{t}"));
+            p.with(names(&t, &m), 7, |c| c.requests += 1);
         }
         assert!(p.len() <= 32 + SHARDS, "{} cells", p.len());
         let cells = p.collect();

@@ -288,7 +288,7 @@ fn parse(fields: Vec<(String, u64)>) -> HashMap<String, Counts> {
                 let (Some(limit), Some(model)) = (rest.get(..len), rest.get(len..)) else {
                     continue;
                 };
-                out.entry(model.to_owned()).or_default().add_limited(limit, n);
+                out.entry(model.to_owned()).or_default().add_limited(&Arc::from(limit), n);
             }
             _ => {}
         }
@@ -388,7 +388,7 @@ mod tests {
     #[test]
     fn fields_read_back_whatever_the_names() {
         let mut c = Counts { requests: 2, input_tokens: 10, output_tokens: 0, ..Counts::default() };
-        c.add_limited("a:b", 3);
+        c.add_limited(&Arc::from("a:b"), 3);
         let model = "org/model:v1";
         let back = parse(fields(model, &c));
         assert_eq!(back.len(), 1);

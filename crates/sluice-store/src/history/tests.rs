@@ -6,8 +6,14 @@ use sluice_core::FakeClock;
 
 use super::*;
 
-fn event<'a>(tenant: &'a str, model: &'a str, step: Step<'a>) -> RequestEvent<'a> {
-    RequestEvent { tenant, model, step }
+/// Records one event of `tenant` and `model` (names interned per test).
+fn record(h: &History, tenant: &str, model: &str, step: Step<'_>) {
+    let (t, m): (Arc<str>, Arc<str>) = (Arc::from(tenant), Arc::from(model));
+    h.record(&RequestEvent::new(&t, &m, step));
+}
+
+fn refused(limit: &str) -> Arc<str> {
+    Arc::from(limit)
 }
 
 fn history(clock: &Arc<FakeClock>) -> History {
@@ -20,14 +26,14 @@ fn events_land_in_their_minute_and_hour() {
     let h = history(&clock);
     let start = clock.now();
     for _ in 0..3 {
-        h.record(&event("acme", "m1", Step::Admitted));
-        h.record(&event("acme", "m1", Step::Settled { input_tokens: 10, output_tokens: 5 }));
+        record(&h, "acme", "m1", Step::Admitted);
+        record(&h, "acme", "m1", Step::Settled { input_tokens: 10, output_tokens: 5 });
     }
-    h.record(&event("acme", "", Step::Refused { limit: "rpm" }));
+    record(&h, "acme", "", Step::Refused { limit: &refused("rpm") });
     clock.advance(Duration::from_secs(60));
-    h.record(&event("acme", "m2", Step::Admitted));
-    h.record(&event("acme", "m2", Step::Refused { limit: "tpd" }));
-    h.record(&event("other", "m1", Step::Admitted));
+    record(&h, "acme", "m2", Step::Admitted);
+    record(&h, "acme", "m2", Step::Refused { limit: &refused("tpd") });
+    record(&h, "other", "m1", Step::Admitted);
 
     let minutes = h.series("acme", None, Grain::Minute, start, 3);
     assert_eq!(minutes.iter().map(|c| c.requests).collect::<Vec<_>>(), [3, 1, 0]);
@@ -54,9 +60,9 @@ fn minutes_go_after_their_horizon_and_hours_after_theirs() {
     let clock = Arc::new(FakeClock::at("2026-05-04T10:00:00Z"));
     let h = history(&clock);
     let start = clock.now();
-    h.record(&event("acme", "m", Step::Admitted));
+    record(&h, "acme", "m", Step::Admitted);
     clock.advance(Duration::from_secs(7 * 3600));
-    h.record(&event("acme", "m", Step::Admitted));
+    record(&h, "acme", "m", Step::Admitted);
     h.collect();
     assert_eq!(h.series("acme", None, Grain::Minute, start, 1)[0].requests, 0, "minutes: 6 h");
     assert_eq!(h.series("acme", None, Grain::Hour, start, 1)[0].requests, 1, "hours: 8 days");
@@ -76,12 +82,12 @@ fn the_data_file_keeps_the_history() {
     {
         let file = crate::FileTenants::open(&path).unwrap();
         let h = history(&clock);
-        h.record(&event("acme", "m", Step::Admitted));
-        h.record(&event("acme", "m", Step::Refused { limit: "rpm" }));
+        record(&h, "acme", "m", Step::Admitted);
+        record(&h, "acme", "m", Step::Refused { limit: &refused("rpm") });
         assert_eq!(h.save(&file).unwrap(), 2, "a minute and an hour");
         assert_eq!(h.save(&file).unwrap(), 0, "nothing changed");
         clock.advance(Duration::from_secs(60));
-        h.record(&event("acme", "m", Step::Settled { input_tokens: 7, output_tokens: 3 }));
+        record(&h, "acme", "m", Step::Settled { input_tokens: 7, output_tokens: 3 });
         assert_eq!(h.save(&file).unwrap(), 2, "the new minute, the hour again");
     }
     let file = crate::FileTenants::open(&path).unwrap();
