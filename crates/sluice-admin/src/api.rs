@@ -5,8 +5,8 @@
 //! interval). A secret key is returned once, when it is created, and never
 //! again: the store keeps its hash.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequestParts, Path, Request, State};
@@ -17,16 +17,15 @@ use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sluice_core::{
-    Clock, Cost, CounterKey, CounterStore, Instant, KeySpec, ModelRef, Plan, Request as Admission,
-    SystemClock, TenantSpec,
-};
+use sluice_core::{Clock, CounterStore, Instant, KeySpec, SystemClock, TenantSpec};
 use sluice_gateway::auth::{bearer, hash_secret, hash_text, same};
 use sluice_gateway::runtime::tenant_spec;
+use sluice_gateway::usage::{counters_of, history_json, limits_of, row_json};
 use sluice_store::{KeyRecord, OverrideRecord, TenantRecord, TenantStore};
 
 use crate::audit::Audit;
 use crate::control::{Control, ReloadError};
+use crate::dashboard::Dashboard;
 use sluice_gateway::edge::Throttle;
 
 /// The OpenAPI document of this API.
@@ -40,6 +39,8 @@ pub struct AdminState<S, T> {
     /// Calls refused for their token, for the log.
     refused: Throttle,
     started: std::time::Instant,
+    /// The usage dashboard, when it is served.
+    dashboard: OnceLock<Dashboard>,
 }
 
 impl<S, T> AdminState<S, T> {
@@ -50,7 +51,24 @@ impl<S, T> AdminState<S, T> {
             token: hash_secret(token),
             refused: Throttle::default(),
             started: std::time::Instant::now(),
+            dashboard: OnceLock::new(),
         })
+    }
+
+    /// Serves the usage dashboard too (call before [`router`]); its logins
+    /// last `session_ttl`.
+    pub fn enable_dashboard(&self, session_ttl: std::time::Duration) -> &Dashboard {
+        self.dashboard.get_or_init(|| Dashboard::new(session_ttl))
+    }
+
+    /// The dashboard, if served.
+    pub fn dashboard(&self) -> Option<&Dashboard> {
+        self.dashboard.get()
+    }
+
+    /// The SHA-256 of the admin token.
+    pub(crate) fn token_hash(&self) -> &[u8; 32] {
+        &self.token
     }
 }
 
@@ -200,23 +218,23 @@ where
         .route("/admin/v1/policy", get(get_policy::<S, T>))
         .route("/admin/v1/policy/reload", post(reload_policy::<S, T>))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token::<S, T>))
-        .with_state(state);
-    Router::new()
-        .route("/admin/v1/openapi.json", get(openapi))
-        .merge(api)
-        .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint")
-                .into_response()
-        })
-        // Found by the `admin` fuzz target: axum's own 405 has no body.
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "this admin endpoint does not take that method",
-            )
-            .into_response()
-        })
+        .with_state(state.clone());
+    let mut all = Router::new().route("/admin/v1/openapi.json", get(openapi)).merge(api);
+    if state.dashboard().is_some() {
+        all = all.merge(crate::dashboard::router(state));
+    }
+    all.fallback(|| async {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint").into_response()
+    })
+    // Found by the `admin` fuzz target: axum's own 405 has no body.
+    .method_not_allowed_fallback(|| async {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this admin endpoint does not take that method",
+        )
+        .into_response()
+    })
 }
 
 async fn openapi() -> Response {
@@ -625,64 +643,9 @@ async fn rotate_key<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
     Ok(answer)
 }
 
-/// One counter of a tenant, with how it was found.
-struct Found {
-    key: CounterKey,
-    charge: sluice_core::PlannedCharge,
-    model: Option<String>,
-    endpoint: String,
-    key_id: Option<String>,
-}
-
-/// Every counter a tenant's requests can touch: each model its tier may
-/// use, on each endpoint, with each of its keys (and without).
-fn counters_of<S: CounterStore + Clone + Unpin>(
-    gw: &sluice_gateway::Gateway<S>,
-    id: &str,
-) -> Option<(u64, Vec<Found>)> {
-    let rt = gw.runtime();
-    let tenant = rt.tenant(id)?;
-    let policy = &rt.policy;
-    let index = rt.tenant_index.get(id).copied()?;
-    let keys: Vec<Option<(&sluice_core::KeyFacts, String)>> = std::iter::once(None)
-        .chain(
-            rt.keys.values().filter(|k| k.tenant == index).map(|k| Some((&k.facts, k.id.clone()))),
-        )
-        .collect();
-    let mut models: Vec<(ModelRef, Option<String>)> = policy
-        .models()
-        .map(|(_, m)| (policy.model_ref(&m.name), Some(m.name.to_string())))
-        .filter(|(r, _)| policy.model_allowed(tenant.facts.tier(), *r))
-        .collect();
-    models.push((ModelRef::NONE, None));
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    let now = gw.clock.now();
-    for (endpoint, info) in policy.endpoints() {
-        for (model, model_name) in &models {
-            for key in &keys {
-                let req = Admission {
-                    tenant: &tenant.facts,
-                    key: key.as_ref().map(|(k, _)| *k),
-                    endpoint,
-                    model: *model,
-                    cost: Cost::REQUEST,
-                };
-                for c in policy.plan(&req, now).charges {
-                    if seen.insert(c.key) {
-                        out.push(Found {
-                            key: c.key,
-                            charge: c,
-                            model: model_name.clone(),
-                            endpoint: info.name.to_string(),
-                            key_id: key.as_ref().map(|(_, id)| id.clone()),
-                        });
-                    }
-                }
-            }
-        }
-    }
-    Some((tenant.facts.hash(), out))
+/// A served tenant's index, or 404.
+fn served(rt: &sluice_gateway::Runtime, id: &str) -> Result<usize, ApiError> {
+    rt.tenant_index.get(id).copied().ok_or_else(|| ApiError::not_found("tenant", id))
 }
 
 async fn usage<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
@@ -691,50 +654,19 @@ async fn usage<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
 ) -> ApiResult {
     valid_id(&id)?;
     let gw = &st.control.gateway;
-    let Some((tenant, found)) = counters_of(gw, &id) else {
-        return Err(ApiError::not_found("tenant", &id));
-    };
     let rt = gw.runtime();
+    let index = served(&rt, &id)?;
     let now = gw.clock.now();
-    let plan = Plan {
-        tenant,
-        now,
-        lease_until: now,
-        slots_until: now,
-        charges: found.iter().map(|f| f.charge).collect(),
-    };
-    let decision = gw.store.peek(&plan.at_zero_cost()).await.map_err(ApiError::store)?;
-    let mut rows = Vec::new();
-    for (f, s) in found.iter().zip(&decision.statuses) {
-        let Some(limit) = rt.policy.limit(s.limit) else { continue };
-        let mut partition = serde_json::Map::new();
-        for fact in &limit.by {
-            match fact {
-                sluice_core::Fact::Model | sluice_core::Fact::ModelClass => {
-                    partition.insert(fact.to_string(), json!(f.model));
-                }
-                sluice_core::Fact::Endpoint => {
-                    partition.insert("endpoint".into(), json!(f.endpoint));
-                }
-                _ => {
-                    partition.insert(fact.to_string(), json!(f.key_id));
-                }
-            }
-        }
-        rows.push(json!({
-            "limit": &*limit.name,
-            "description": limit.describe(),
-            "metric": limit.metric.as_str(),
-            "window": limit.window.map(|w| format!("{} {}", w.period, w.kind.as_str())),
-            "partition": partition,
-            "amount": s.amount,
-            "used": s.used,
-            "remaining": s.remaining,
-            "reset_at": s.reset.map(Instant::rfc3339),
-            "shadow": s.shadow,
-        }));
+    let rows = limits_of(&gw.store, &rt, index, now)
+        .await
+        .ok_or_else(|| ApiError::not_found("tenant", &id))?
+        .map_err(ApiError::store)?;
+    let rows: Vec<Value> = rows.iter().filter_map(|r| row_json(&rt, r)).collect();
+    let mut answer = json!({ "tenant": id, "at": now.rfc3339(), "limits": rows });
+    if let (Some(h), Some(o)) = (gw.history(), answer.as_object_mut()) {
+        o.insert("history".into(), history_json(h, &id, now));
     }
-    ok(StatusCode::OK, json!({ "tenant": id, "at": now.rfc3339(), "limits": rows }))
+    ok(StatusCode::OK, answer)
 }
 
 #[derive(Deserialize, Default)]
@@ -751,10 +683,11 @@ async fn reset_usage<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
     let r = body(b)?;
     valid_id(&id)?;
     let gw = &st.control.gateway;
-    let Some((tenant, found)) = counters_of(gw, &id) else {
+    let rt = gw.runtime();
+    let index = served(&rt, &id)?;
+    let Some((tenant, found)) = counters_of(&rt, index, gw.clock.now()) else {
         return Err(ApiError::not_found("tenant", &id));
     };
-    let rt = gw.runtime();
     if let Some(name) = &r.limit
         && rt.policy.limits_named(name).is_empty()
     {

@@ -6,6 +6,7 @@
 pub mod api;
 mod audit;
 pub mod control;
+pub mod dashboard;
 
 use std::future::Future;
 use std::sync::Arc;

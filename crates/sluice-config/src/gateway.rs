@@ -205,6 +205,8 @@ pub struct GatewayConfig {
     pub limits: ListenerLimits,
     /// Bytes of request bodies in flight at once, across every listener.
     pub body_memory_bytes: usize,
+    /// The usage history (`[history]`).
+    pub history: crate::history::HistoryConfig,
 }
 
 /// `[admin]`, validated.
@@ -216,6 +218,10 @@ pub struct AdminConfig {
     pub token_env: String,
     /// Its listener's timeouts and caps.
     pub limits: ListenerLimits,
+    /// Whether it serves the usage dashboard.
+    pub dashboard: bool,
+    /// How long a dashboard login lasts.
+    pub session_ttl: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -236,6 +242,7 @@ impl Default for GatewayConfig {
             save_every: Duration::from_secs(5),
             limits: ListenerLimits::SERVER,
             body_memory_bytes: DEFAULT_BODY_MEMORY_BYTES,
+            history: crate::history::HistoryConfig::default(),
         }
     }
 }
@@ -396,7 +403,11 @@ fn positive(v: &Spanned<i64>, field: &str, problems: &mut Problems) -> Option<u6
 
 /// Validates the gateway sections of a file.
 pub(crate) fn gateway(raw: &RawFile, problems: &mut Problems) -> GatewayConfig {
-    let mut g = GatewayConfig { store: store(raw, problems), ..GatewayConfig::default() };
+    let mut g = GatewayConfig {
+        store: store(raw, problems),
+        history: crate::history::history(raw, problems),
+        ..GatewayConfig::default()
+    };
     if let Some(a) = &raw.admin {
         let a = a.get_ref();
         let listen = match &a.listen {
@@ -424,8 +435,21 @@ pub(crate) fn gateway(raw: &RawFile, problems: &mut Problems) -> GatewayConfig {
             ));
         }
         let limits = limits(a.limits(), "admin", ListenerLimits::ADMIN, problems);
+        let session_ttl = a
+            .session_ttl
+            .as_ref()
+            .and_then(|d| duration(d, "admin.session_ttl", problems))
+            .unwrap_or(Duration::from_secs(8 * 3600));
+        if session_ttl < Duration::from_secs(60) || session_ttl > Duration::from_secs(30 * 86_400) {
+            problems.push((
+                a.session_ttl.as_ref().map(Spanned::span),
+                "admin.session_ttl".into(),
+                "between `1m` and `30d`".into(),
+            ));
+        }
         if let Some(listen) = listen {
-            g.admin = Some(AdminConfig { listen, token_env, limits });
+            let dashboard = a.dashboard.unwrap_or(true);
+            g.admin = Some(AdminConfig { listen, token_env, limits, dashboard, session_ttl });
         }
     }
     if let Some(d) = &raw.data {

@@ -24,6 +24,7 @@
 pub mod decisions;
 mod error;
 pub mod gateway;
+pub mod history;
 pub mod listener;
 pub mod raw;
 pub mod report;

@@ -49,6 +49,8 @@ pub struct RawFile {
     pub admin: Option<Spanned<RawAdmin>>,
     /// `[data]`: the embedded data file.
     pub data: Option<Spanned<RawData>>,
+    /// `[history]`: the usage history.
+    pub history: Option<Spanned<crate::history::RawHistory>>,
 }
 
 /// `[admin]`
@@ -69,6 +71,10 @@ pub struct RawAdmin {
     pub max_connections: Option<Spanned<i64>>,
     /// Bytes of a request head at most (`32768`).
     pub max_head_bytes: Option<Spanned<i64>>,
+    /// Whether the admin listener serves the usage dashboard (`/dashboard`).
+    pub dashboard: Option<bool>,
+    /// How long a dashboard login lasts (`8h`).
+    pub session_ttl: Option<Spanned<String>>,
 }
 
 /// `[data]`

@@ -17,6 +17,7 @@ fn every_toml_block_in_the_other_docs_loads() {
         "BENCHMARKS.md",
         "DEPLOYMENT.md",
         "ADMIN.md",
+        "OBSERVABILITY.md",
     ] {
         check(doc);
     }

@@ -7,6 +7,7 @@
 //! survive that.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use smallvec::SmallVec;
@@ -64,7 +65,7 @@ pub struct KeySpec {
 /// A tenant resolved against a policy.
 #[derive(Clone, Debug)]
 pub struct TenantFacts {
-    pub(crate) id: Box<str>,
+    pub(crate) id: Arc<str>,
     pub(crate) hash: u64,
     pub(crate) name: Sym,
     pub(crate) tier: TierId,
@@ -79,6 +80,11 @@ pub struct TenantFacts {
 impl TenantFacts {
     /// The tenant's id.
     pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The tenant's id, shared (cloning it allocates nothing).
+    pub fn shared_id(&self) -> &Arc<str> {
         &self.id
     }
 

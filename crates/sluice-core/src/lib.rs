@@ -52,6 +52,7 @@
 
 mod compile;
 pub mod counter;
+pub mod event;
 pub mod facts;
 pub mod metric;
 pub mod plan;
@@ -62,6 +63,7 @@ pub mod window;
 
 pub use compile::{DEFAULT_LEASE, DEFAULT_TIER, MAX_PARTITION_FACTS};
 pub use counter::{ChargedAs, CounterState, Rule, Verdict};
+pub use event::{EventSink, RequestEvent, Step};
 pub use facts::{
     Cost, FactsError, KeyFacts, KeySpec, ModelRef, OverrideSpec, Request, TenantFacts, TenantSpec,
 };

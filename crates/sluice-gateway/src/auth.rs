@@ -116,7 +116,12 @@ impl<T> KeyTable<T> {
 
     /// Looks a presented secret up.
     pub fn find(&self, secret: &str) -> Option<&T> {
-        let hash = hash_secret(secret);
+        self.find_hash(&hash_secret(secret))
+    }
+
+    /// Looks a key up by its hash (compared in constant time).
+    pub fn find_hash(&self, hash: &KeyHash) -> Option<&T> {
+        let hash = *hash;
         let mut found = None;
         for (h, v) in self.by_prefix.get(&prefix(&hash))? {
             if same(h, &hash) {

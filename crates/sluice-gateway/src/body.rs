@@ -15,9 +15,8 @@
 //! [`DRAIN_TIME`], for its usage).
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};

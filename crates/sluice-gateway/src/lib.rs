@@ -23,6 +23,7 @@ pub mod reservation;
 pub mod runtime;
 mod server;
 pub mod upstream;
+pub mod usage;
 
 pub use edge::{BodyBudget, ListenerOptions, serve_connections};
 pub use runtime::{Runtime, RuntimeError};

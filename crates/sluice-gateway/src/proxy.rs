@@ -11,7 +11,8 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use sluice_core::{Clock, Cost, CounterStore, Decision, Outcome, Plan, Usage};
+use sluice_core::policy::Model;
+use sluice_core::{Clock, Cost, CounterStore, Decision, Outcome, Plan, RequestEvent, Step, Usage};
 use sluice_llm::error::ApiError;
 use sluice_llm::headers::{HeaderOptions, insert_headers, is_rate_limit_header};
 use sluice_llm::usage::SseUsageTap;
@@ -20,7 +21,7 @@ use sluice_llm::{RewriteOptions, expected_output, force_include_usage};
 use crate::auth::AuthError;
 use crate::body::{JsonFrames, Metered, ResponseBody, Tap, full};
 use crate::hop;
-use crate::reservation::{Ending, FailureCost, Reservation};
+use crate::reservation::{Ending, FailureCost, Reservation, UsageNote};
 use crate::runtime::{Endpoint, KeyEntry, Route, Runtime, Tenant};
 use crate::server::Gateway;
 use crate::upstream::SendError;
@@ -59,7 +60,7 @@ pub(crate) fn error_response(e: &ApiError) -> Response<ResponseBody> {
     r
 }
 
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody> {
+pub(crate) fn json_response(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -193,7 +194,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
             cost: Cost::tokens(1, 0),
         };
         let plan = rt.policy.plan_before_body(&head, now);
-        if let Some(refused) = refuse_early(gw, rt, tenant, &plan, "", &opts).await {
+        if let Some(refused) = refuse_early(gw, rt, tenant, &plan, ("", None), &opts).await {
             drain(body, rt.settings.max_body_bytes);
             return refused;
         }
@@ -213,6 +214,8 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
         Some(r) if rt.policy.model_allowed(tenant.facts.tier(), model) => r,
         _ => return error_response(&ApiError::model_not_found(&facts.model)),
     };
+    // The model as the policy names it (the route was found: it has one).
+    let model_info = model.id.and_then(|m| rt.policy.model_info(m));
     let stream = facts.stream && kind.streams_usage();
     let client_asked_usage = facts.include_usage;
 
@@ -237,7 +240,8 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     if facts.text_bytes() > EXPENSIVE_BODY_BYTES
         && tenant.recently_refused(now)
         && plan.charges.iter().any(|c| rt.policy.limit(c.limit).is_some_and(|l| l.needs_model()))
-        && let Some(refused) = refuse_early(gw, rt, tenant, &plan, &facts.model, &opts).await
+        && let Some(refused) =
+            refuse_early(gw, rt, tenant, &plan, (&facts.model, model_info), &opts).await
     {
         return refused;
     }
@@ -289,14 +293,18 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
         return error_response(&ApiError::store_unavailable());
     };
     if !decision.is_admitted() {
-        return refusal(rt, tenant, &decision, &model_name, now, &opts);
+        return refusal(gw, rt, tenant, &decision, (&model_name, model_info), now, &opts);
     }
+    gw.record(&event(tenant, model_info, Step::Admitted));
     let reserved = Usage::tokens(input, output);
     let failure = FailureCost::new(rt.settings.upstream_failure, &rt.settings.refund_statuses);
     let mut reservation =
         Reservation::new(gw.store.clone(), decision.reservation(), input, reserved, failure);
     if slot_lease.is_some() {
         reservation.keep_slots();
+    }
+    if let (Some(sink), Some(m)) = (gw.event_sink(), model_info) {
+        reservation.noting(UsageNote::new(sink, &tenant.facts, m));
     }
 
     // Forward.
@@ -371,18 +379,36 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     r
 }
 
+/// What the usage history (and whatever else counts requests) is told.
+fn event<'a>(tenant: &'a Tenant, model: Option<&'a Model>, step: Step<'a>) -> RequestEvent<'a> {
+    RequestEvent {
+        tenant: tenant.facts.shared_id(),
+        tenant_hash: tenant.facts.hash(),
+        model: model.map_or(RequestEvent::no_model(), |m| &m.name),
+        model_hash: model.map_or(0, |m| m.hash),
+        step,
+    }
+}
+
 /// The 429 for a refused decision; a refusal that will stand for a while
 /// makes the tenant's next requests checked before their bodies are read.
-fn refusal(
+/// `model`: as the client wrote it (for the message), and as the policy
+/// names it (empty before the body was read).
+fn refusal<S: CounterStore>(
+    gw: &Gateway<S>,
     rt: &Runtime,
     tenant: &Tenant,
     decision: &Decision,
-    model: &str,
+    (model, model_info): (&str, Option<&Model>),
     now: sluice_core::Instant,
     opts: &HeaderOptions,
 ) -> Response<ResponseBody> {
     if let Outcome::Limited { retry_at, .. } = decision.outcome {
         tenant.note_refusal(retry_at);
+    }
+    if let Some(limit) = decision.denied_by().and_then(|s| rt.policy.limit(s.limit)) {
+        let step = Step::Refused { limit: &limit.name };
+        gw.record(&event(tenant, model_info, step));
     }
     let err = ApiError::rate_limited(decision, &rt.policy, model, tenant.facts.id(), now)
         .unwrap_or_else(ApiError::insufficient_quota);
@@ -398,14 +424,15 @@ async fn refuse_early<S: CounterStore + Clone + Unpin>(
     rt: &Runtime,
     tenant: &Tenant,
     plan: &Plan,
-    model: &str,
+    (model, model_info): (&str, Option<&Model>),
     opts: &HeaderOptions,
 ) -> Option<Response<ResponseBody>> {
     if plan.charges.is_empty() {
         return None;
     }
     let decision = gw.store.peek(plan).await.ok()?;
-    (!decision.is_admitted()).then(|| refusal(rt, tenant, &decision, model, plan.now, opts))
+    (!decision.is_admitted())
+        .then(|| refusal(gw, rt, tenant, &decision, (model, model_info), plan.now, opts))
 }
 
 /// How long a refused request's unread body is read and dropped, so that

@@ -24,11 +24,13 @@
 //! refunded failure would let a client send requests the upstream rejects
 //! without any limit.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
 use sluice_config::gateway::UpstreamFailure;
-use sluice_core::{CounterStore, ReservationId, Usage};
+use sluice_core::policy::Model;
+use sluice_core::{CounterStore, EventSink, RequestEvent, ReservationId, Step, TenantFacts, Usage};
 
 /// How a request ended, as far as its charge goes (see the module's table).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +109,8 @@ pub struct Reservation<S: CounterStore> {
     failure: FailureCost,
     /// The task renewing the request's concurrency slots.
     heartbeat: Option<tokio::task::AbortHandle>,
+    /// Who is told what the request was charged (once).
+    note: Option<UsageNote>,
 }
 
 impl<S: CounterStore> std::fmt::Debug for Reservation<S> {
@@ -129,7 +133,12 @@ impl<S: CounterStore + Clone> Reservation<S> {
         reserved: Usage,
         failure: FailureCost,
     ) -> Self {
-        Self { store, id, input_estimate, reserved, failure, heartbeat: None }
+        Self { store, id, input_estimate, reserved, failure, heartbeat: None, note: None }
+    }
+
+    /// Tells `note` what the request is charged when it ends.
+    pub fn noting(&mut self, note: UsageNote) {
+        self.note = Some(note);
     }
 
     /// Renews the reservation's concurrency slots while it is open (every
@@ -177,9 +186,12 @@ impl<S: CounterStore + Clone> Reservation<S> {
         if let Some(h) = self.heartbeat.take() {
             h.abort();
         }
+        let usage = self.charge(ending);
         if let Some(id) = self.id.take() {
-            let usage = self.charge(ending);
             self.store.settle_detached(id, usage);
+        }
+        if let Some(note) = self.note.take() {
+            note.settled(usage);
         }
     }
 }
@@ -195,6 +207,47 @@ impl<S: CounterStore> Drop for Reservation<S> {
         if let Some(id) = self.id.take() {
             self.store.settle_detached(id, self.reserved);
         }
+        if let Some(note) = self.note.take() {
+            note.settled(self.reserved);
+        }
+    }
+}
+
+/// Who is told what a request was charged when its reservation ends: the
+/// tenant and model it is counted under, and where the event goes (the
+/// usage history).
+pub struct UsageNote {
+    sink: Arc<dyn EventSink>,
+    tenant: Arc<str>,
+    tenant_hash: u64,
+    model: Arc<str>,
+    model_hash: u64,
+}
+
+impl UsageNote {
+    /// A note for `tenant`'s request to `model` (shared names: nothing is
+    /// copied).
+    pub fn new(sink: &Arc<dyn EventSink>, tenant: &TenantFacts, model: &Model) -> Self {
+        Self {
+            sink: sink.clone(),
+            tenant: tenant.shared_id().clone(),
+            tenant_hash: tenant.hash(),
+            model: model.name.clone(),
+            model_hash: model.hash,
+        }
+    }
+
+    /// Tells the sink what the request was charged.
+    fn settled(self, usage: Usage) {
+        let step =
+            Step::Settled { input_tokens: usage.input_tokens, output_tokens: usage.output_tokens };
+        self.sink.record(&RequestEvent {
+            tenant: &self.tenant,
+            tenant_hash: self.tenant_hash,
+            model: &self.model,
+            model_hash: self.model_hash,
+            step,
+        });
     }
 }
 

@@ -4,16 +4,17 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::service::service_fn;
-use sluice_core::{Clock, CounterStore};
+use sluice_core::{Clock, CounterStore, EventSink, RequestEvent};
 use sluice_llm::Estimator;
 use sluice_llm::error::ApiError;
+use sluice_store::History;
 use tokio::net::TcpListener;
 
 use crate::background::Background;
@@ -40,6 +41,16 @@ pub struct Gateway<S> {
     /// Requests refused for their API key, for the log.
     refused_keys: Throttle,
     started: std::time::Instant,
+    /// Who counts what requests do (set once, at start).
+    events: OnceLock<Events>,
+}
+
+/// Where the events of requests go.
+struct Events {
+    /// Every event.
+    sink: Arc<dyn EventSink>,
+    /// The usage history (also a sink), for `/v1/usage`.
+    history: Arc<History>,
 }
 
 impl<S> Gateway<S> {
@@ -49,6 +60,30 @@ impl<S> Gateway<S> {
     pub fn key_refused(&self) {
         if let Some(n) = self.refused_keys.hit(self.started) {
             tracing::warn!(target: "sluice::audit", refused = n, "requests refused for a missing, unknown or expired API key");
+        }
+    }
+
+    /// Records usage in `history` from now on (once; later calls are
+    /// ignored).
+    pub fn set_history(&self, history: Arc<History>) {
+        let _ = self.events.set(Events { sink: history.clone(), history });
+    }
+
+    /// The usage history, if usage is recorded.
+    pub fn history(&self) -> Option<&Arc<History>> {
+        self.events.get().map(|e| &e.history)
+    }
+
+    /// Where events go, if anywhere (for a settlement that happens later).
+    pub fn event_sink(&self) -> Option<&Arc<dyn EventSink>> {
+        self.events.get().map(|e| &e.sink)
+    }
+
+    /// Tells every sink what a request did (memory only: cheap).
+    #[inline]
+    pub fn record(&self, event: &RequestEvent<'_>) {
+        if let Some(e) = self.events.get() {
+            e.sink.record(event);
         }
     }
 }
@@ -70,6 +105,7 @@ impl<S: CounterStore + Clone + Unpin> Gateway<S> {
             ids: RequestIds::new(),
             refused_keys: Throttle::default(),
             started: std::time::Instant::now(),
+            events: OnceLock::new(),
         })
     }
 
@@ -95,6 +131,7 @@ impl<S: CounterStore + Clone + Unpin> Gateway<S> {
                 (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
                 (&Method::GET, "/readyz") => text(StatusCode::OK, "ready\n"),
                 (&Method::GET, "/v1/models") => models(self, &rt, req.headers()),
+                (&Method::GET, "/v1/usage") => crate::usage::serve(self, &rt, req.headers()).await,
                 (m, p) => error_response(&ApiError::unknown_url(m.as_str(), p)),
             }
         };

@@ -7,7 +7,10 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use sluice_core::{Cost, CounterStore, Decision, EndpointId, Fact, Instant, ModelRef, Outcome};
+use sluice_core::{
+    Cost, CounterStore, Decision, EndpointId, Fact, Instant, ModelId, ModelRef, Outcome,
+    RequestEvent, Step,
+};
 use sluice_gateway::Runtime;
 use sluice_gateway::runtime::KeyEntry;
 use sluice_llm::error::ApiError;
@@ -229,6 +232,8 @@ pub struct Answer {
     pub tenant: usize,
     /// What messages name: the model, else the endpoint.
     pub subject: String,
+    /// The model, when the request named one.
+    pub(crate) model: Option<ModelId>,
 }
 
 impl std::fmt::Debug for Answer {
@@ -277,6 +282,26 @@ impl Answer {
             Outcome::Limited { .. } => DecisionKind::Limited,
             Outcome::TooLarge { .. } => DecisionKind::TooLarge,
         }
+    }
+
+    /// The event the usage history (and whatever else counts requests) is
+    /// told: admitted, or refused by a limit (`None` if the runtime has
+    /// lost the tenant or the limit).
+    pub fn event(&self) -> Option<RequestEvent<'_>> {
+        let rt = self.runtime();
+        let tenant = &rt.tenants.get(self.tenant)?.facts;
+        let model = self.model.and_then(|m| rt.policy.model_info(m));
+        let step = match self.decision.denied_by() {
+            None => Step::Admitted,
+            Some(s) => Step::Refused { limit: &rt.policy.limit(s.limit)?.name },
+        };
+        Some(RequestEvent {
+            tenant: tenant.shared_id(),
+            tenant_hash: tenant.hash(),
+            model: model.map_or(RequestEvent::no_model(), |m| &m.name),
+            model_hash: model.map_or(0, |m| m.hash),
+            step,
+        })
     }
 
     /// The wire contract's headers (`x-ratelimit-*`, `retry-after`, …).
@@ -426,8 +451,8 @@ pub(crate) async fn admit<S: CounterStore>(
         tracing::error!(error = %e, "counter store failed");
         DecisionError::Unavailable(e.to_string())
     })?;
-    let (tenant, subject) = (r.tenant, r.subject);
-    Ok(Answer { index, now, decision, tenant, subject })
+    let (tenant, subject, model) = (r.tenant, r.subject, r.model.id);
+    Ok(Answer { index, now, decision, tenant, subject, model })
 }
 
 #[cfg(test)]

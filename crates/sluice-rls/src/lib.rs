@@ -199,6 +199,9 @@ impl<S: CounterStore + Clone + Unpin> DecisionService<S> {
             Ok(answer) => {
                 self.metrics.decision(api, domain, answer.kind().as_str());
                 self.metrics.limits(domain, &answer);
+                if let Some(event) = answer.event() {
+                    self.gateway.record(&event);
+                }
                 Ok(answer)
             }
             Err(e) => Err(self.refused(api, domain, e)),

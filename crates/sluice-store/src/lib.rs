@@ -3,11 +3,13 @@
 #![forbid(unsafe_code)]
 
 pub mod guarded;
+pub mod history;
 pub mod memory;
 pub mod redis;
 pub mod tenants;
 
 pub use guarded::{GuardOptions, Guarded, OnFailure, Unavailable};
+pub use history::{History, HistorySettings, RedisHistory};
 pub use memory::{MemoryStats, MemoryStore};
 pub use redis::{RedisStore, RedisStoreError, TimeSource, Topology};
 pub use tenants::{

@@ -3,6 +3,7 @@
 
 mod admin_cli;
 mod cli;
+mod history;
 mod serve;
 
 use std::io::{Read, Write};

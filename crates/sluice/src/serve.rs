@@ -131,7 +131,8 @@ async fn serve(
             tracing::info!(counters = restored, "counters restored from the data file");
             let persist = Persist { file: file.clone(), store: store.clone() };
             let sweep = store.clone();
-            let parts = Parts { config_path, config, listen, mock_urls };
+            let history = crate::history::in_file(&config.gateway, &file)?;
+            let parts = Parts { config_path, config, listen, mock_urls, history };
             run_gateway(parts, store, file, move || sweep.sweep(), Some(persist)).await?;
         }
         StoreConfig::Redis(r) => {
@@ -158,7 +159,9 @@ async fn serve(
                 },
             );
             let sweep = store.clone();
-            let parts = Parts { config_path, config, listen, mock_urls };
+            let history =
+                crate::history::in_redis(&config.gateway, &topology, &r.namespace).await?;
+            let parts = Parts { config_path, config, listen, mock_urls, history };
             run_gateway(parts, store, tenants, move || sweep.local().sweep(), None).await?;
         }
     }
@@ -173,6 +176,8 @@ struct Parts {
     config: Config,
     listen: Option<SocketAddr>,
     mock_urls: MockUrls,
+    /// The usage history, where it is kept.
+    history: Option<crate::history::Kept>,
 }
 
 /// Saving the memory store's counters to the data file, behind admission.
@@ -209,13 +214,18 @@ where
     S: CounterStore + Clone + Unpin,
     T: TenantStore + Clone,
 {
-    let Parts { config_path, config, listen, mock_urls } = parts;
+    let Parts { config_path, config, listen, mock_urls, history } = parts;
     let snapshot = tenants.snapshot().await.context("reading tenants")?;
     let (runtime, warnings) = Runtime::build(&config, &snapshot, &*mock_urls)?;
     for w in warnings {
         tracing::warn!("{w}");
     }
     let gateway = Gateway::new(runtime, store, Arc::new(SystemClock));
+    let history = history.map(Arc::new);
+    if let Some(h) = &history {
+        gateway.set_history(h.history.clone());
+    }
+    let history_task = history.as_ref().map(crate::history::Kept::spawn);
     let control = Control::new(
         config_path,
         config.clone(),
@@ -269,6 +279,7 @@ where
     };
     warn_if_caps_exceed_file_limit(&config);
     let mut tasks = Vec::new();
+    let mut board = None;
     if let Some(admin) = &config.gateway.admin {
         let token = std::env::var(&admin.token_env).map_err(|_| {
             anyhow::anyhow!(
@@ -286,6 +297,11 @@ where
             .with_context(|| format!("admin API listening on {}", admin.listen))?;
         println!("sluice admin on http://{}", admin_listener.local_addr()?);
         let state = AdminState::new(control.clone(), &token);
+        if admin.dashboard {
+            let d = state.enable_dashboard(admin.session_ttl);
+            board = Some(tokio::spawn(d.board.clone().keep(gateway.clone())));
+            println!("sluice dashboard on http://{}/dashboard", admin_listener.local_addr()?);
+        }
         tasks.push(tokio::spawn(sluice_admin::serve(
             admin_listener,
             state,
@@ -384,6 +400,18 @@ where
                 left,
                 "settlements not sent before exit: their reservations keep what was reserved until their lease ends"
             );
+        }
+    }
+    if let Some(t) = history_task {
+        t.abort();
+    }
+    if let Some(b) = board {
+        b.abort();
+    }
+    if let Some(h) = &history {
+        // Bounded: a stalled store must not hold the exit.
+        if tokio::time::timeout(SETTLE_AT_EXIT, h.finish()).await.is_err() {
+            tracing::warn!("saving the usage history took too long: the last minutes are lost");
         }
     }
     // A clean shutdown loses no count: the requests have been settled.

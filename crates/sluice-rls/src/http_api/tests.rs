@@ -329,3 +329,21 @@ async fn metrics_by_domain_limit_and_outcome() {
         assert!(text.contains(line), "no {line} in\n{text}");
     }
 }
+
+#[tokio::test]
+async fn decisions_are_in_the_usage_history() {
+    use sluice_core::Clock;
+    use sluice_store::{History, HistorySettings};
+
+    let h = harness();
+    let history = Arc::new(History::local(HistorySettings::default(), Arc::new(h.clock.clone())));
+    h.svc.gateway.set_history(history.clone());
+    let start = h.clock.now();
+    for _ in 0..3 {
+        assert_eq!(check(&h, acme(10, 10)).await["outcome"], "admitted");
+    }
+    assert_eq!(check(&h, acme(10, 10)).await["outcome"], "limited");
+    let c = history.totals("acme", start);
+    assert_eq!((c.requests, c.limited, c.limited_by("m/rpm")), (3, 1, 1));
+    assert_eq!(history.models("acme").iter().map(|m| &**m).collect::<Vec<_>>(), ["m"]);
+}

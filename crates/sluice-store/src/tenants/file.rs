@@ -84,6 +84,11 @@ impl FileTenants {
         Ok(Self { db: Arc::new(db) })
     }
 
+    /// The database, for the other tables of the file (the usage history).
+    pub(crate) fn database(&self) -> &Database {
+        &self.db
+    }
+
     fn write(
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(), TenantStoreError>,

@@ -15,7 +15,7 @@ use std::future::Future;
 use serde::{Deserialize, Serialize};
 
 mod file;
-mod redis;
+pub(crate) mod redis;
 
 pub use file::FileTenants;
 pub use redis::RedisTenants;

@@ -19,8 +19,10 @@ use crate::redis::{SentinelConn, Topology};
 /// Field and value pairs of a hash.
 type Rows = Vec<(String, Vec<u8>)>;
 
+/// A connection to Redis, whichever its topology (shared with the usage
+/// history).
 #[derive(Clone)]
-enum Conn {
+pub(crate) enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
     /// The master the sentinels name, followed across failovers.
@@ -42,6 +44,7 @@ impl std::fmt::Debug for RedisTenants {
     }
 }
 
+/// Runs `$body` with `$c` bound to a connection of `$self.conn`.
 macro_rules! with_conn {
     ($self:expr, $c:ident => $body:expr) => {
         match &$self.conn {
@@ -66,11 +69,13 @@ macro_rules! with_conn {
     };
 }
 
-impl RedisTenants {
-    /// Connects; keys under `<namespace>:{tenants}:`. With Sentinel, the
-    /// connection follows the master across failovers.
-    pub async fn connect(topology: &Topology, namespace: &str) -> Result<Self, TenantStoreError> {
-        let conn = match topology {
+pub(crate) use with_conn;
+
+impl Conn {
+    /// Connects. With Sentinel, the connection follows the master across
+    /// failovers.
+    pub(crate) async fn connect(topology: &Topology) -> Result<Self, ::redis::RedisError> {
+        Ok(match topology {
             Topology::Standalone(url) => {
                 Conn::Single(ConnectionManager::new(redis::Client::open(url.as_str())?).await?)
             }
@@ -80,9 +85,16 @@ impl RedisTenants {
             Topology::Sentinel { sentinels, master } => {
                 Conn::Sentinel(Arc::new(SentinelConn::connect(sentinels, master).await?))
             }
-        };
+        })
+    }
+}
+
+impl RedisTenants {
+    /// Connects; keys under `<namespace>:{tenants}:`. With Sentinel, the
+    /// connection follows the master across failovers.
+    pub async fn connect(topology: &Topology, namespace: &str) -> Result<Self, TenantStoreError> {
         Ok(Self {
-            conn,
+            conn: Conn::connect(topology).await?,
             records: format!("{namespace}:{{tenants}}:records"),
             keys: format!("{namespace}:{{tenants}}:keys"),
             version: format!("{namespace}:{{tenants}}:version"),
