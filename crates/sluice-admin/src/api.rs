@@ -492,12 +492,16 @@ async fn put_override<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
     if g.amount == 0 {
         return Err(ApiError::bad("`amount` must be at least 1"));
     }
-    if let Some(u) = &g.until
-        && Instant::parse(u).is_none()
-    {
-        return Err(ApiError::bad(format!(
-            "`until` is not a date or time: `{u}` (write 2026-12-31 or 2026-12-31T23:59:59Z)"
-        )));
+    if let Some(u) = &g.until {
+        let Some(until) = Instant::parse(u) else {
+            return Err(ApiError::bad(format!(
+                "`until` is not a date or time: `{u}` (write 2026-12-31 or 2026-12-31T23:59:59Z)"
+            )));
+        };
+        // A grant that has already ended would be stored, shown, and never apply.
+        if until <= st.control.gateway.clock.now() {
+            return Err(ApiError::bad(format!("`until` is in the past: `{u}`")));
+        }
     }
     t.overrides.insert(limit, OverrideRecord { amount: g.amount, until: g.until });
     t.updated_at = now_text();

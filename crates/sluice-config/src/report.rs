@@ -241,6 +241,11 @@ pub fn effective_limits(config: &Config) -> String {
                 let _ = writeln!(out, "  {:<10} {}  [{}]", l.shorthand(), describe(l), l.name);
             }
         }
+        // The names `sluice tenants grant` and `usage --reset` take.
+        let mut names: Vec<&str> =
+            ids.iter().filter_map(|&id| policy.limit(id)).map(|l| &*l.name).collect();
+        names.dedup();
+        let _ = writeln!(out, "  limit names: {}", names.join(", "));
     }
 
     let mut groups: BTreeMap<String, Vec<LimitId>> = BTreeMap::new();
@@ -259,6 +264,11 @@ pub fn effective_limits(config: &Config) -> String {
                 let _ = writeln!(out, "  {:<10} {}  [{}]", l.shorthand(), describe(l), l.name);
             }
         }
+        // The names `sluice tenants grant` and `usage --reset` take.
+        let mut names: Vec<&str> =
+            ids.iter().filter_map(|&id| policy.limit(id)).map(|l| &*l.name).collect();
+        names.dedup();
+        let _ = writeln!(out, "  limit names: {}", names.join(", "));
     }
 
     if !policy.exemptions().is_empty() {

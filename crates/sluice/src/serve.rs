@@ -243,6 +243,26 @@ where
         }
     };
 
+    // The admin token is checked before any listener opens (a process
+    // that printed "listening" and then exits would confuse a supervisor).
+    let admin_token = match &config.gateway.admin {
+        Some(admin) => {
+            let token = std::env::var(&admin.token_env).map_err(|_| {
+                anyhow::anyhow!(
+                    "the admin API needs a token: set the environment variable `{}` (or remove [admin])",
+                    admin.token_env
+                )
+            })?;
+            anyhow::ensure!(
+                token.len() >= 16,
+                "the admin token in `{}` is too short (16 characters at least)",
+                admin.token_env
+            );
+            Some(token)
+        }
+        None => None,
+    };
+
     // With [decisions] and no [upstreams], Sluice only decides: the proxy
     // listener (health checks, /v1/models) is opened only if asked for.
     let decisions_only = config.decisions_only();
@@ -280,18 +300,7 @@ where
     warn_if_caps_exceed_file_limit(&config);
     let mut tasks = Vec::new();
     let mut board = None;
-    if let Some(admin) = &config.gateway.admin {
-        let token = std::env::var(&admin.token_env).map_err(|_| {
-            anyhow::anyhow!(
-                "the admin API needs a token: set the environment variable `{}` (or remove [admin])",
-                admin.token_env
-            )
-        })?;
-        anyhow::ensure!(
-            token.len() >= 16,
-            "the admin token in `{}` is too short (16 characters at least)",
-            admin.token_env
-        );
+    if let (Some(admin), Some(token)) = (&config.gateway.admin, admin_token) {
         let admin_listener = tokio::net::TcpListener::bind(admin.listen)
             .await
             .with_context(|| format!("admin API listening on {}", admin.listen))?;

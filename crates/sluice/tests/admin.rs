@@ -244,6 +244,12 @@ async fn the_admin_api_needs_its_token_and_refuses_bad_requests_without_changing
             Some(json!({"amount": 5, "until": "soon"})),
             "not a date",
         ),
+        (
+            reqwest::Method::PUT,
+            "/tenants/acme/overrides/DeepSeek-V3.1%2Frpd",
+            Some(json!({"amount": 5, "until": "2020-01-01"})),
+            "in the past",
+        ),
         // Found by the `admin` fuzz target: a path whose percent-encoded
         // bytes are not UTF-8 was answered in plain text, not JSON.
         (
@@ -444,4 +450,42 @@ async fn the_cli_manages_tenants_keys_and_usage() {
     .await
     .unwrap();
     assert!(!ok && err.contains("tier `gold` is not defined"), "{err}");
+    // Removing a grant that does not exist is an error, not a success.
+    let (ok, out, err) = tokio::task::spawn_blocking({
+        let admin = admin.clone();
+        move || cli(&admin, &["tenants", "ungrant", "acme", "DeepSeek-V3.1/rpd"])
+    })
+    .await
+    .unwrap();
+    assert!(!ok && err.contains("404"), "ungrant of nothing: {out} {err}");
+}
+
+/// `serve` with `[admin]` and no token stops before any listener opens: a
+/// supervisor never sees "listening" from a process that then exits.
+#[test]
+fn serve_without_the_admin_token_stops_before_listening() {
+    let dir = std::env::temp_dir().join(format!("sluice-admin-notoken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("policy.toml");
+    let policy = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart.toml"),
+    )
+    .unwrap();
+    std::fs::write(
+        &path,
+        format!("{policy}\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"SLUICE_TEST_NO_SUCH_TOKEN\"\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .env_remove("SLUICE_TEST_NO_SUCH_TOKEN")
+        .output()
+        .unwrap();
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    assert!(stderr.contains("SLUICE_TEST_NO_SUCH_TOKEN"), "{stderr}");
+    assert!(!stdout.contains("listening"), "printed before the check:\n{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

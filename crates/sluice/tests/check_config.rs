@@ -330,3 +330,18 @@ fn a_missing_argument_is_a_usage_error() {
     assert!(out.stdout.is_empty());
     assert!(text(&out.stderr).contains("Usage"), "{}", text(&out.stderr));
 }
+
+/// The names `sluice tenants grant` and `usage --reset` take are printed
+/// for each tier, as the policy names them.
+#[test]
+fn limit_names_are_printed_for_each_tier() {
+    let out = preset_output("quickstart.toml");
+    let names = block(&out, "tier free")
+        .into_iter()
+        .find_map(|l| l.trim().strip_prefix("limit names: "))
+        .unwrap_or_else(|| panic!("no limit names in\n{out}"))
+        .to_owned();
+    for name in ["demo-model/rpm", "demo-model/tpm", "demo-model/rpd", "demo-model/tpd"] {
+        assert!(names.split(", ").any(|n| n == name), "{name} missing from {names}");
+    }
+}
