@@ -159,7 +159,7 @@ fn valid_id(id: &str) -> Result<(), ApiError> {
 fn random_hex(bytes: usize) -> Result<String, ApiError> {
     let mut b = vec![0u8; bytes];
     getrandom::fill(&mut b).map_err(|e| ApiError::store(format!("no randomness: {e}")))?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    Ok(hex::encode(b))
 }
 
 async fn require_token<S, T>(

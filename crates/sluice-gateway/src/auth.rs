@@ -21,41 +21,20 @@ pub fn hash_secret(secret: &str) -> KeyHash {
 
 /// `sha256:<hex>` of a secret, as policy files and the admin API store it.
 pub fn hash_text(secret: &str) -> String {
-    format!("sha256:{}", hex(&hash_secret(secret)))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 15)]));
-    }
-    s
+    format!("sha256:{}", hex::encode(hash_secret(secret)))
 }
 
 /// Parses `sha256:<64 hex digits>`.
 pub fn parse_hash(text: &str) -> Option<KeyHash> {
     let hex = text.trim().strip_prefix("sha256:")?;
-    if hex.len() != 64 {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (i, pair) in hex.as_bytes().chunks(2).enumerate() {
-        let digit = |c: u8| (c as char).to_digit(16);
-        let (hi, lo) = (digit(pair[0])?, digit(pair[1])?);
-        out[i] = u8::try_from(hi * 16 + lo).ok()?;
-    }
+    hex::decode_to_slice(hex, &mut out).ok()?;
     Some(out)
 }
 
 /// Compares two hashes without an early exit.
 pub fn same(a: &KeyHash, b: &KeyHash) -> bool {
-    let mut diff = 0u8;
-    for (x, y) in a.iter().zip(b) {
-        diff |= x ^ y;
-    }
-    std::hint::black_box(diff) == 0
+    subtle::ConstantTimeEq::ct_eq(&a[..], &b[..]).into()
 }
 
 /// Why a request could not be authenticated.

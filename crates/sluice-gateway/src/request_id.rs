@@ -58,12 +58,9 @@ impl RequestIds {
             b[8..].copy_from_slice(&self.low.hash_one(n).to_be_bytes());
             b
         });
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut id = *b"req_00000000000000000000000000000000";
-        for (pair, b) in id[4..].chunks_exact_mut(2).zip(bytes) {
-            pair[0] = HEX[usize::from(b >> 4)];
-            pair[1] = HEX[usize::from(b & 0xf)];
-        }
+        // 16 bytes fill the 32 digits exactly: this cannot fail.
+        let _ = hex::encode_to_slice(bytes, &mut id[4..]);
         HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("req_0"))
     }
 }

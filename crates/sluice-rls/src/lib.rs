@@ -43,7 +43,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
-use sha2::{Digest, Sha256};
 use sluice_config::decisions::DecisionsConfig;
 use sluice_core::{Clock, CounterStore, ReservationId, Settlement, Usage};
 use sluice_gateway::{BodyBudget, Gateway, ListenerOptions};
@@ -111,7 +110,7 @@ impl<S: CounterStore + Clone + Unpin> DecisionService<S> {
         Arc::new(Self {
             gateway,
             config,
-            token: token.map(|t| Sha256::digest(t.as_bytes()).into()),
+            token: token.map(sluice_gateway::auth::hash_secret),
             metrics: Metrics::new(),
             index: ArcSwapOption::empty(),
         })
@@ -171,9 +170,7 @@ impl<S: CounterStore + Clone + Unpin> DecisionService<S> {
     pub(crate) fn token_ok(&self, presented: Option<&str>) -> Option<bool> {
         let want = self.token.as_ref()?;
         let Some(p) = presented else { return Some(false) };
-        let got: [u8; 32] = Sha256::digest(p.as_bytes()).into();
-        let diff = want.iter().zip(got.iter()).fold(0u8, |d, (a, b)| d | (a ^ b));
-        Some(std::hint::black_box(diff) == 0)
+        Some(sluice_gateway::auth::same(want, &sluice_gateway::auth::hash_secret(p)))
     }
 
     /// Counts a refused call and hands the error back.

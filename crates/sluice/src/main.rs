@@ -80,13 +80,7 @@ fn check_config(file: &std::path::Path, quiet: bool) -> anyhow::Result<ExitCode>
 fn keys_generate(plain: bool) -> anyhow::Result<ExitCode> {
     let mut bytes = [0u8; 24];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    let secret: String = "sk-sluice-"
-        .chars()
-        .chain(bytes.iter().flat_map(|b| {
-            let d = b"0123456789abcdef";
-            [char::from(d[usize::from(b >> 4)]), char::from(d[usize::from(b & 15)])]
-        }))
-        .collect();
+    let secret = format!("sk-sluice-{}", hex::encode(bytes));
     let hash = sluice_gateway::auth::hash_text(&secret);
     let mut out = std::io::stdout().lock();
     if plain {

@@ -62,7 +62,7 @@ impl Sessions {
     pub fn create(&self, role: Role) -> Option<String> {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).ok()?;
-        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let id = hex::encode(bytes);
         let now = Instant::now();
         let mut map = self.map.lock();
         map.retain(|_, s| s.expires > now);
