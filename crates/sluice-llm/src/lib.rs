@@ -39,7 +39,8 @@ mod testutil;
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::scan::reference::{
-        Read, by_serde, by_walker, response_by_serde, response_by_walker,
+        Read, by_serde, by_walker, chunk_struct_as_array, response_as_array, response_by_serde,
+        response_by_walker,
     };
 }
 
