@@ -7,6 +7,11 @@ pub mod api;
 mod audit;
 pub mod control;
 pub mod dashboard;
+/// The `admin` fuzz target's body (`fuzz/`), which a test also runs on the
+/// seeds (feature `fuzzing` or tests only; not an API).
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -23,6 +23,11 @@
 
 pub mod decisions;
 mod error;
+/// The `policy` fuzz target's body (`fuzz/`), which a test also runs on the
+/// seeds (feature `fuzzing` or tests only; not an API).
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod history;
 pub mod listener;

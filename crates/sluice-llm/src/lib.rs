@@ -33,15 +33,11 @@ mod scan;
 #[cfg(test)]
 mod testutil;
 
-/// The fuzz targets' view of the JSON walker and its serde reference
-/// (feature `fuzzing` only; not an API).
-#[cfg(feature = "fuzzing")]
+/// The fuzz targets' bodies (`fuzz/`), which the tests also run on the
+/// seeds (feature `fuzzing` or tests only; not an API).
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
-pub mod fuzzing {
-    pub use crate::scan::reference::{
-        Read, by_serde, by_walker, response_by_serde, response_by_walker,
-    };
-}
+pub mod fuzzing;
 
 pub use duration::go_duration;
 pub use error::ApiError;

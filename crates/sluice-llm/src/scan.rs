@@ -16,9 +16,10 @@
 //! deserializers would. It is more lenient only in what it skips: a
 //! malformed number, a stray bracket or invalid UTF-8 inside a value it does
 //! not read goes unnoticed (the fields of `usage` other than its counts, such
-//! as `prompt_tokens_details`, included). And it reads the chunk's structs
-//! from JSON objects only (serde would also take the array form, `[field1,
-//! field2]`, which no server sends; a `usage` in that form goes to serde).
+//! as `prompt_tokens_details`, included). And it reads structs from JSON
+//! objects only, the response and the chunk themselves included (serde would
+//! also take the array form, `[field1, field2]`, which no server sends; a
+//! `usage` in that form goes to serde).
 //! The tests compare it with serde readers on generated documents.
 
 use std::borrow::Cow;

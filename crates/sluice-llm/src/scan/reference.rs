@@ -137,3 +137,61 @@ pub fn response_by_serde(body: &[u8]) -> Option<Option<Usage>> {
 pub fn response_by_walker(body: &[u8]) -> Option<Option<Usage>> {
     response_usage(body).map(|u| u.and_then(UsageJson::to_usage))
 }
+
+// The one place where the walker and serde read valid JSON differently, by
+// design (the module doc of `scan`): serde's derived readers take a struct
+// written as an array of its fields in order (`[usage]` for a response,
+// `[choices, usage, error]` for a chunk, `[]` for one with no fields); the
+// walker reads structs from objects only and refuses the document. No
+// OpenAI-compatible server sends that form, and refusing costs nothing:
+// a response without a usage is charged what was reserved, and the SSE tap
+// reads only chunks that start with `{`. `usage` itself is not among these
+// structs: the walker hands its array form to serde.
+
+/// Whether a response body is an array: serde reads its usage from the
+/// first element, the walker refuses it.
+pub fn response_as_array(body: &[u8]) -> bool {
+    body.trim_ascii_start().starts_with(b"[")
+}
+
+/// Whether a stream chunk has one of the structs the walker reads (the
+/// chunk itself, a choice, a delta, a tool call, a function) as an array:
+/// serde reads it, the walker refuses the chunk. False if `data` is not
+/// JSON.
+pub fn chunk_struct_as_array(data: &[u8]) -> bool {
+    use serde_json::Value;
+    fn function(v: Option<&Value>) -> bool {
+        v.is_some_and(Value::is_array)
+    }
+    fn delta(v: Option<&Value>) -> bool {
+        match v {
+            Some(Value::Array(_)) => true,
+            Some(Value::Object(d)) => {
+                let calls = match d.get("tool_calls") {
+                    Some(Value::Array(calls)) => calls.as_slice(),
+                    _ => &[],
+                };
+                let call = |c: &Value| match c {
+                    Value::Array(_) => true,
+                    Value::Object(c) => function(c.get("function")),
+                    _ => false,
+                };
+                calls.iter().any(call) || function(d.get("function_call"))
+            }
+            _ => false,
+        }
+    }
+    let choice = |c: &Value| match c {
+        Value::Array(_) => true,
+        Value::Object(c) => delta(c.get("delta")),
+        _ => false,
+    };
+    match serde_json::from_slice::<Value>(data) {
+        Ok(Value::Array(_)) => true,
+        Ok(Value::Object(chunk)) => match chunk.get("choices") {
+            Some(Value::Array(choices)) => choices.iter().any(choice),
+            _ => false,
+        },
+        _ => false,
+    }
+}

@@ -3,7 +3,10 @@
 
 use proptest::prelude::*;
 
-use super::reference::{by_serde, by_walker, response_by_serde, response_by_walker, sorted};
+use super::reference::{
+    by_serde, by_walker, chunk_struct_as_array, response_as_array, response_by_serde,
+    response_by_walker, sorted,
+};
 use super::*;
 use crate::usage::Usage;
 
@@ -81,6 +84,49 @@ fn a_response_usage() {
     assert_eq!(response_by_walker(br#"{"usage":null}"#), Some(None));
     assert_eq!(response_by_walker(br#"{"choices":[]}"#), Some(None));
     assert_eq!(response_by_walker(b"not json"), None);
+}
+
+/// Found by the `usage_json` fuzz target (it failed CI): a body that is an
+/// array, `\n[]`. serde reads a struct from the array of its fields, the
+/// walker refuses it (module doc): no usage, so the request is charged what
+/// was reserved. The oracle expects the refusal.
+#[test]
+fn a_struct_written_as_an_array_is_refused() {
+    let data = b"\n[]";
+    assert_eq!(response_by_serde(data), Some(None));
+    assert_eq!(by_serde(data), Some((None, None, false, false)));
+    assert_eq!(response_by_walker(data), None);
+    assert_eq!(by_walker(data), None);
+    assert!(response_as_array(data) && chunk_struct_as_array(data));
+    crate::fuzzing::usage_json(data);
+    // With a usage as its first element: serde would bill it, the walker
+    // reads none.
+    let data = br#" [{"prompt_tokens":5,"completion_tokens":3}]"#;
+    assert_eq!(response_by_serde(data), Some(Some(Usage { input: 5, output: 3 })));
+    assert_eq!(crate::usage_from_json(data), None);
+    assert!(response_as_array(data));
+    // A choice, a delta, a tool call, a function.
+    for data in [
+        &br#"{"choices":[[]]}"#[..],
+        br#"{"choices":[{"delta":[]}]}"#,
+        br#"{"choices":[{"delta":{"tool_calls":[[]]}}]}"#,
+        br#"{"choices":[{"delta":{"tool_calls":[{"function":["f"]}]}}]}"#,
+        br#"{"ch\u006fices":[{"delta":{"function_call":["f","{}"]}}]}"#,
+    ] {
+        let text = String::from_utf8_lossy(data);
+        assert!(by_serde(data).is_some(), "{text}");
+        assert_eq!(by_walker(data), None, "{text}");
+        assert!(chunk_struct_as_array(data), "{text}");
+        assert!(!response_as_array(data), "{text}");
+    }
+    // `usage` as an array is read as serde reads it, and is not one of them.
+    let data = br#"{"choices":[{"delta":{}}],"usage":[1,2]}"#;
+    assert_eq!(
+        by_walker(data),
+        Some((Some((1, vec![])), Some(Usage { input: 1, output: 2 }), true, false))
+    );
+    assert_eq!(by_walker(data), by_serde(data));
+    assert!(!chunk_struct_as_array(data));
 }
 
 // ------------------------------------------------------ generated documents --
