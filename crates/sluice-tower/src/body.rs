@@ -8,7 +8,7 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::reservation::Reservation;
+use crate::reservation::{Ending, Reservation};
 
 pin_project_lite::pin_project! {
     /// The body of every response of a [`Sluice`](crate::Sluice) service.
@@ -82,10 +82,10 @@ where
                     Some(Ok(_)) => body.is_end_stream(),
                     Some(Err(_)) | None => true,
                 };
-                if ended {
-                    // Dropping the reservation settles it: the body is
-                    // over, before the client has seen its last byte.
-                    drop(reservation.take());
+                if ended && let Some(r) = reservation.take() {
+                    // The body is over: settled before the client has seen
+                    // its last byte.
+                    r.end(Ending::Answered);
                 }
                 Poll::Ready(frame)
             }
