@@ -89,10 +89,18 @@ impl<S: CounterStore + Clone + Unpin, T: TenantStore> Control<S, T> {
     }
 
     /// Serves `runtime`; the one it replaces is freed on a blocking thread
-    /// (after a full rebuild, that is every tenant and key).
+    /// (after a full rebuild, that is every tenant and key). Requests under
+    /// way may still hold it: the thread waits for them, so that it, not a
+    /// request, is the last holder and does the freeing.
     fn serve(&self, runtime: Runtime) {
         let old = self.gateway.swap_runtime(runtime);
-        drop(tokio::task::spawn_blocking(move || drop(old)));
+        drop(tokio::task::spawn_blocking(move || {
+            let mut old = old;
+            while let Err(held) = Arc::try_unwrap(old) {
+                old = held;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }));
     }
 
     /// Reads the tenant store again and serves what it says now. Returns
