@@ -175,7 +175,7 @@ impl TenantList {
     /// Adds a tenant; its index.
     pub(crate) fn push(&mut self, tenant: Tenant) -> usize {
         let index = self.len;
-        if index % CHUNK == 0 {
+        if index.is_multiple_of(CHUNK) {
             self.chunks.push(Arc::new(Vec::with_capacity(CHUNK)));
         }
         if let Some(last) = self.chunks.last_mut() {
