@@ -1,7 +1,14 @@
 //! Keeping what the gateway serves in step with the policy file and the
-//! tenant store: a policy reload (SIGHUP or the admin API) and a watch on the
+//! tenant store: a policy reload (SIGHUP or the admin API), a watch on the
 //! tenant store's version (so a change made through any instance reaches
-//! every instance within one interval).
+//! every instance within one interval), and an admin write applied to this
+//! instance at once.
+//!
+//! A full rebuild (reload, or the watch seeing another instance's change)
+//! reads and builds on a blocking thread and swaps the result in: requests
+//! never wait for it. An admin write changes just its tenant or key
+//! ([`Runtime::put_tenant`] and the like): its cost does not grow with the
+//! number of tenants.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,6 +33,16 @@ pub enum ReloadError {
     /// The tenant store could not be read.
     #[error("{0}")]
     Tenants(#[from] TenantStoreError),
+    /// The rebuild's thread stopped before it finished.
+    #[error("the rebuild stopped: {0}")]
+    Stopped(#[from] tokio::task::JoinError),
+}
+
+/// Runs `f` on a blocking thread.
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, ReloadError> + Send + 'static,
+) -> Result<R, ReloadError> {
+    tokio::task::spawn_blocking(f).await?
 }
 
 /// Resolves a mock upstream's base URL by name.
@@ -71,15 +88,33 @@ impl<S: CounterStore + Clone + Unpin, T: TenantStore> Control<S, T> {
         self.config.load_full()
     }
 
+    /// Serves `runtime`; the one it replaces is freed on a blocking thread
+    /// (after a full rebuild, that is every tenant and key). Requests under
+    /// way may still hold it: the thread waits for them, so that it, not a
+    /// request, is the last holder and does the freeing.
+    fn serve(&self, runtime: Runtime) {
+        let old = self.gateway.swap_runtime(runtime);
+        drop(tokio::task::spawn_blocking(move || {
+            let mut old = old;
+            while let Err(held) = Arc::try_unwrap(old) {
+                old = held;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }));
+    }
+
     /// Reads the tenant store again and serves what it says now. Returns
     /// warnings about stored tenants or keys that do not fit the policy.
     pub async fn refresh_tenants(&self) -> Result<Vec<String>, ReloadError> {
         let _guard = self.reload_lock.lock().await;
         let snap = self.tenants.snapshot().await?;
+        let version = snap.version;
         let config = self.config();
-        let (runtime, warnings) = self.gateway.runtime().with_tenants(&config, &snap)?;
-        self.gateway.replace_runtime(runtime);
-        self.applied.store(snap.version, Ordering::Relaxed);
+        let current = self.gateway.runtime();
+        let (runtime, warnings) =
+            blocking(move || Ok(current.with_tenants(&config, &snap)?)).await?;
+        self.serve(runtime);
+        self.applied.store(version, Ordering::Relaxed);
         for w in &warnings {
             tracing::warn!("{w}");
         }
@@ -91,17 +126,46 @@ impl<S: CounterStore + Clone + Unpin, T: TenantStore> Control<S, T> {
     /// returns the errors.
     pub async fn reload_policy(&self) -> Result<Vec<String>, ReloadError> {
         let _guard = self.reload_lock.lock().await;
-        let config = sluice_config::load(&self.config_path).map_err(ReloadError::Config)?;
         let snap = self.tenants.snapshot().await?;
-        let (runtime, warnings) = Runtime::build(&config, &snap, &*self.mock_urls)?;
+        let version = snap.version;
+        let (path, mock_urls) = (self.config_path.clone(), self.mock_urls.clone());
+        let (config, runtime, warnings) = blocking(move || {
+            let config = sluice_config::load(&path).map_err(ReloadError::Config)?;
+            let (runtime, warnings) = Runtime::build(&config, &snap, &*mock_urls)?;
+            Ok((config, runtime, warnings))
+        })
+        .await?;
         if config.gateway.store != self.config().gateway.store {
             tracing::warn!("the [store] section changed: it takes effect at the next restart");
         }
-        self.gateway.replace_runtime(runtime);
+        self.serve(runtime);
         self.config.store(Arc::new(config));
-        self.applied.store(snap.version, Ordering::Relaxed);
+        self.applied.store(version, Ordering::Relaxed);
         tracing::info!(policy = %self.config_path.display(), "policy reloaded");
         Ok(warnings)
+    }
+
+    /// Serves a change this instance just wrote to the tenant store (which
+    /// made `version`): `change` makes the new runtime from the served one.
+    /// If the store moved by more than this change (another instance wrote
+    /// meanwhile), the watch reads it all again.
+    pub async fn apply(
+        &self,
+        version: u64,
+        change: impl FnOnce(&Runtime) -> (Runtime, Option<String>),
+    ) {
+        let _guard = self.reload_lock.lock().await;
+        let (runtime, warning) = change(&self.gateway.runtime());
+        self.gateway.replace_runtime(runtime);
+        let _ = self.applied.compare_exchange(
+            version.wrapping_sub(1),
+            version,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        if let Some(w) = warning {
+            tracing::warn!("{w}");
+        }
     }
 
     /// Watches the tenant store's version; refreshes when it moves.

@@ -6,10 +6,12 @@
 //! depend on how much of a stored hash an attacker's guess matches. The secret
 //! itself is never stored, logged, or echoed in an error.
 
-use hashbrown::HashMap;
+use std::sync::Arc;
 
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
+
+use crate::served::ShardedMap;
 
 /// A key hash: SHA-256 of the secret.
 pub type KeyHash = [u8; 32];
@@ -47,16 +49,22 @@ pub enum AuthError {
 }
 
 /// Known keys, by hash, to whatever the caller attaches (a tenant index and
-/// key facts).
+/// key facts). A clone shares the table's shards until it changes them.
 #[derive(Debug)]
 pub struct KeyTable<T> {
-    by_prefix: HashMap<u64, Vec<(KeyHash, T)>>,
+    by_prefix: ShardedMap<u64, Vec<(KeyHash, Arc<T>)>>,
     len: usize,
+}
+
+impl<T> Clone for KeyTable<T> {
+    fn clone(&self) -> Self {
+        Self { by_prefix: self.by_prefix.clone(), len: self.len }
+    }
 }
 
 impl<T> Default for KeyTable<T> {
     fn default() -> Self {
-        Self { by_prefix: HashMap::new(), len: 0 }
+        Self { by_prefix: ShardedMap::default(), len: 0 }
     }
 }
 
@@ -69,12 +77,32 @@ fn prefix(h: &KeyHash) -> u64 {
 impl<T> KeyTable<T> {
     /// Adds a key; returns `false` if the hash was already there.
     pub fn insert(&mut self, hash: KeyHash, value: T) -> bool {
-        let bucket = self.by_prefix.entry(prefix(&hash)).or_default();
+        let p = prefix(&hash);
+        let mut bucket = self.by_prefix.get(&p).cloned().unwrap_or_default();
         if bucket.iter().any(|(h, _)| same(h, &hash)) {
             return false;
         }
-        bucket.push((hash, value));
+        bucket.push((hash, Arc::new(value)));
+        self.by_prefix.insert(p, bucket);
         self.len += 1;
+        true
+    }
+
+    /// Removes a key; whether it was there.
+    pub fn remove(&mut self, hash: &KeyHash) -> bool {
+        let p = prefix(hash);
+        let Some(mut bucket) = self.by_prefix.get(&p).cloned() else { return false };
+        let before = bucket.len();
+        bucket.retain(|(h, _)| !same(h, hash));
+        if bucket.len() == before {
+            return false;
+        }
+        if bucket.is_empty() {
+            self.by_prefix.remove(&p);
+        } else {
+            self.by_prefix.insert(p, bucket);
+        }
+        self.len -= 1;
         true
     }
 
@@ -90,7 +118,7 @@ impl<T> KeyTable<T> {
 
     /// Every key and what it leads to.
     pub fn values(&self) -> impl Iterator<Item = &T> {
-        self.by_prefix.values().flatten().map(|(_, v)| v)
+        self.by_prefix.values().flatten().map(|(_, v)| &**v)
     }
 
     /// Looks a presented secret up.
@@ -104,7 +132,7 @@ impl<T> KeyTable<T> {
         let mut found = None;
         for (h, v) in self.by_prefix.get(&prefix(&hash))? {
             if same(h, &hash) {
-                found = Some(v);
+                found = Some(&**v);
             }
         }
         found

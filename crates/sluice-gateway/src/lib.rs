@@ -21,6 +21,7 @@ mod proxy;
 mod request_id;
 pub mod reservation;
 pub mod runtime;
+mod served;
 mod server;
 pub mod upstream;
 pub mod usage;

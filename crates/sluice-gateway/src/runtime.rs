@@ -1,7 +1,8 @@
 //! Everything a request needs to be served, resolved once from a policy file:
 //! the policy, tenants and keys, endpoints by path, and each model's route.
 //! A reload builds a new `Runtime` and swaps it in whole; a request keeps the
-//! one it started with.
+//! one it started with. An admin write makes a new `Runtime` too, sharing
+//! all but what it changed ([`crate::served`]).
 
 use hashbrown::HashMap;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use sluice_llm::{Encoding, EndpointKind};
 use sluice_store::{TenantRecord, TenantSnapshot};
 
 use crate::auth::{KeyTable, parse_hash};
+pub use crate::served::{ShardedMap, TenantList};
 use crate::upstream::{UpstreamClient, UpstreamError};
 
 /// A tenant being served.
@@ -49,7 +51,7 @@ impl Tenant {
 }
 
 /// What a key leads to.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct KeyEntry {
     /// The key's id (never its secret).
     pub id: String,
@@ -125,17 +127,18 @@ pub enum RuntimeError {
 /// Its maps hash with hashbrown's default (foldhash, seeded per process), not
 /// SipHash: every request looks up three of them, and they are built from
 /// the configuration, never from requests, so no client can fill them with
-/// colliding keys.
-#[derive(Debug)]
+/// colliding keys. Tenants and keys are held in shards that a copy shares
+/// ([`crate::served`]): cloning a runtime does not copy them.
+#[derive(Debug, Clone)]
 pub struct Runtime {
     /// The policy.
     pub policy: Policy,
     /// Gateway settings.
     pub settings: GatewayConfig,
     /// Tenants.
-    pub tenants: Vec<Tenant>,
+    pub tenants: TenantList,
     /// Tenant id -> index into `tenants`.
-    pub tenant_index: HashMap<String, usize>,
+    pub tenant_index: ShardedMap<String, usize>,
     /// Keys.
     pub keys: KeyTable<KeyEntry>,
     /// Endpoints by request path.
@@ -190,15 +193,15 @@ impl Runtime {
     ) -> Result<(Self, Vec<String>), RuntimeError> {
         let policy = config.policy.clone();
         let mut warnings = Vec::new();
-        let mut tenants = Vec::new();
+        let mut tenants = TenantList::default();
         let mut keys = KeyTable::default();
-        let mut index_of: HashMap<String, usize> = HashMap::new();
+        let mut index_of: ShardedMap<String, usize> = ShardedMap::default();
         // Tenants of the tenant store replace file tenants of the same id.
         for t in config.tenants.iter().filter(|t| !stored.tenants.contains_key(&t.spec.id)) {
             let facts = policy
                 .tenant(&t.spec)
                 .map_err(|source| RuntimeError::Tenant { tenant: t.spec.id.clone(), source })?;
-            let index = tenants.len();
+            let index = tenants.push(Tenant::new(facts));
             for k in &t.keys {
                 let kf = policy
                     .key(&k.spec)
@@ -218,15 +221,14 @@ impl Runtime {
                         problem: "this key is already given to a tenant",
                     });
                 }
+                tenants.add_key(index, hash);
             }
             index_of.insert(t.spec.id.clone(), index);
-            tenants.push(Tenant::new(facts));
         }
         for (id, record) in &stored.tenants {
             match policy.tenant(&tenant_spec(record)) {
                 Ok(facts) => {
-                    index_of.insert(id.clone(), tenants.len());
-                    tenants.push(Tenant::new(facts));
+                    index_of.insert(id.clone(), tenants.push(Tenant::new(facts)));
                 }
                 Err(e) => warnings.push(format!("tenant `{id}` is not served: {e}")),
             }
@@ -235,7 +237,7 @@ impl Runtime {
             if record.revoked_at.is_some() {
                 continue;
             }
-            let Some(&tenant) = index_of.get(&record.tenant) else {
+            let Some(&tenant) = index_of.get(record.tenant.as_str()) else {
                 warnings.push(format!(
                     "key `{id}` belongs to tenant `{}`, which is not served",
                     record.tenant
@@ -252,7 +254,9 @@ impl Runtime {
                 continue;
             };
             let expires = record.expires_at.as_deref().and_then(Instant::parse);
-            if !keys.insert(hash, KeyEntry { id: record.id.clone(), tenant, facts, expires }) {
+            if keys.insert(hash, KeyEntry { id: record.id.clone(), tenant, facts, expires }) {
+                tenants.add_key(tenant, hash);
+            } else {
                 warnings.push(format!("key `{id}`: its secret is already another key's"));
             }
         }

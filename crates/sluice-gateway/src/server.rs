@@ -119,6 +119,12 @@ impl<S: CounterStore + Clone + Unpin> Gateway<S> {
         self.runtime.store(Arc::new(runtime));
     }
 
+    /// Serves `runtime` from now on; the one served until now, for the
+    /// caller to drop where its freeing holds up no request.
+    pub fn swap_runtime(&self, runtime: Runtime) -> Arc<Runtime> {
+        self.runtime.swap(Arc::new(runtime))
+    }
+
     /// Handles one request.
     pub async fn handle(self: &Arc<Self>, req: Request<RequestBody>) -> Response<ResponseBody> {
         let request_id = self.ids.next();

@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, TableDefinition};
 use sluice_core::{CounterKey, CounterState, GroupKey};
 
 use super::{
@@ -19,6 +19,12 @@ use super::{
 const TENANTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tenants");
 const KEYS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("keys");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// Tenant id -> its key ids: the index that makes a tenant's keys a point
+/// lookup (built at open from the keys when an older file lacks it).
+const TENANT_KEYS: MultimapTableDefinition<'_, &str, &str> =
+    MultimapTableDefinition::new("tenant_keys");
+/// Set in META once TENANT_KEYS holds every key.
+const INDEXED: &str = "tenant_keys_indexed";
 const COUNTERS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("counters");
 
 fn err(e: impl std::fmt::Display) -> TenantStoreError {
@@ -79,9 +85,54 @@ impl FileTenants {
             tx.open_table(KEYS).map_err(err)?;
             tx.open_table(META).map_err(err)?;
             tx.open_table(COUNTERS).map_err(err)?;
+            let mut index = tx.open_multimap_table(TENANT_KEYS).map_err(err)?;
+            let mut meta = tx.open_table(META).map_err(err)?;
+            if meta.get(INDEXED).map_err(err)?.is_none() {
+                for row in tx.open_table(KEYS).map_err(err)?.iter().map_err(err)? {
+                    let (k, v) = row.map_err(err)?;
+                    let rec: KeyRecord = from_json(v.value())?;
+                    index.insert(rec.tenant.as_str(), k.value()).map_err(err)?;
+                }
+                meta.insert(INDEXED, 1).map_err(err)?;
+            }
         }
         tx.commit().map_err(err)?;
         Ok(Self { db: Arc::new(db) })
+    }
+
+    /// Runs `f` on a blocking thread: redb reads and writes (and a commit's
+    /// fsync) never hold up the async workers that serve requests.
+    async fn blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Self) -> Result<R, TenantStoreError> + Send + 'static,
+    ) -> Result<R, TenantStoreError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this)).await.map_err(err)?
+    }
+
+    fn get<T: for<'de> serde::Deserialize<'de>>(
+        &self,
+        table: TableDefinition<'_, &str, &[u8]>,
+        id: &str,
+    ) -> Result<Option<T>, TenantStoreError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(table).map_err(err)?;
+        let v = t.get(id).map_err(err)?;
+        v.map(|v| from_json(v.value())).transpose()
+    }
+
+    fn keys_of_now(&self, tenant: &str) -> Result<Vec<KeyRecord>, TenantStoreError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let index = tx.open_multimap_table(TENANT_KEYS).map_err(err)?;
+        let keys = tx.open_table(KEYS).map_err(err)?;
+        let mut out = Vec::new();
+        for id in index.get(tenant).map_err(err)? {
+            let id = id.map_err(err)?;
+            if let Some(v) = keys.get(id.value()).map_err(err)? {
+                out.push(from_json(v.value())?);
+            }
+        }
+        Ok(out)
     }
 
     /// The database, for the other tables of the file (the usage history).
@@ -89,18 +140,21 @@ impl FileTenants {
         &self.db
     }
 
+    /// One change: `f`, then the version bumped; the new version.
     fn write(
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(), TenantStoreError>,
-    ) -> Result<(), TenantStoreError> {
+    ) -> Result<u64, TenantStoreError> {
         let tx = self.db.begin_write().map_err(err)?;
         f(&tx)?;
-        {
+        let v = {
             let mut meta = tx.open_table(META).map_err(err)?;
-            let v = meta.get("version").map_err(err)?.map_or(0, |g| g.value());
-            meta.insert("version", v + 1).map_err(err)?;
-        }
-        tx.commit().map_err(err)
+            let v = meta.get("version").map_err(err)?.map_or(0, |g| g.value()) + 1;
+            meta.insert("version", v).map_err(err)?;
+            v
+        };
+        tx.commit().map_err(err)?;
+        Ok(v)
     }
 
     fn snapshot_now(&self) -> Result<TenantSnapshot, TenantStoreError> {
@@ -203,56 +257,88 @@ fn decode_state(b: &[u8]) -> Option<CounterState> {
 
 impl TenantStore for FileTenants {
     async fn snapshot(&self) -> Result<TenantSnapshot, TenantStoreError> {
-        self.snapshot_now()
+        self.blocking(Self::snapshot_now).await
     }
 
     async fn version(&self) -> Result<u64, TenantStoreError> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let v = tx.open_table(META).map_err(err)?.get("version").map_err(err)?;
-        Ok(v.map_or(0, |g| g.value()))
+        self.blocking(|this| {
+            let tx = this.db.begin_read().map_err(err)?;
+            let v = tx.open_table(META).map_err(err)?.get("version").map_err(err)?;
+            Ok(v.map_or(0, |g| g.value()))
+        })
+        .await
     }
 
-    async fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), TenantStoreError> {
+    async fn tenant(&self, id: &str) -> Result<Option<TenantRecord>, TenantStoreError> {
+        let id = id.to_owned();
+        self.blocking(move |this| this.get(TENANTS, &id)).await
+    }
+
+    async fn key(&self, id: &str) -> Result<Option<KeyRecord>, TenantStoreError> {
+        let id = id.to_owned();
+        self.blocking(move |this| this.get(KEYS, &id)).await
+    }
+
+    async fn keys_of(&self, tenant: &str) -> Result<Vec<KeyRecord>, TenantStoreError> {
+        let tenant = tenant.to_owned();
+        self.blocking(move |this| this.keys_of_now(&tenant)).await
+    }
+
+    async fn put_tenant(&self, tenant: &TenantRecord) -> Result<u64, TenantStoreError> {
         let json = to_json(tenant)?;
-        self.write(|tx| {
-            tx.open_table(TENANTS)
-                .map_err(err)?
-                .insert(tenant.id.as_str(), json.as_slice())
-                .map_err(err)?;
-            Ok(())
+        let id = tenant.id.clone();
+        self.blocking(move |this| {
+            this.write(|tx| {
+                tx.open_table(TENANTS)
+                    .map_err(err)?
+                    .insert(id.as_str(), json.as_slice())
+                    .map_err(err)?;
+                Ok(())
+            })
         })
+        .await
     }
 
-    async fn delete_tenant(&self, id: &str) -> Result<bool, TenantStoreError> {
-        let mut existed = false;
-        self.write(|tx| {
-            existed = tx.open_table(TENANTS).map_err(err)?.remove(id).map_err(err)?.is_some();
-            let mut keys = tx.open_table(KEYS).map_err(err)?;
-            let mut doomed = Vec::new();
-            for row in keys.iter().map_err(err)? {
-                let (k, v) = row.map_err(err)?;
-                let rec: KeyRecord = from_json(v.value())?;
-                if rec.tenant == id {
-                    doomed.push(k.value().to_owned());
+    async fn delete_tenant(&self, id: &str) -> Result<(bool, u64), TenantStoreError> {
+        let id = id.to_owned();
+        self.blocking(move |this| {
+            let mut existed = false;
+            let version = this.write(|tx| {
+                existed = tx
+                    .open_table(TENANTS)
+                    .map_err(err)?
+                    .remove(id.as_str())
+                    .map_err(err)?
+                    .is_some();
+                let mut keys = tx.open_table(KEYS).map_err(err)?;
+                let mut index = tx.open_multimap_table(TENANT_KEYS).map_err(err)?;
+                for key in index.remove_all(id.as_str()).map_err(err)? {
+                    keys.remove(key.map_err(err)?.value()).map_err(err)?;
                 }
-            }
-            for k in doomed {
-                keys.remove(k.as_str()).map_err(err)?;
-            }
-            Ok(())
-        })?;
-        Ok(existed)
+                Ok(())
+            })?;
+            Ok((existed, version))
+        })
+        .await
     }
 
-    async fn put_key(&self, key: &KeyRecord) -> Result<(), TenantStoreError> {
+    async fn put_key(&self, key: &KeyRecord) -> Result<u64, TenantStoreError> {
         let json = to_json(key)?;
-        self.write(|tx| {
-            tx.open_table(KEYS)
-                .map_err(err)?
-                .insert(key.id.as_str(), json.as_slice())
-                .map_err(err)?;
-            Ok(())
+        let (id, tenant) = (key.id.clone(), key.tenant.clone());
+        self.blocking(move |this| {
+            this.write(|tx| {
+                let mut keys = tx.open_table(KEYS).map_err(err)?;
+                let mut index = tx.open_multimap_table(TENANT_KEYS).map_err(err)?;
+                let before = keys.insert(id.as_str(), json.as_slice()).map_err(err)?;
+                if let Some(before) = before {
+                    let before: KeyRecord = from_json(before.value())?;
+                    index.remove(before.tenant.as_str(), id.as_str()).map_err(err)?;
+                }
+                index.insert(tenant.as_str(), id.as_str()).map_err(err)?;
+                Ok(())
+            })
         })
+        .await
     }
 }
 
@@ -319,7 +405,13 @@ mod tests {
             CounterKey { group: GroupKey { hi: 1, lo: 2 }, counter: 3 },
             CounterState::Calendar { end: 99, used: 7 }
         )));
-        assert!(rt.block_on(f.delete_tenant("acme")).unwrap());
+        let keys = rt.block_on(f.keys_of("acme")).unwrap();
+        assert_eq!(keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), ["k1"]);
+        assert_eq!(rt.block_on(f.key("k1")).unwrap().map(|k| k.tenant), Some("acme".into()));
+        assert!(rt.block_on(f.tenant("acme")).unwrap().is_some());
+        assert!(rt.block_on(f.keys_of("other")).unwrap().is_empty());
+        assert_eq!(rt.block_on(f.delete_tenant("acme")).unwrap(), (true, 3));
+        assert!(rt.block_on(f.key("k1")).unwrap().is_none(), "a tenant's keys go with it");
         let snap = rt.block_on(f.snapshot()).unwrap();
         assert!(snap.tenants.is_empty() && snap.keys.is_empty());
         let _ = std::fs::remove_dir_all(&dir);

@@ -8,6 +8,11 @@
 //! the records again and rebuild what they serve, so a revoked key stops
 //! working everywhere within one watch interval. Secrets are never stored:
 //! a key is its SHA-256 hash.
+//!
+//! Every write returns the version it made, and every read the admin API
+//! makes on a write is a point lookup (a tenant, a key, a tenant's keys
+//! through an index): a write costs the same with ten tenants or a million,
+//! and the instance that made it applies just that change to what it serves.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -129,21 +134,42 @@ pub trait TenantStore: Send + Sync + 'static {
     /// The current version (cheap: instances poll it).
     fn version(&self) -> impl Future<Output = Result<u64, TenantStoreError>> + Send;
 
-    /// Creates or replaces a tenant.
+    /// One tenant.
+    fn tenant(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<TenantRecord>, TenantStoreError>> + Send;
+
+    /// One key.
+    fn key(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<KeyRecord>, TenantStoreError>> + Send;
+
+    /// A tenant's keys (revoked ones too), by id.
+    fn keys_of(
+        &self,
+        tenant: &str,
+    ) -> impl Future<Output = Result<Vec<KeyRecord>, TenantStoreError>> + Send;
+
+    /// Creates or replaces a tenant; the version this change made.
     fn put_tenant(
         &self,
         tenant: &TenantRecord,
-    ) -> impl Future<Output = Result<(), TenantStoreError>> + Send;
+    ) -> impl Future<Output = Result<u64, TenantStoreError>> + Send;
 
-    /// Deletes a tenant and its keys; whether it existed.
+    /// Deletes a tenant and its keys: whether it existed, and the version
+    /// this change made.
     fn delete_tenant(
         &self,
         id: &str,
-    ) -> impl Future<Output = Result<bool, TenantStoreError>> + Send;
+    ) -> impl Future<Output = Result<(bool, u64), TenantStoreError>> + Send;
 
-    /// Creates or replaces a key.
-    fn put_key(&self, key: &KeyRecord)
-    -> impl Future<Output = Result<(), TenantStoreError>> + Send;
+    /// Creates or replaces a key; the version this change made.
+    fn put_key(
+        &self,
+        key: &KeyRecord,
+    ) -> impl Future<Output = Result<u64, TenantStoreError>> + Send;
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, TenantStoreError> {
