@@ -26,6 +26,7 @@ mod error;
 pub mod gateway;
 pub mod history;
 pub mod listener;
+pub mod observe;
 pub mod raw;
 pub mod report;
 mod validate;

@@ -17,6 +17,7 @@ pub mod background;
 pub mod body;
 pub mod edge;
 mod hop;
+pub mod metrics;
 mod proxy;
 mod request_id;
 pub mod reservation;

@@ -21,7 +21,7 @@ use sluice_llm::{RewriteOptions, expected_output, force_include_usage};
 use crate::auth::AuthError;
 use crate::body::{JsonFrames, Metered, ResponseBody, Tap, full};
 use crate::hop;
-use crate::reservation::{Ending, FailureCost, Reservation, UsageNote};
+use crate::reservation::{Ending, FailureCost, Meter, Reservation, UsageNote};
 use crate::runtime::{Endpoint, KeyEntry, Route, Runtime, Tenant};
 use crate::server::Gateway;
 use crate::upstream::SendError;
@@ -152,13 +152,26 @@ async fn read_body(mut body: RequestBody, limit: usize) -> Result<Bytes, ApiErro
     })
 }
 
+/// What a request came to, as far as the gateway's metrics and access log
+/// go: filled in as it is learnt.
+#[derive(Debug, Default)]
+pub(crate) struct Trace<'r> {
+    /// The tenant (its key was accepted).
+    pub(crate) tenant: Option<&'r Tenant>,
+    /// Its tier.
+    pub(crate) tier: Option<sluice_core::TierId>,
+    /// The model, as the policy names it.
+    pub(crate) model: Option<sluice_core::ModelId>,
+}
+
 /// A proxied request, from the moment its endpoint is known.
-pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
+pub(crate) async fn proxy<'r, S: CounterStore + Clone + Unpin>(
     gw: &Arc<Gateway<S>>,
-    rt: &Runtime,
+    rt: &'r Runtime,
     endpoint: &Endpoint,
     req: Request<RequestBody>,
     request_id: &HeaderValue,
+    trace: &mut Trace<'r>,
 ) -> Response<ResponseBody> {
     if req.method() != Method::POST {
         let mut r = error_response(&ApiError::unknown_url(req.method().as_str(), req.uri().path()));
@@ -175,6 +188,8 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
         }
     };
     let tenant = &rt.tenants[key.tenant];
+    trace.tenant = Some(tenant);
+    trace.tier = Some(tenant.facts.tier());
     let opts = HeaderOptions { no_retry_after: rt.settings.no_retry_after };
     let (mut parts, body) = req.into_parts();
 
@@ -216,6 +231,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     };
     // The model as the policy names it (the route was found: it has one).
     let model_info = model.id.and_then(|m| rt.policy.model_info(m));
+    trace.model = model.id;
     let stream = facts.stream && kind.streams_usage();
     let client_asked_usage = facts.include_usage;
 
@@ -289,7 +305,12 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
         plan.slots_until = sluice_core::Instant(until.min(plan.lease_until.0));
     }
     // (The store logs its failures, once per interval.)
-    let Ok(decision) = gw.store.admit(&plan).await else {
+    let asked = std::time::Instant::now();
+    let admitted = gw.store.admit(&plan).await;
+    if let Some(m) = &rt.meters {
+        m.admission(asked.elapsed().as_secs_f64());
+    }
+    let Ok(decision) = admitted else {
         return error_response(&ApiError::store_unavailable());
     };
     if !decision.is_admitted() {
@@ -305,6 +326,9 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     }
     if let (Some(sink), Some(m)) = (gw.event_sink(), model_info) {
         reservation.noting(UsageNote::new(sink, &tenant.facts, m));
+    }
+    if let (Some(meters), Some(m)) = (&rt.meters, model.id) {
+        reservation.metered(Meter::new(meters, &tenant.facts, m));
     }
 
     // Forward.
@@ -338,7 +362,12 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(HeaderName::from_static("x-request-id"), request_id.clone());
 
-    let response = match upstream.send(up).await {
+    reservation.upstream_sent();
+    let sent = upstream.send(up).await;
+    if sent.is_ok() {
+        reservation.upstream_head();
+    }
+    let response = match sent {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
@@ -406,9 +435,14 @@ fn refusal<S: CounterStore>(
     if let Outcome::Limited { retry_at, .. } = decision.outcome {
         tenant.note_refusal(retry_at);
     }
-    if let Some(limit) = decision.denied_by().and_then(|s| rt.policy.limit(s.limit)) {
+    if let Some(denied) = decision.denied_by()
+        && let Some(limit) = rt.policy.limit(denied.limit)
+    {
         let step = Step::Refused { limit: &limit.name };
         gw.record(&event(tenant, model_info, step));
+        if let Some(m) = &rt.meters {
+            m.denial(denied.limit, tenant.facts.shared_id());
+        }
     }
     let err = ApiError::rate_limited(decision, &rt.policy, model, tenant.facts.id(), now)
         .unwrap_or_else(ApiError::insufficient_quota);

@@ -271,11 +271,13 @@ where
 
     let budget = sluice_gateway::BodyBudget::new(config.gateway.body_memory_bytes);
     let grace = config.gateway.shutdown_grace;
+    let metrics = gateway.metrics().clone();
     let opts = |name, limits| sluice_gateway::ListenerOptions {
         name,
         limits,
         budget: budget.clone(),
         grace,
+        meters: Some(metrics.listener(name)),
     };
     warn_if_caps_exceed_file_limit(&config);
     let mut tasks = Vec::new();
@@ -308,6 +310,30 @@ where
             stopped(),
             opts("admin", admin.limits),
         )));
+    }
+
+    if let Some(m) = &config.gateway.metrics.listener {
+        let token = std::env::var(&m.token_env).map_err(|_| {
+            anyhow::anyhow!(
+                "the metrics listener needs a token: set the environment variable `{}` (or remove [metrics] listen)",
+                m.token_env
+            )
+        })?;
+        anyhow::ensure!(
+            token.len() >= 16,
+            "the metrics token in `{}` is too short (16 characters at least)",
+            m.token_env
+        );
+        let metrics_listener = tokio::net::TcpListener::bind(m.listen)
+            .await
+            .with_context(|| format!("metrics listening on {}", m.listen))?;
+        println!("sluice metrics on http://{}/metrics", metrics_listener.local_addr()?);
+        let gw = gateway.clone();
+        let opts = opts("metrics", m.limits);
+        let stop = stopped();
+        tasks.push(tokio::spawn(async move {
+            sluice_gateway::metrics::serve_metrics(metrics_listener, gw, &token, stop, opts).await
+        }));
     }
 
     // --- decision service (sluice-rls): Envoy RLS v3 and JSON check/settle ---
