@@ -12,6 +12,7 @@
 //! the response ends.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod auth;
 pub mod background;
 pub mod body;

@@ -34,6 +34,7 @@ use sluice_core::{
     CounterStore, EventSink, ModelId, RequestEvent, ReservationId, Step, TenantFacts, Usage,
 };
 
+use crate::access_log::{AccessRecord, ms};
 use crate::metrics::Meters;
 
 /// How a request ended, as far as its charge goes (see the module's table).
@@ -59,6 +60,19 @@ pub enum Ending {
     NotForwarded,
     /// Nothing better is known: what was reserved stands.
     Unknown,
+}
+
+impl Ending {
+    /// Its name in the access log.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Complete { .. } => "complete",
+            Self::StreamWithoutUsage { .. } => "stream_without_usage",
+            Self::UpstreamFailed { .. } => "upstream_failed",
+            Self::NotForwarded => "not_forwarded",
+            Self::Unknown => "unknown",
+        }
+    }
 }
 
 /// What an upstream failure costs: `server.upstream_failure`, and the
@@ -164,14 +178,25 @@ impl<S: CounterStore + Clone> Reservation<S> {
         }
     }
 
-    /// The upstream's response head came (time since
+    /// The upstream's response head came, with `status` (time since
     /// [`Reservation::upstream_sent`]).
-    pub fn upstream_head(&mut self) -> Option<Duration> {
-        let m = self.meter.as_mut()?;
-        let took = m.sent?.elapsed();
+    pub fn upstream_head(&mut self, status: StatusCode) {
+        let Some(m) = self.meter.as_mut() else { return };
+        if let Some(r) = &mut m.access {
+            r.status = status.as_u16();
+            r.upstream_status = Some(status.as_u16());
+        }
+        let Some(sent) = m.sent else { return };
+        let took = sent.elapsed();
         m.meters.upstream_head(m.model, took.as_secs_f64());
         m.head = Some(took);
-        Some(took)
+    }
+
+    /// The client was answered `status` by the gateway itself.
+    pub fn answered(&mut self, status: StatusCode) {
+        if let Some(r) = self.meter.as_mut().and_then(|m| m.access.as_mut()) {
+            r.status = status.as_u16();
+        }
     }
 
     /// A frame of the response body came: the first is timed.
@@ -249,7 +274,7 @@ impl<S: CounterStore + Clone> Reservation<S> {
                 Ending::Complete { reported: Some(u) } => Some(u.input),
                 _ => None,
             };
-            m.settled(usage, reported, self.input_estimate);
+            m.settled(usage, reported, self.input_estimate, ending.name());
         }
     }
 }
@@ -269,7 +294,7 @@ impl<S: CounterStore> Drop for Reservation<S> {
             note.settled(self.reserved);
         }
         if let Some(m) = self.meter.take() {
-            m.settled(self.reserved, None, self.input_estimate);
+            m.settled(self.reserved, None, self.input_estimate, "cut");
         }
     }
 }
@@ -283,6 +308,9 @@ pub struct Meter {
     sent: Option<std::time::Instant>,
     head: Option<Duration>,
     first_byte: Option<Duration>,
+    /// Its access-log line, written at settlement, and when it arrived.
+    access: Option<Box<AccessRecord>>,
+    arrived: Option<std::time::Instant>,
 }
 
 impl Meter {
@@ -295,13 +323,36 @@ impl Meter {
             sent: None,
             head: None,
             first_byte: None,
+            access: None,
+            arrived: None,
         }
     }
 
-    fn settled(self, usage: Usage, reported_input: Option<u64>, estimated_input: u64) {
+    /// Writes `record` to the access log when the request settles.
+    pub fn log(&mut self, record: Box<AccessRecord>, arrived: std::time::Instant) {
+        self.access = Some(record);
+        self.arrived = Some(arrived);
+    }
+
+    fn settled(
+        self,
+        usage: Usage,
+        reported_input: Option<u64>,
+        estimated_input: u64,
+        ending: &'static str,
+    ) {
         self.meters.settled(self.model, &self.tenant, usage.input_tokens, usage.output_tokens);
         if let Some(reported) = reported_input {
             self.meters.estimate(self.model, estimated_input, reported);
+        }
+        if let (Some(mut r), Some(log)) = (self.access, self.meters.metrics().access_log()) {
+            r.settled_input_tokens = Some(usage.input_tokens);
+            r.settled_output_tokens = Some(usage.output_tokens);
+            r.ending = ending;
+            r.duration_ms = self.arrived.map_or(0.0, |a| ms(a.elapsed()));
+            r.upstream_ms = self.head.map(ms);
+            r.first_byte_ms = self.first_byte.map(ms);
+            log.write(&r);
         }
     }
 }

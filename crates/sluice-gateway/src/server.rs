@@ -146,14 +146,24 @@ impl<S: CounterStore + Clone + Unpin> Gateway<S> {
         let rt = self.runtime();
         let path = req.uri().path();
         let mut resp = if let Some(endpoint) = rt.endpoints.get(path) {
-            let mut trace = Trace::default();
+            let mut trace = Trace::new(self.metrics.access_log().is_some());
             let resp = proxy(self, &rt, endpoint, req, &request_id, &mut trace).await;
+            let status = resp.status().as_u16();
             if let Some(m) = &rt.meters {
-                let status = resp.status().as_u16();
                 m.request(endpoint.id, trace.model, trace.tier, status);
                 if let Some(t) = trace.tenant {
                     m.tenant_request(t.facts.shared_id(), trace.model, status);
                 }
+            }
+            // An admitted request's line is written when it settles.
+            if let Some(log) = self.metrics.access_log()
+                && !trace.handed_off
+            {
+                let mut record = trace.record(&rt, endpoint, &request_id);
+                record.status = status;
+                record.ending = if trace.denied.is_some() { "refused" } else { "rejected" };
+                record.duration_ms = crate::access_log::ms(trace.arrived.elapsed());
+                log.write(&record);
             }
             resp
         } else {

@@ -221,6 +221,7 @@ where
         tracing::warn!("{w}");
     }
     let gateway = Gateway::new(runtime, store, Arc::new(SystemClock));
+    open_access_log(&config_path, &config, &gateway)?;
     let history = history.map(Arc::new);
     if let Some(h) = &history {
         gateway.set_history(h.history.clone());
@@ -434,6 +435,16 @@ where
     if let Some(b) = board {
         b.abort();
     }
+    if gateway.metrics().access_log().is_some() {
+        let gw = gateway.clone();
+        let flushed = tokio::task::spawn_blocking(move || {
+            gw.metrics().access_log().is_none_or(|l| l.flush(SETTLE_AT_EXIT))
+        })
+        .await;
+        if !matches!(flushed, Ok(true)) {
+            tracing::warn!("the access log's last lines were not written before exit");
+        }
+    }
     if let Some(h) = &history {
         // Bounded: a stalled store must not hold the exit.
         if tokio::time::timeout(SETTLE_AT_EXIT, h.finish()).await.is_err() {
@@ -445,6 +456,33 @@ where
         p.save().await;
         tracing::info!("counters saved to the data file");
     }
+    Ok(())
+}
+
+/// Opens `[access_log]`: stdout, or a file (relative to the policy file's
+/// folder) created 0600 and appended to.
+fn open_access_log<S: CounterStore + Clone + Unpin>(
+    config_path: &Path,
+    config: &Config,
+    gateway: &Gateway<S>,
+) -> anyhow::Result<()> {
+    use sluice_config::observe::AccessLogTo;
+    use sluice_gateway::access_log::AccessLog;
+    let a = &config.gateway.access_log;
+    let dropped = gateway.metrics().access_log_dropped().clone();
+    let log = match &a.to {
+        AccessLogTo::Off => return Ok(()),
+        AccessLogTo::Stdout => AccessLog::stdout(a.queue, dropped)?,
+        AccessLogTo::File(p) => {
+            let dir = config_path.parent().unwrap_or(Path::new("."));
+            let path = if p.is_absolute() { p.clone() } else { dir.join(p) };
+            let log = AccessLog::file(&path, a.queue, dropped)
+                .with_context(|| format!("opening the access log {}", path.display()))?;
+            tracing::info!(path = %path.display(), "access log");
+            log
+        }
+    };
+    gateway.metrics().set_access_log(log);
     Ok(())
 }
 

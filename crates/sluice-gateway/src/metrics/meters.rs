@@ -105,6 +105,16 @@ impl Meters {
         }
     }
 
+    /// The name of a limit.
+    pub fn limit_name(&self, limit: LimitId) -> Option<&Arc<str>> {
+        self.limits.get(limit.index())
+    }
+
+    /// The name of an endpoint.
+    pub fn endpoint_name(&self, endpoint: EndpointId) -> Option<&Arc<str>> {
+        self.endpoints.get(endpoint.index())
+    }
+
     /// The metrics these slots count into.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics

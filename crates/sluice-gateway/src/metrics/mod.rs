@@ -195,6 +195,7 @@ pub struct Metrics {
     in_flight: Family<ListenerLabels, Gauge>,
     access_dropped: Counter,
     pub(crate) per_tenant: Option<PerTenant>,
+    access_log: std::sync::OnceLock<crate::access_log::AccessLog>,
 }
 
 impl Default for Metrics {
@@ -317,12 +318,25 @@ impl Metrics {
             in_flight,
             access_dropped,
             per_tenant,
+            access_log: std::sync::OnceLock::new(),
         }
     }
 
     /// The registry (the decision service registers its own metrics here).
     pub fn registry(&self) -> &SharedRegistry {
         &self.registry
+    }
+
+    /// Writes an access-log line for every request from now on (once;
+    /// later calls are ignored).
+    pub fn set_access_log(&self, log: crate::access_log::AccessLog) {
+        let _ = self.access_log.set(log);
+    }
+
+    /// The access log, if there is one.
+    #[inline]
+    pub fn access_log(&self) -> Option<&crate::access_log::AccessLog> {
+        self.access_log.get()
     }
 
     /// The counter of access-log lines dropped.
