@@ -211,10 +211,18 @@ async fn counters_are_exact_after_a_known_sequence_and_pass_promtool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_are_labels_only_when_asked() {
     let mock = mock().await;
-    let text = policy(&mock).replace("[metrics]\n", "[metrics]\nper_tenant = true\n");
+    // With the decision service too: its metrics join the same registry.
+    let text = policy(&mock).replace(
+        "[metrics]\n",
+        "[decisions]\nhttp_listen = \"127.0.0.1:0\"\n\n[metrics]\nper_tenant = true\n",
+    );
     let mut s = Sluice::start(&text, &env());
     let scrape_url = s.line("sluice metrics on ").unwrap();
+    let decisions = s.line("sluice decisions http on ").unwrap();
     let c = client();
+    let check = json!({"tenant": "acme", "model": "m2", "input_tokens": 3, "output_tokens": 2});
+    let r = c.post(format!("{decisions}/v1/decisions/check")).json(&check).send().await.unwrap();
+    assert_eq!(r.status(), 200);
     let chat_url = format!("{}/v1/chat/completions", s.url);
     let tokens = [("x-mock-prompt-tokens", "11"), ("x-mock-completion-tokens", "5")];
     for _ in 0..4 {
@@ -238,6 +246,41 @@ async fn tenants_are_labels_only_when_asked() {
         assert_eq!(value(&text, series), Some(*v), "{series}\n{text}");
     }
     promtool(&text).unwrap_or_else(|e| panic!("promtool check metrics:\n{e}\n\n{text}"));
+    assert!(text.contains("# TYPE sluice_decisions_total counter"), "{text}");
+
+    // Every metric the example Grafana dashboard queries is in the scrape.
+    let names: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| match l.strip_prefix("# TYPE ") {
+            Some(t) => t.split(' ').next(),
+            None if !l.starts_with('#') => l.split(['{', ' ']).next(),
+            None => None,
+        })
+        .collect();
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/grafana/sluice.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut used = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(i) = rest.find("sluice_") {
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[i + name.len()..];
+                used.push(name);
+            }
+        }
+    }
+    assert!(used.len() >= 15, "{used:?}");
+    let missing: Vec<_> = used.iter().filter(|n| !names.contains(n.as_str())).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics that are not served: {missing:?}\n{text}"
+    );
 }
 
 #[test]
