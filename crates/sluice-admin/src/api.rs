@@ -218,6 +218,7 @@ where
         .route("/admin/v1/tenants/{id}/usage/reset", post(reset_usage::<S, T>))
         .route("/admin/v1/policy", get(get_policy::<S, T>))
         .route("/admin/v1/policy/reload", post(reload_policy::<S, T>))
+        .route("/metrics", get(metrics::<S, T>))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token::<S, T>))
         .with_state(state.clone());
     let mut all = Router::new().route("/admin/v1/openapi.json", get(openapi)).merge(api);
@@ -721,6 +722,16 @@ async fn get_policy<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
             "report": sluice_config::report::effective_limits(&config),
         }),
     )
+}
+
+/// `GET /metrics`: the Prometheus metrics of the gateway and the decision
+/// service (docs/OBSERVABILITY.md#metrics), behind the admin token.
+async fn metrics<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
+    State(st): State<Arc<AdminState<S, T>>>,
+    headers: HeaderMap,
+) -> Response {
+    let (text, format) = st.control.gateway.metrics_text(headers.get(axum::http::header::ACCEPT));
+    ([(axum::http::header::CONTENT_TYPE, format)], text).into_response()
 }
 
 async fn reload_policy<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(

@@ -207,6 +207,10 @@ pub struct GatewayConfig {
     pub body_memory_bytes: usize,
     /// The usage history (`[history]`).
     pub history: crate::history::HistoryConfig,
+    /// Prometheus metrics (`[metrics]`).
+    pub metrics: crate::observe::MetricsConfig,
+    /// The access log (`[access_log]`).
+    pub access_log: crate::observe::AccessLogConfig,
 }
 
 /// `[admin]`, validated.
@@ -243,6 +247,8 @@ impl Default for GatewayConfig {
             limits: ListenerLimits::SERVER,
             body_memory_bytes: DEFAULT_BODY_MEMORY_BYTES,
             history: crate::history::HistoryConfig::default(),
+            metrics: crate::observe::MetricsConfig::default(),
+            access_log: crate::observe::AccessLogConfig::default(),
         }
     }
 }
@@ -406,6 +412,8 @@ pub(crate) fn gateway(raw: &RawFile, problems: &mut Problems) -> GatewayConfig {
     let mut g = GatewayConfig {
         store: store(raw, problems),
         history: crate::history::history(raw, problems),
+        metrics: crate::observe::metrics(raw, problems),
+        access_log: crate::observe::access_log(raw, problems),
         ..GatewayConfig::default()
     };
     if let Some(a) = &raw.admin {

@@ -31,6 +31,7 @@ pub mod fuzzing;
 pub mod gateway;
 pub mod history;
 pub mod listener;
+pub mod observe;
 pub mod raw;
 pub mod report;
 mod validate;

@@ -51,6 +51,10 @@ pub struct RawFile {
     pub data: Option<Spanned<RawData>>,
     /// `[history]`: the usage history.
     pub history: Option<Spanned<crate::history::RawHistory>>,
+    /// `[metrics]`: Prometheus metrics.
+    pub metrics: Option<Spanned<crate::observe::RawMetrics>>,
+    /// `[access_log]`: one JSON line per request.
+    pub access_log: Option<Spanned<crate::observe::RawAccessLog>>,
 }
 
 /// `[admin]`
@@ -418,4 +422,4 @@ macro_rules! raw_limits {
         }
     )*};
 }
-raw_limits!(RawServer, RawAdmin, crate::decisions::RawDecisions);
+raw_limits!(RawServer, RawAdmin, crate::decisions::RawDecisions, crate::observe::RawMetrics);

@@ -68,6 +68,12 @@ pub trait CounterStore: Send + Sync + 'static {
         0
     }
 
+    /// Whether the store is failing now (a shared store that stopped
+    /// answering, until it recovers). Stores in this process never are.
+    fn degraded(&self) -> bool {
+        false
+    }
+
     /// Waits until every settlement accepted so far has landed, or `within`
     /// has passed (shutdown); how many are still pending.
     fn flush(&self, within: std::time::Duration) -> impl Future<Output = usize> + Send {

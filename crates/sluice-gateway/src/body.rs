@@ -245,6 +245,9 @@ impl<S: CounterStore + Clone + Unpin> Body for Metered<S> {
                         Ok(data) => data,
                         Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
                     };
+                    if let Some(r) = &mut this.reservation {
+                        r.first_byte();
+                    }
                     // A body with a length is over with its last frame: hyper
                     // may never poll for the end, so settle now.
                     let last = this.inner.as_ref().is_none_or(Body::is_end_stream);

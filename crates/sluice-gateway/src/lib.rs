@@ -12,11 +12,13 @@
 //! the response ends.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod auth;
 pub mod background;
 pub mod body;
 pub mod edge;
 mod hop;
+pub mod metrics;
 mod proxy;
 mod request_id;
 pub mod reservation;

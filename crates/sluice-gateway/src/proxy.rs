@@ -18,10 +18,11 @@ use sluice_llm::headers::{HeaderOptions, insert_headers, is_rate_limit_header};
 use sluice_llm::usage::SseUsageTap;
 use sluice_llm::{RewriteOptions, expected_output, force_include_usage};
 
+use crate::access_log::AccessRecord;
 use crate::auth::AuthError;
 use crate::body::{JsonFrames, Metered, ResponseBody, Tap, full};
 use crate::hop;
-use crate::reservation::{Ending, FailureCost, Reservation, UsageNote};
+use crate::reservation::{Ending, FailureCost, Meter, Reservation, UsageNote};
 use crate::runtime::{Endpoint, KeyEntry, Route, Runtime, Tenant};
 use crate::server::Gateway;
 use crate::upstream::SendError;
@@ -152,13 +153,82 @@ async fn read_body(mut body: RequestBody, limit: usize) -> Result<Bytes, ApiErro
     })
 }
 
+/// What a request came to, as far as the gateway's metrics and access log
+/// go: filled in as it is learnt.
+#[derive(Debug)]
+pub(crate) struct Trace<'r> {
+    /// When it arrived.
+    pub(crate) arrived: std::time::Instant,
+    /// The same, as a time of day, when there is an access log.
+    pub(crate) time: Option<jiff::Timestamp>,
+    /// The tenant (its key was accepted).
+    pub(crate) tenant: Option<&'r Tenant>,
+    /// Its key.
+    pub(crate) key: Option<&'r KeyEntry>,
+    /// Its tier.
+    pub(crate) tier: Option<sluice_core::TierId>,
+    /// The model, as the policy names it.
+    pub(crate) model: Option<sluice_core::ModelId>,
+    /// Input and output tokens as estimated.
+    pub(crate) estimated: Option<(u64, u64)>,
+    /// The limit that refused it.
+    pub(crate) denied: Option<sluice_core::LimitId>,
+    /// How long its admission took.
+    pub(crate) admission: Option<std::time::Duration>,
+    /// Admitted: its reservation writes its access-log line.
+    pub(crate) handed_off: bool,
+}
+
+impl Trace<'_> {
+    /// A request arriving now; `logged`: there is an access log.
+    pub(crate) fn new(logged: bool) -> Self {
+        Self {
+            arrived: std::time::Instant::now(),
+            time: logged.then(jiff::Timestamp::now),
+            tenant: None,
+            key: None,
+            tier: None,
+            model: None,
+            estimated: None,
+            denied: None,
+            admission: None,
+            handed_off: false,
+        }
+    }
+
+    /// Its access-log line as far as it is known (status and duration to
+    /// be filled in).
+    pub(crate) fn record(
+        &self,
+        rt: &Runtime,
+        endpoint: &Endpoint,
+        request_id: &HeaderValue,
+    ) -> AccessRecord {
+        let limit = self.denied.and_then(|l| rt.policy.limit(l));
+        AccessRecord {
+            time: self.time.map(|t| t.to_string()).unwrap_or_default(),
+            request_id: request_id.to_str().unwrap_or_default().to_owned(),
+            tenant: self.tenant.map(|t| t.facts.id().to_owned()),
+            key_id: self.key.map(|k| k.id.clone()),
+            endpoint: endpoint.name.clone(),
+            model: self.model.and_then(|m| rt.policy.model_info(m)).map(|m| m.name.to_string()),
+            estimated_input_tokens: self.estimated.map(|e| e.0),
+            estimated_output_tokens: self.estimated.map(|e| e.1),
+            denied_by: limit.map(|l| l.name.to_string()),
+            admission_ms: self.admission.map(crate::access_log::ms),
+            ..AccessRecord::default()
+        }
+    }
+}
+
 /// A proxied request, from the moment its endpoint is known.
-pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
+pub(crate) async fn proxy<'r, S: CounterStore + Clone + Unpin>(
     gw: &Arc<Gateway<S>>,
-    rt: &Runtime,
+    rt: &'r Runtime,
     endpoint: &Endpoint,
     req: Request<RequestBody>,
     request_id: &HeaderValue,
+    trace: &mut Trace<'r>,
 ) -> Response<ResponseBody> {
     if req.method() != Method::POST {
         let mut r = error_response(&ApiError::unknown_url(req.method().as_str(), req.uri().path()));
@@ -175,6 +245,9 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
         }
     };
     let tenant = &rt.tenants[key.tenant];
+    trace.tenant = Some(tenant);
+    trace.key = Some(key);
+    trace.tier = Some(tenant.facts.tier());
     let opts = HeaderOptions { no_retry_after: rt.settings.no_retry_after };
     let (mut parts, body) = req.into_parts();
 
@@ -194,7 +267,9 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
             cost: Cost::tokens(1, 0),
         };
         let plan = rt.policy.plan_before_body(&head, now);
-        if let Some(refused) = refuse_early(gw, rt, tenant, &plan, ("", None), &opts).await {
+        if let Some(refused) =
+            refuse_early(gw, rt, tenant, &plan, ("", None), &opts, &mut trace.denied).await
+        {
             drain(body, rt.settings.max_body_bytes);
             return refused;
         }
@@ -216,6 +291,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     };
     // The model as the policy names it (the route was found: it has one).
     let model_info = model.id.and_then(|m| rt.policy.model_info(m));
+    trace.model = model.id;
     let stream = facts.stream && kind.streams_usage();
     let client_asked_usage = facts.include_usage;
 
@@ -240,8 +316,16 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     if facts.text_bytes() > EXPENSIVE_BODY_BYTES
         && tenant.recently_refused(now)
         && plan.charges.iter().any(|c| rt.policy.limit(c.limit).is_some_and(|l| l.needs_model()))
-        && let Some(refused) =
-            refuse_early(gw, rt, tenant, &plan, (&facts.model, model_info), &opts).await
+        && let Some(refused) = refuse_early(
+            gw,
+            rt,
+            tenant,
+            &plan,
+            (&facts.model, model_info),
+            &opts,
+            &mut trace.denied,
+        )
+        .await
     {
         return refused;
     }
@@ -272,6 +356,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     // Every request counts at least one input token (so that what was
     // checked before the body, at one token, is never more than this).
     let input = input.max(1);
+    trace.estimated = Some((input, output));
     let cost = Cost::tokens(input, output);
     request.cost = cost;
     if now == plan.now {
@@ -289,10 +374,18 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
         plan.slots_until = sluice_core::Instant(until.min(plan.lease_until.0));
     }
     // (The store logs its failures, once per interval.)
-    let Ok(decision) = gw.store.admit(&plan).await else {
+    let asked = std::time::Instant::now();
+    let admitted = gw.store.admit(&plan).await;
+    let took = asked.elapsed();
+    trace.admission = Some(took);
+    if let Some(m) = &rt.meters {
+        m.admission(took.as_secs_f64());
+    }
+    let Ok(decision) = admitted else {
         return error_response(&ApiError::store_unavailable());
     };
     if !decision.is_admitted() {
+        trace.denied = decision.denied_by().map(|s| s.limit);
         return refusal(gw, rt, tenant, &decision, (&model_name, model_info), now, &opts);
     }
     gw.record(&event(tenant, model_info, Step::Admitted));
@@ -306,12 +399,22 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     if let (Some(sink), Some(m)) = (gw.event_sink(), model_info) {
         reservation.noting(UsageNote::new(sink, &tenant.facts, m));
     }
+    if let (Some(meters), Some(m)) = (&rt.meters, model.id) {
+        let mut meter = Meter::new(meters, &tenant.facts, m);
+        if trace.time.is_some() {
+            let record = trace.record(rt, endpoint, request_id);
+            meter.log(Box::new(record), trace.arrived);
+            trace.handed_off = true;
+        }
+        reservation.metered(meter);
+    }
 
     // Forward.
     let upstream = &rt.upstreams[route.upstream];
     let upstream_body = match upstream_body(body, stream, route) {
         Ok(b) => b,
         Err(e) => {
+            reservation.answered(e.status);
             reservation.end(Ending::NotForwarded);
             return error_response(&e);
         }
@@ -322,6 +425,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
         None => endpoint.upstream_uris.get(route.upstream).cloned().flatten(),
     };
     let Some(uri) = uri else {
+        reservation.answered(StatusCode::BAD_GATEWAY);
         reservation.end(Ending::NotForwarded);
         return error_response(&ApiError::upstream_error());
     };
@@ -338,7 +442,12 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(HeaderName::from_static("x-request-id"), request_id.clone());
 
-    let response = match upstream.send(up).await {
+    reservation.upstream_sent();
+    let sent = upstream.send(up).await;
+    if let Ok(r) = &sent {
+        reservation.upstream_head(r.status());
+    }
+    let response = match sent {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
@@ -346,6 +455,7 @@ pub(crate) async fn proxy<S: CounterStore + Clone + Unpin>(
                 SendError::Timeout(_) => ApiError::upstream_timeout(),
                 SendError::Unreachable(_) => ApiError::upstream_error(),
             };
+            reservation.answered(err.status);
             reservation.end(Ending::UpstreamFailed { status: err.status });
             let mut r = error_response(&err);
             insert_headers(r.headers_mut(), &decision, &rt.policy, now, &opts);
@@ -406,9 +516,14 @@ fn refusal<S: CounterStore>(
     if let Outcome::Limited { retry_at, .. } = decision.outcome {
         tenant.note_refusal(retry_at);
     }
-    if let Some(limit) = decision.denied_by().and_then(|s| rt.policy.limit(s.limit)) {
+    if let Some(denied) = decision.denied_by()
+        && let Some(limit) = rt.policy.limit(denied.limit)
+    {
         let step = Step::Refused { limit: &limit.name };
         gw.record(&event(tenant, model_info, step));
+        if let Some(m) = &rt.meters {
+            m.denial(denied.limit, tenant.facts.shared_id());
+        }
     }
     let err = ApiError::rate_limited(decision, &rt.policy, model, tenant.facts.id(), now)
         .unwrap_or_else(ApiError::insufficient_quota);
@@ -426,11 +541,15 @@ async fn refuse_early<S: CounterStore + Clone + Unpin>(
     plan: &Plan,
     (model, model_info): (&str, Option<&Model>),
     opts: &HeaderOptions,
+    denied: &mut Option<sluice_core::LimitId>,
 ) -> Option<Response<ResponseBody>> {
     if plan.charges.is_empty() {
         return None;
     }
     let decision = gw.store.peek(plan).await.ok()?;
+    if !decision.is_admitted() {
+        *denied = decision.denied_by().map(|s| s.limit);
+    }
     (!decision.is_admitted())
         .then(|| refusal(gw, rt, tenant, &decision, (model, model_info), plan.now, opts))
 }

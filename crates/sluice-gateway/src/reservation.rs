@@ -30,7 +30,12 @@ use std::time::Duration;
 use http::StatusCode;
 use sluice_config::gateway::UpstreamFailure;
 use sluice_core::policy::Model;
-use sluice_core::{CounterStore, EventSink, RequestEvent, ReservationId, Step, TenantFacts, Usage};
+use sluice_core::{
+    CounterStore, EventSink, ModelId, RequestEvent, ReservationId, Step, TenantFacts, Usage,
+};
+
+use crate::access_log::{AccessRecord, ms};
+use crate::metrics::Meters;
 
 /// How a request ended, as far as its charge goes (see the module's table).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +60,19 @@ pub enum Ending {
     NotForwarded,
     /// Nothing better is known: what was reserved stands.
     Unknown,
+}
+
+impl Ending {
+    /// Its name in the access log.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Complete { .. } => "complete",
+            Self::StreamWithoutUsage { .. } => "stream_without_usage",
+            Self::UpstreamFailed { .. } => "upstream_failed",
+            Self::NotForwarded => "not_forwarded",
+            Self::Unknown => "unknown",
+        }
+    }
 }
 
 /// What an upstream failure costs: `server.upstream_failure`, and the
@@ -111,6 +129,8 @@ pub struct Reservation<S: CounterStore> {
     heartbeat: Option<tokio::task::AbortHandle>,
     /// Who is told what the request was charged (once).
     note: Option<UsageNote>,
+    /// Its metrics.
+    meter: Option<Meter>,
 }
 
 impl<S: CounterStore> std::fmt::Debug for Reservation<S> {
@@ -133,7 +153,63 @@ impl<S: CounterStore + Clone> Reservation<S> {
         reserved: Usage,
         failure: FailureCost,
     ) -> Self {
-        Self { store, id, input_estimate, reserved, failure, heartbeat: None, note: None }
+        Self {
+            store,
+            id,
+            input_estimate,
+            reserved,
+            failure,
+            heartbeat: None,
+            note: None,
+            meter: None,
+        }
+    }
+
+    /// Counts what the request is charged, and its upstream's times, in
+    /// `meter`.
+    pub fn metered(&mut self, meter: Meter) {
+        self.meter = Some(meter);
+    }
+
+    /// The request is being sent upstream now.
+    pub fn upstream_sent(&mut self) {
+        if let Some(m) = &mut self.meter {
+            m.sent = Some(std::time::Instant::now());
+        }
+    }
+
+    /// The upstream's response head came, with `status` (time since
+    /// [`Reservation::upstream_sent`]).
+    pub fn upstream_head(&mut self, status: StatusCode) {
+        let Some(m) = self.meter.as_mut() else { return };
+        if let Some(r) = &mut m.access {
+            r.status = status.as_u16();
+            r.upstream_status = Some(status.as_u16());
+        }
+        let Some(sent) = m.sent else { return };
+        let took = sent.elapsed();
+        m.meters.upstream_head(m.model, took.as_secs_f64());
+        m.head = Some(took);
+    }
+
+    /// The client was answered `status` by the gateway itself.
+    pub fn answered(&mut self, status: StatusCode) {
+        if let Some(r) = self.meter.as_mut().and_then(|m| m.access.as_mut()) {
+            r.status = status.as_u16();
+        }
+    }
+
+    /// A frame of the response body came: the first is timed.
+    #[inline]
+    pub fn first_byte(&mut self) {
+        if let Some(m) = &mut self.meter
+            && m.first_byte.is_none()
+            && let Some(sent) = m.sent
+        {
+            let took = sent.elapsed();
+            m.first_byte = Some(took);
+            m.meters.upstream_first_byte(m.model, took.as_secs_f64());
+        }
     }
 
     /// Tells `note` what the request is charged when it ends.
@@ -193,6 +269,13 @@ impl<S: CounterStore + Clone> Reservation<S> {
         if let Some(note) = self.note.take() {
             note.settled(usage);
         }
+        if let Some(m) = self.meter.take() {
+            let reported = match ending {
+                Ending::Complete { reported: Some(u) } => Some(u.input),
+                _ => None,
+            };
+            m.settled(usage, reported, self.input_estimate, ending.name());
+        }
     }
 }
 
@@ -209,6 +292,67 @@ impl<S: CounterStore> Drop for Reservation<S> {
         }
         if let Some(note) = self.note.take() {
             note.settled(self.reserved);
+        }
+        if let Some(m) = self.meter.take() {
+            m.settled(self.reserved, None, self.input_estimate, "cut");
+        }
+    }
+}
+
+/// A request's metrics from admission to settlement: its tokens, the
+/// estimate's error, its upstream's times.
+pub struct Meter {
+    meters: Arc<Meters>,
+    model: ModelId,
+    tenant: Arc<str>,
+    sent: Option<std::time::Instant>,
+    head: Option<Duration>,
+    first_byte: Option<Duration>,
+    /// Its access-log line, written at settlement, and when it arrived.
+    access: Option<Box<AccessRecord>>,
+    arrived: Option<std::time::Instant>,
+}
+
+impl Meter {
+    /// The metrics of `tenant`'s request to `model`.
+    pub fn new(meters: &Arc<Meters>, tenant: &TenantFacts, model: ModelId) -> Self {
+        Self {
+            meters: meters.clone(),
+            model,
+            tenant: tenant.shared_id().clone(),
+            sent: None,
+            head: None,
+            first_byte: None,
+            access: None,
+            arrived: None,
+        }
+    }
+
+    /// Writes `record` to the access log when the request settles.
+    pub fn log(&mut self, record: Box<AccessRecord>, arrived: std::time::Instant) {
+        self.access = Some(record);
+        self.arrived = Some(arrived);
+    }
+
+    fn settled(
+        self,
+        usage: Usage,
+        reported_input: Option<u64>,
+        estimated_input: u64,
+        ending: &'static str,
+    ) {
+        self.meters.settled(self.model, &self.tenant, usage.input_tokens, usage.output_tokens);
+        if let Some(reported) = reported_input {
+            self.meters.estimate(self.model, estimated_input, reported);
+        }
+        if let (Some(mut r), Some(log)) = (self.access, self.meters.metrics().access_log()) {
+            r.settled_input_tokens = Some(usage.input_tokens);
+            r.settled_output_tokens = Some(usage.output_tokens);
+            r.ending = ending;
+            r.duration_ms = self.arrived.map_or(0.0, |a| ms(a.elapsed()));
+            r.upstream_ms = self.head.map(ms);
+            r.first_byte_ms = self.first_byte.map(ms);
+            log.write(&r);
         }
     }
 }

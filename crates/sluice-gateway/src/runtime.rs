@@ -149,6 +149,9 @@ pub struct Runtime {
     pub upstreams: Vec<Arc<UpstreamClient>>,
     /// Model id -> developer, for `/v1/models`.
     pub owners: HashMap<String, String>,
+    /// The policy's metrics, resolved ahead (bound by the gateway that
+    /// serves the runtime; kept when only the tenants change).
+    pub meters: Option<Arc<crate::metrics::Meters>>,
 }
 
 impl Runtime {
@@ -183,7 +186,9 @@ impl Runtime {
         config: &Config,
         stored: &TenantSnapshot,
     ) -> Result<(Self, Vec<String>), RuntimeError> {
-        Self::assemble(config, stored, self.upstreams.clone())
+        let (mut runtime, warnings) = Self::assemble(config, stored, self.upstreams.clone())?;
+        runtime.meters.clone_from(&self.meters);
+        Ok((runtime, warnings))
     }
 
     fn assemble(
@@ -308,6 +313,7 @@ impl Runtime {
             routes,
             upstreams,
             owners: config.developers.iter().cloned().collect(),
+            meters: None,
         };
         Ok((runtime, warnings))
     }

@@ -20,6 +20,8 @@ use tokio::net::TcpListener;
 use crate::background::Background;
 use crate::body::{ResponseBody, full};
 use crate::edge::{ListenerOptions, RequestBody, Throttle, serve_connections};
+use crate::metrics::{Meters, Metrics};
+use crate::proxy::Trace;
 use crate::proxy::{error_response, models, proxy};
 use crate::request_id::RequestIds;
 use crate::runtime::Runtime;
@@ -43,6 +45,8 @@ pub struct Gateway<S> {
     started: std::time::Instant,
     /// Who counts what requests do (set once, at start).
     events: OnceLock<Events>,
+    /// Prometheus metrics.
+    metrics: Arc<Metrics>,
 }
 
 /// Where the events of requests go.
@@ -79,6 +83,11 @@ impl<S> Gateway<S> {
         self.events.get().map(|e| &e.sink)
     }
 
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Tells every sink what a request did (memory only: cheap).
     #[inline]
     pub fn record(&self, event: &RequestEvent<'_>) {
@@ -96,6 +105,8 @@ impl<S: CounterStore + Clone + Unpin> Gateway<S> {
         for route in runtime.routes.values() {
             estimator.preload(route.encoding);
         }
+        let metrics = Arc::new(Metrics::new(runtime.settings.metrics.per_tenant));
+        let runtime = bind_meters(runtime, &metrics);
         Arc::new(Self {
             runtime: ArcSwap::from_pointee(runtime),
             store,
@@ -106,6 +117,7 @@ impl<S: CounterStore + Clone + Unpin> Gateway<S> {
             refused_keys: Throttle::default(),
             started: std::time::Instant::now(),
             events: OnceLock::new(),
+            metrics,
         })
     }
 
@@ -116,7 +128,16 @@ impl<S: CounterStore + Clone + Unpin> Gateway<S> {
 
     /// Serves `runtime` from now on (requests under way keep the old one).
     pub fn replace_runtime(&self, runtime: Runtime) {
-        self.runtime.store(Arc::new(runtime));
+        self.runtime.store(Arc::new(bind_meters(runtime, &self.metrics)));
+    }
+
+    /// The metrics' text in the format `accept` asks for, with the store's
+    /// health as of now; and its `Content-Type`.
+    pub fn metrics_text(&self, accept: Option<&HeaderValue>) -> (String, &'static str) {
+        let format = crate::metrics::negotiate(accept);
+        let text =
+            self.metrics.encode(!self.store.degraded(), self.store.pending_settlements(), format);
+        (text, format)
     }
 
     /// Serves `runtime` from now on; the one served until now, for the
@@ -131,7 +152,26 @@ impl<S: CounterStore + Clone + Unpin> Gateway<S> {
         let rt = self.runtime();
         let path = req.uri().path();
         let mut resp = if let Some(endpoint) = rt.endpoints.get(path) {
-            proxy(self, &rt, endpoint, req, &request_id).await
+            let mut trace = Trace::new(self.metrics.access_log().is_some());
+            let resp = proxy(self, &rt, endpoint, req, &request_id, &mut trace).await;
+            let status = resp.status().as_u16();
+            if let Some(m) = &rt.meters {
+                m.request(endpoint.id, trace.model, trace.tier, status);
+                if let Some(t) = trace.tenant {
+                    m.tenant_request(t.facts.shared_id(), trace.model, status);
+                }
+            }
+            // An admitted request's line is written when it settles.
+            if let Some(log) = self.metrics.access_log()
+                && !trace.handed_off
+            {
+                let mut record = trace.record(&rt, endpoint, &request_id);
+                record.status = status;
+                record.ending = if trace.denied.is_some() { "refused" } else { "rejected" };
+                record.duration_ms = crate::access_log::ms(trace.arrived.elapsed());
+                log.write(&record);
+            }
+            resp
         } else {
             match (req.method(), path) {
                 (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
@@ -144,6 +184,14 @@ impl<S: CounterStore + Clone + Unpin> Gateway<S> {
         resp.headers_mut().insert(HeaderName::from_static("x-request-id"), request_id);
         resp
     }
+}
+
+/// The policy's metrics bound to `metrics` (kept if they already are).
+fn bind_meters(mut runtime: Runtime, metrics: &Arc<Metrics>) -> Runtime {
+    if !runtime.meters.as_ref().is_some_and(|m| Arc::ptr_eq(m.metrics(), metrics)) {
+        runtime.meters = Some(Arc::new(Meters::new(metrics, &runtime.policy)));
+    }
+    runtime
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {

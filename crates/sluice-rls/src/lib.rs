@@ -107,11 +107,13 @@ impl<S: CounterStore + Clone + Unpin> DecisionService<S> {
         config: DecisionsConfig,
         token: Option<&str>,
     ) -> Arc<Self> {
+        let metrics = Metrics::new();
+        metrics.share(gateway.metrics().registry());
         Arc::new(Self {
             gateway,
             config,
             token: token.map(sluice_gateway::auth::hash_secret),
-            metrics: Metrics::new(),
+            metrics,
             index: ArcSwapOption::empty(),
         })
     }
@@ -278,8 +280,14 @@ pub async fn start<S: CounterStore + Clone + Unpin>(
     budget: Arc<BodyBudget>,
     grace: Duration,
 ) -> Result<Running, ServeError> {
-    let opts =
-        |name| ListenerOptions { name, limits: config.limits, budget: budget.clone(), grace };
+    let gauges = gateway.metrics().clone();
+    let opts = |name| ListenerOptions {
+        name,
+        limits: config.limits,
+        budget: budget.clone(),
+        grace,
+        meters: Some(gauges.listener(name)),
+    };
     let svc = DecisionService::from_env(gateway, config.clone())?;
     let (stop, rx) = watch::channel(false);
     let shutdown = move || {

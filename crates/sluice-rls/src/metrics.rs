@@ -75,6 +75,11 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_01, 2.0, 16))
 }
 
+const DECISIONS_HELP: &str = "Decisions asked of the decision service, by API, domain and outcome";
+const LIMITS_HELP: &str = "Limits that applied to decisions, by domain, limit and outcome";
+const SETTLEMENTS_HELP: &str = "Settlements through the JSON API, by outcome";
+const LATENCY_HELP: &str = "Time to make one decision";
+
 /// The decision service's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -99,27 +104,21 @@ impl Metrics {
         let limits = Family::<LimitLabels, Counter>::default();
         let settlements = Family::<OutcomeLabels, Counter>::default();
         let latency: Latency = Family::new_with_constructor(latency_histogram);
-        registry.register(
-            "sluice_decisions",
-            "Decisions asked of the decision service, by API, domain and outcome",
-            decisions.clone(),
-        );
-        registry.register(
-            "sluice_decision_limits",
-            "Limits that applied to decisions, by domain, limit and outcome",
-            limits.clone(),
-        );
-        registry.register(
-            "sluice_settlements",
-            "Settlements through the JSON API, by outcome",
-            settlements.clone(),
-        );
-        registry.register(
-            "sluice_decision_duration_seconds",
-            "Time to make one decision",
-            latency.clone(),
-        );
+        registry.register("sluice_decisions", DECISIONS_HELP, decisions.clone());
+        registry.register("sluice_decision_limits", LIMITS_HELP, limits.clone());
+        registry.register("sluice_settlements", SETTLEMENTS_HELP, settlements.clone());
+        registry.register("sluice_decision_duration_seconds", LATENCY_HELP, latency.clone());
         Self { registry, decisions, limits, settlements, latency }
+    }
+
+    /// Registers these metrics in `shared` too (the gateway's registry,
+    /// served on the admin and metrics listeners), counting into the same
+    /// series. This listener's `/metrics` keeps serving its own only.
+    pub fn share(&self, shared: &sluice_gateway::metrics::SharedRegistry) {
+        shared.register("sluice_decisions", DECISIONS_HELP, self.decisions.clone());
+        shared.register("sluice_decision_limits", LIMITS_HELP, self.limits.clone());
+        shared.register("sluice_settlements", SETTLEMENTS_HELP, self.settlements.clone());
+        shared.register("sluice_decision_duration_seconds", LATENCY_HELP, self.latency.clone());
     }
 
     /// Counts one call and how it ended.

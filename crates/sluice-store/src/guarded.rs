@@ -434,6 +434,10 @@ impl CounterStore for Guarded {
         self.inner.store.pending_settlements()
     }
 
+    fn degraded(&self) -> bool {
+        self.is_degraded()
+    }
+
     async fn flush(&self, within: std::time::Duration) -> usize {
         self.inner.store.flush_settlements(within).await
     }

@@ -221,6 +221,7 @@ where
         tracing::warn!("{w}");
     }
     let gateway = Gateway::new(runtime, store, Arc::new(SystemClock));
+    open_access_log(&config_path, &config, &gateway)?;
     let history = history.map(Arc::new);
     if let Some(h) = &history {
         gateway.set_history(h.history.clone());
@@ -291,11 +292,13 @@ where
 
     let budget = sluice_gateway::BodyBudget::new(config.gateway.body_memory_bytes);
     let grace = config.gateway.shutdown_grace;
+    let metrics = gateway.metrics().clone();
     let opts = |name, limits| sluice_gateway::ListenerOptions {
         name,
         limits,
         budget: budget.clone(),
         grace,
+        meters: Some(metrics.listener(name)),
     };
     warn_if_caps_exceed_file_limit(&config);
     let mut tasks = Vec::new();
@@ -317,6 +320,30 @@ where
             stopped(),
             opts("admin", admin.limits),
         )));
+    }
+
+    if let Some(m) = &config.gateway.metrics.listener {
+        let token = std::env::var(&m.token_env).map_err(|_| {
+            anyhow::anyhow!(
+                "the metrics listener needs a token: set the environment variable `{}` (or remove [metrics] listen)",
+                m.token_env
+            )
+        })?;
+        anyhow::ensure!(
+            token.len() >= 16,
+            "the metrics token in `{}` is too short (16 characters at least)",
+            m.token_env
+        );
+        let metrics_listener = tokio::net::TcpListener::bind(m.listen)
+            .await
+            .with_context(|| format!("metrics listening on {}", m.listen))?;
+        println!("sluice metrics on http://{}/metrics", metrics_listener.local_addr()?);
+        let gw = gateway.clone();
+        let opts = opts("metrics", m.limits);
+        let stop = stopped();
+        tasks.push(tokio::spawn(async move {
+            sluice_gateway::metrics::serve_metrics(metrics_listener, gw, &token, stop, opts).await
+        }));
     }
 
     // --- decision service (sluice-rls): Envoy RLS v3 and JSON check/settle ---
@@ -417,6 +444,16 @@ where
     if let Some(b) = board {
         b.abort();
     }
+    if gateway.metrics().access_log().is_some() {
+        let gw = gateway.clone();
+        let flushed = tokio::task::spawn_blocking(move || {
+            gw.metrics().access_log().is_none_or(|l| l.flush(SETTLE_AT_EXIT))
+        })
+        .await;
+        if !matches!(flushed, Ok(true)) {
+            tracing::warn!("the access log's last lines were not written before exit");
+        }
+    }
     if let Some(h) = &history {
         // Bounded: a stalled store must not hold the exit.
         if tokio::time::timeout(SETTLE_AT_EXIT, h.finish()).await.is_err() {
@@ -428,6 +465,33 @@ where
         p.save().await;
         tracing::info!("counters saved to the data file");
     }
+    Ok(())
+}
+
+/// Opens `[access_log]`: stdout, or a file (relative to the policy file's
+/// folder) created 0600 and appended to.
+fn open_access_log<S: CounterStore + Clone + Unpin>(
+    config_path: &Path,
+    config: &Config,
+    gateway: &Gateway<S>,
+) -> anyhow::Result<()> {
+    use sluice_config::observe::AccessLogTo;
+    use sluice_gateway::access_log::AccessLog;
+    let a = &config.gateway.access_log;
+    let dropped = gateway.metrics().access_log_dropped().clone();
+    let log = match &a.to {
+        AccessLogTo::Off => return Ok(()),
+        AccessLogTo::Stdout => AccessLog::stdout(a.queue, dropped)?,
+        AccessLogTo::File(p) => {
+            let dir = config_path.parent().unwrap_or(Path::new("."));
+            let path = if p.is_absolute() { p.clone() } else { dir.join(p) };
+            let log = AccessLog::file(&path, a.queue, dropped)
+                .with_context(|| format!("opening the access log {}", path.display()))?;
+            tracing::info!(path = %path.display(), "access log");
+            log
+        }
+    };
+    gateway.metrics().set_access_log(log);
     Ok(())
 }
 

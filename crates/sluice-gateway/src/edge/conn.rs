@@ -102,10 +102,12 @@ impl ConnState {
     /// A request has started.
     pub(crate) fn request_started(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.listener.meters.in_flight.inc();
     }
 
     /// A request's response has ended (or was dropped).
     pub(crate) fn request_ended(&self) {
+        self.listener.meters.in_flight.dec();
         if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.since.store(self.listener.now_ms(), Ordering::Relaxed);
             self.phase.store(IDLE, Ordering::Relaxed);

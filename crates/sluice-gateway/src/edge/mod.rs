@@ -98,6 +98,8 @@ pub struct ListenerOptions {
     pub budget: Arc<BodyBudget>,
     /// How long connections may take to finish at shutdown.
     pub grace: Duration,
+    /// Its gauges (open connections, requests in flight), if counted.
+    pub meters: Option<crate::metrics::ListenerMeters>,
 }
 
 impl ListenerOptions {
@@ -109,6 +111,7 @@ impl ListenerOptions {
             limits: ListenerLimits::SERVER,
             budget: BodyBudget::new(sluice_config::listener::DEFAULT_BODY_MEMORY_BYTES),
             grace: Duration::ZERO,
+            meters: None,
         }
     }
 }
@@ -122,6 +125,8 @@ pub(crate) struct ListenerState {
     /// means none).
     pub(crate) epoch: Instant,
     registry: Registry,
+    /// Its gauges (detached ones when not counted).
+    pub(crate) meters: crate::metrics::ListenerMeters,
 }
 
 impl ListenerState {
@@ -195,6 +200,7 @@ where
         budget: opts.budget,
         epoch: Instant::now(),
         registry: Registry::default(),
+        meters: opts.meters.unwrap_or_default(),
     });
     let accept_errors = Throttle::default();
     let refusals = Throttle::default();

@@ -117,6 +117,7 @@ pub(crate) struct Slot {
 
 impl Slot {
     pub(crate) fn new(listener: Arc<ListenerState>, conn: Arc<ConnState>) -> Self {
+        listener.meters.connections.inc();
         Self { listener, conn }
     }
 }
@@ -124,5 +125,6 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.listener.registry.remove(&self.conn);
+        self.listener.meters.connections.dec();
     }
 }
