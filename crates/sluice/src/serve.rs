@@ -12,7 +12,8 @@ use std::time::Duration;
 use anyhow::Context;
 use sluice_admin::{AdminState, Control, MockUrls};
 use sluice_config::Config;
-use sluice_config::gateway::{RedisTopology, StoreConfig, StoreFailure, UpstreamTarget};
+use sluice_config::gateway::UpstreamTarget;
+use sluice_config::store::{RedisTopology, StoreConfig, StoreFailure};
 use sluice_core::{CounterStore, SystemClock};
 use sluice_gateway::{Gateway, Runtime};
 use sluice_store::{
