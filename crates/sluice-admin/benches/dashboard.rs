@@ -65,7 +65,7 @@ fn bench(c: &mut Criterion) {
                 .model_info(rt_now.policy.model(MODELS[(i + minute) % 6]).expect("bench setup"))
                 .expect("bench setup");
             let model = rt_now.policy.model_ref(&m.name);
-            let req = sluice_core::Request {
+            let req = sluice_core::Ask {
                 tenant: &t.facts,
                 key: None,
                 endpoint: chat,

@@ -5,7 +5,7 @@
 //! seed is a regression test of `cargo test`. Compiled for tests and with
 //! the feature `fuzzing` (the fuzz crate's), never in a release.
 
-use sluice_core::{Cost, Instant, ModelRef, Request};
+use sluice_core::{Ask, Cost, Instant, ModelRef};
 
 /// `policy`: any text gives a policy or errors with a place, never a panic;
 /// a policy that loads reports its effective limits and plans a request for
@@ -29,7 +29,7 @@ pub fn policy(data: &[u8]) {
         for (_, m) in policy.models().take(4) {
             for (name, _) in config.endpoint_paths.iter().take(2) {
                 let Some(endpoint) = policy.endpoint(name) else { continue };
-                let req = Request {
+                let req = Ask {
                     tenant: &facts,
                     key: None,
                     endpoint,
@@ -37,7 +37,7 @@ pub fn policy(data: &[u8]) {
                     cost: Cost::tokens(10, 10),
                 };
                 let plan = policy.plan(&req, now);
-                let early = policy.plan_before_body(&Request { model: ModelRef::NONE, ..req }, now);
+                let early = policy.plan_before_body(&Ask { model: ModelRef::NONE, ..req }, now);
                 // What is checked before the body is a part of the plan.
                 for c in &early.charges {
                     assert!(plan.charges.iter().any(|p| p.key == c.key), "{c:?} not in the plan");

@@ -34,6 +34,7 @@ pub mod listener;
 pub mod observe;
 pub mod raw;
 pub mod report;
+pub mod store;
 mod validate;
 
 use std::path::Path;

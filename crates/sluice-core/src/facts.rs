@@ -280,9 +280,12 @@ impl Cost {
     }
 }
 
-/// One request to admit.
+/// One request to admit, as admission sees it: who pays, with which key,
+/// the endpoint and model it asks for, and what it is expected to cost.
+/// (Not an HTTP request: the gateway makes one from an `http::Request` and
+/// its body.)
 #[derive(Clone, Copy, Debug)]
-pub struct Request<'a> {
+pub struct Ask<'a> {
     /// Who pays.
     pub tenant: &'a TenantFacts,
     /// Which of its keys, if known.

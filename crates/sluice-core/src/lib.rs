@@ -6,8 +6,8 @@
 //! 1. a [`Policy`] (built by [`PolicyBuilder`], usually from a policy file by
 //!    `sluice-config`) resolves the tenant and key ([`Policy::tenant`],
 //!    [`Policy::key`]);
-//! 2. [`Policy::plan`] finds every limit that applies to the [`Request`] and
-//!    the counter each one charges;
+//! 2. [`Policy::plan`] finds every limit that applies to an [`Ask`] (one
+//!    request, as admission sees it) and the counter each one charges;
 //! 3. a [`CounterStore`] runs [`decide`] on the plan atomically and writes
 //!    back the new states: every limit is charged, or none;
 //! 4. when the request ends, the reservation is settled with the real usage.
@@ -35,7 +35,7 @@
 //! });
 //! let policy = b.build().unwrap();
 //! let tenant = policy.tenant(&TenantSpec { id: "acme".into(), ..Default::default() }).unwrap();
-//! let req = Request {
+//! let req = Ask {
 //!     tenant: &tenant,
 //!     key: None,
 //!     endpoint: policy.endpoint("chat").unwrap(),
@@ -65,7 +65,7 @@ pub use compile::{DEFAULT_LEASE, DEFAULT_TIER, MAX_PARTITION_FACTS};
 pub use counter::{ChargedAs, CounterState, Rule, Verdict};
 pub use event::{EventSink, RequestEvent, Step};
 pub use facts::{
-    Cost, FactsError, KeyFacts, KeySpec, ModelRef, OverrideSpec, Request, TenantFacts, TenantSpec,
+    Ask, Cost, FactsError, KeyFacts, KeySpec, ModelRef, OverrideSpec, TenantFacts, TenantSpec,
 };
 pub use metric::Metric;
 pub use plan::{

@@ -11,7 +11,7 @@
 use smallvec::SmallVec;
 
 use crate::counter::{ChargedAs, Check, CounterState, Rule, Verdict, check};
-use crate::facts::{Request, lease_end};
+use crate::facts::{Ask, lease_end};
 use crate::metric::Metric;
 use crate::policy::{Clause, Condition, LimitId, Part, Policy, Sym};
 use crate::time::Instant;
@@ -159,7 +159,7 @@ impl Plan {
 impl Policy {
     /// Plans the admission of `req` at `now`.
     #[inline]
-    pub fn plan(&self, req: &Request<'_>, now: Instant) -> Plan {
+    pub fn plan(&self, req: &Ask<'_>, now: Instant) -> Plan {
         let lease_until = lease_end(self, now);
         let mut plan = Plan {
             tenant: req.tenant.hash,
@@ -181,7 +181,7 @@ impl Policy {
     /// also a charge of the full plan of the same request (same counter, same
     /// rule), so a denial here is a denial there: the gateway refuses such a
     /// request before it reads, parses or tokenizes anything.
-    pub fn plan_before_body(&self, req: &Request<'_>, now: Instant) -> Plan {
+    pub fn plan_before_body(&self, req: &Ask<'_>, now: Instant) -> Plan {
         let lease_until = lease_end(self, now);
         let mut plan = Plan {
             tenant: req.tenant.hash,
@@ -190,14 +190,14 @@ impl Policy {
             slots_until: lease_until,
             charges: SmallVec::new(),
         };
-        let req = Request { model: crate::facts::ModelRef::NONE, ..*req };
+        let req = Ask { model: crate::facts::ModelRef::NONE, ..*req };
         self.plan_charges(&req, &mut plan, true);
         plan
     }
 
     /// The charges of `plan` (for `plan.now`), appended; `model_free`: only
     /// the limits that do not need the model.
-    fn plan_charges(&self, req: &Request<'_>, plan: &mut Plan, model_free: bool) {
+    fn plan_charges(&self, req: &Ask<'_>, plan: &mut Plan, model_free: bool) {
         let tenant = req.tenant;
         let now = plan.now;
         let Some(tier) = self.tiers.get(tenant.tier.index()) else {
@@ -302,12 +302,12 @@ impl Policy {
     }
 
     /// A partition value, tagged with its fact.
-    fn part_value(&self, part: &Part, req: &Request<'_>) -> u64 {
+    fn part_value(&self, part: &Part, req: &Ask<'_>) -> u64 {
         let (tag, value) = self.part_raw(part, req);
         value ^ tag.wrapping_mul(0x9e37_79b9_7f4a_7c15)
     }
 
-    fn part_raw(&self, part: &Part, req: &Request<'_>) -> (u64, u64) {
+    fn part_raw(&self, part: &Part, req: &Ask<'_>) -> (u64, u64) {
         let value = match part {
             Part::Model => req.model.hash,
             Part::Endpoint => self.endpoints.get(req.endpoint.index()).map_or(0, |e| e.hash),
@@ -333,7 +333,7 @@ impl Policy {
         (tag, value)
     }
 
-    fn holds(&self, cond: &Condition, req: &Request<'_>) -> bool {
+    fn holds(&self, cond: &Condition, req: &Ask<'_>) -> bool {
         let t = req.tenant;
         let some = |v: &[Sym], s: Sym| s != Sym::NONE && v.contains(&s);
         cond.iter().all(|clause| match clause {

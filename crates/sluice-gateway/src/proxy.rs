@@ -259,7 +259,7 @@ pub(crate) async fn proxy<'r, S: CounterStore + Clone + Unpin>(
         && declared_length(&parts.headers).is_none_or(|n| n > EXPENSIVE_BODY_BYTES)
     {
         let now = gw.clock.now();
-        let head = sluice_core::Request {
+        let head = sluice_core::Ask {
             tenant: &tenant.facts,
             key: Some(&key.facts),
             endpoint: endpoint.id,
@@ -302,7 +302,7 @@ pub(crate) async fn proxy<'r, S: CounterStore + Clone + Unpin>(
     } else {
         0
     };
-    let mut request = sluice_core::Request {
+    let mut request = sluice_core::Ask {
         tenant: &tenant.facts,
         key: Some(&key.facts),
         endpoint: endpoint.id,

@@ -10,8 +10,7 @@ use http::HeaderMap;
 use http::{Response, StatusCode};
 use serde_json::{Value, json};
 use sluice_core::{
-    Cost, CounterKey, CounterStore, Fact, Instant, LimitStatus, ModelRef, Plan, PlannedCharge,
-    Request,
+    Ask, Cost, CounterKey, CounterStore, Fact, Instant, LimitStatus, ModelRef, Plan, PlannedCharge,
 };
 use sluice_llm::error::ApiError;
 use sluice_store::history::{Counts, Grain, History};
@@ -58,7 +57,7 @@ pub fn counters_of(rt: &Runtime, index: usize, now: Instant) -> Option<(u64, Vec
     for (endpoint, info) in policy.endpoints() {
         for (model, model_name) in &models {
             for key in &keys {
-                let req = Request {
+                let req = Ask {
                     tenant: &tenant.facts,
                     key: key.as_ref().map(|(k, _)| *k),
                     endpoint,

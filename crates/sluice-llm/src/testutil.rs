@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use sluice_core::Cost;
 use sluice_core::{
-    CounterKey, CounterState, Decision, Fact, HeaderProfile, Instant, LimitSpec, Metric, Policy,
-    PolicyBuilder, Request, Scope, TenantSpec, Window, decide,
+    Ask, CounterKey, CounterState, Decision, Fact, HeaderProfile, Instant, LimitSpec, Metric,
+    Policy, PolicyBuilder, Scope, TenantSpec, Window, decide,
 };
 
 /// A limit spec with the usual defaults.
@@ -56,7 +56,7 @@ impl Store {
     pub fn admit(&mut self, policy: &Policy, cost: Cost, now: Instant) -> Decision {
         let tenant =
             policy.tenant(&TenantSpec { id: "org-acme".into(), ..Default::default() }).unwrap();
-        let req = Request {
+        let req = Ask {
             tenant: &tenant,
             key: None,
             endpoint: policy.endpoint("chat").unwrap(),

@@ -438,7 +438,7 @@ pub(crate) async fn admit<S: CounterStore>(
         return Err(DecisionError::UnknownKey);
     };
     let plan = rt.policy.plan(
-        &sluice_core::Request {
+        &sluice_core::Ask {
             tenant: &tenant.facts,
             key: r.key.map(|k| &k.facts),
             endpoint: r.endpoint,

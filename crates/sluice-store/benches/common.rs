@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use sluice_core::{Cost, EndpointId, ModelRef, Policy, Request, TenantFacts, TenantSpec};
+use sluice_core::{Ask, Cost, EndpointId, ModelRef, Policy, TenantFacts, TenantSpec};
 
 pub const TENANTS: usize = 10_000;
 
@@ -50,8 +50,8 @@ by = ["model"]
 
     /// The i-th request of the workload: tenants and models interleaved so
     /// that consecutive requests touch different counters.
-    pub fn request(&self, i: usize) -> Request<'_> {
-        Request {
+    pub fn request(&self, i: usize) -> Ask<'_> {
+        Ask {
             tenant: &self.tenants[i % self.tenants.len()],
             key: None,
             endpoint: self.chat,

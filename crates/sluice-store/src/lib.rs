@@ -1,17 +1,20 @@
 //! Where Sluice keeps its counters: the embedded [`MemoryStore`] (one
-//! process), and shared stores for many instances.
+//! process, its counters saved in the data file by [`SavedCounters`]), and
+//! shared stores for many instances.
 #![forbid(unsafe_code)]
 
 pub mod guarded;
 pub mod history;
 pub mod memory;
 pub mod redis;
+pub mod saved_counters;
 pub mod tenants;
 
 pub use guarded::{GuardOptions, Guarded, OnFailure, Unavailable};
 pub use history::{History, HistorySettings, RedisHistory};
 pub use memory::{MemoryStats, MemoryStore};
 pub use redis::{RedisStore, RedisStoreError, TimeSource, Topology};
+pub use saved_counters::{SavedCounters, SavedCountersError};
 pub use tenants::{
     FileTenants, KeyRecord, OverrideRecord, RedisTenants, TenantRecord, TenantSnapshot,
     TenantStore, TenantStoreError,

@@ -121,8 +121,8 @@ impl Admission {
         self
     }
 
-    fn request(&self) -> sluice_core::Request<'_> {
-        sluice_core::Request {
+    fn request(&self) -> sluice_core::Ask<'_> {
+        sluice_core::Ask {
             tenant: &self.tenant,
             key: self.key.as_deref(),
             endpoint: self.endpoint,

@@ -12,12 +12,13 @@ use std::time::Duration;
 use anyhow::Context;
 use sluice_admin::{AdminState, Control, MockUrls};
 use sluice_config::Config;
-use sluice_config::gateway::{RedisTopology, StoreConfig, StoreFailure, UpstreamTarget};
+use sluice_config::gateway::UpstreamTarget;
+use sluice_config::store::{RedisTopology, StoreConfig, StoreFailure};
 use sluice_core::{CounterStore, SystemClock};
 use sluice_gateway::{Gateway, Runtime};
 use sluice_store::{
     FileTenants, GuardOptions, Guarded, MemoryStore, OnFailure, RedisStore, RedisTenants,
-    TenantStore, TimeSource, Topology,
+    SavedCounters, TenantStore, TimeSource, Topology,
 };
 use tokio::sync::watch;
 
@@ -125,11 +126,12 @@ async fn serve(
                 .with_context(|| format!("opening the data file {}", path.display()))?;
             tracing::info!(data = %path.display(), "tenants and saved counters in the data file");
             let store = MemoryStore::new(SystemClock);
-            let saved = file.load_counters()?;
+            let counters = SavedCounters::in_file(&file);
+            let saved = counters.load()?;
             let restored = saved.len();
             store.restore(saved);
             tracing::info!(counters = restored, "counters restored from the data file");
-            let persist = Persist { file: file.clone(), store: store.clone() };
+            let persist = Persist { counters, store: store.clone() };
             let sweep = store.clone();
             let history = crate::history::in_file(&config.gateway, &file)?;
             let parts = Parts { config_path, config, listen, mock_urls, history };
@@ -183,7 +185,7 @@ struct Parts {
 /// Saving the memory store's counters to the data file, behind admission.
 #[derive(Clone)]
 struct Persist {
-    file: FileTenants,
+    counters: SavedCounters,
     store: MemoryStore,
 }
 
@@ -192,7 +194,7 @@ impl Persist {
         let this = self.clone();
         let result = tokio::task::spawn_blocking(move || {
             let counters = this.store.snapshot();
-            this.file.save_counters(&counters).map(|()| counters.len())
+            this.counters.save(&counters).map(|()| counters.len())
         })
         .await;
         match result {

@@ -1,16 +1,14 @@
-//! The embedded data file (redb): tenants, keys, and the counters that must
-//! survive a restart, in one crash-safe file.
+//! The embedded data file (redb): tenants and keys, in one crash-safe file.
 //!
-//! Counters are written behind admission, never on its path: the server
-//! saves a snapshot of the memory store every few seconds and at a clean
-//! shutdown, and loads it at start ([`FileTenants::save_counters`],
-//! [`FileTenants::load_counters`]).
+//! [`FileTenants`] opens (or creates) the file; the other things kept in it
+//! share its handle, each in tables of its own: the memory store's counters
+//! ([`SavedCounters`](crate::SavedCounters)) and the usage history
+//! (`history/file.rs`).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use redb::{Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, TableDefinition};
-use sluice_core::{CounterKey, CounterState, GroupKey};
 
 use super::{
     KeyRecord, TenantRecord, TenantSnapshot, TenantStore, TenantStoreError, from_json, to_json,
@@ -25,13 +23,12 @@ const TENANT_KEYS: MultimapTableDefinition<'_, &str, &str> =
     MultimapTableDefinition::new("tenant_keys");
 /// Set in META once TENANT_KEYS holds every key.
 const INDEXED: &str = "tenant_keys_indexed";
-const COUNTERS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("counters");
 
 fn err(e: impl std::fmt::Display) -> TenantStoreError {
     TenantStoreError::File(e.to_string())
 }
 
-/// Tenants, keys and saved counters in a local file. Cheap to clone.
+/// Tenants and keys in a local file. Cheap to clone.
 #[derive(Clone)]
 pub struct FileTenants {
     db: Arc<Database>,
@@ -84,7 +81,6 @@ impl FileTenants {
             tx.open_table(TENANTS).map_err(err)?;
             tx.open_table(KEYS).map_err(err)?;
             tx.open_table(META).map_err(err)?;
-            tx.open_table(COUNTERS).map_err(err)?;
             let mut index = tx.open_multimap_table(TENANT_KEYS).map_err(err)?;
             let mut meta = tx.open_table(META).map_err(err)?;
             if meta.get(INDEXED).map_err(err)?.is_none() {
@@ -135,8 +131,9 @@ impl FileTenants {
         Ok(out)
     }
 
-    /// The database, for the other tables of the file (the usage history).
-    pub(crate) fn database(&self) -> &Database {
+    /// The database, for the other tables of the file (saved counters, the
+    /// usage history).
+    pub(crate) fn database(&self) -> &Arc<Database> {
         &self.db
     }
 
@@ -177,81 +174,6 @@ impl FileTenants {
             snap.keys.insert(k.value().to_owned(), from_json(v.value())?);
         }
         Ok(snap)
-    }
-
-    /// Replaces the saved counters with `counters`.
-    pub fn save_counters(
-        &self,
-        counters: &[(CounterKey, CounterState)],
-    ) -> Result<(), TenantStoreError> {
-        let tx = self.db.begin_write().map_err(err)?;
-        {
-            let mut t = tx.open_table(COUNTERS).map_err(err)?;
-            t.retain(|_, _| false).map_err(err)?;
-            for (k, s) in counters {
-                t.insert(encode_key(k).as_slice(), encode_state(s).as_slice()).map_err(err)?;
-            }
-        }
-        tx.commit().map_err(err)
-    }
-
-    /// The saved counters.
-    pub fn load_counters(&self) -> Result<Vec<(CounterKey, CounterState)>, TenantStoreError> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let mut out = Vec::new();
-        for row in tx.open_table(COUNTERS).map_err(err)?.iter().map_err(err)? {
-            let (k, v) = row.map_err(err)?;
-            if let (Some(k), Some(s)) = (decode_key(k.value()), decode_state(v.value())) {
-                out.push((k, s));
-            }
-        }
-        Ok(out)
-    }
-}
-
-fn encode_key(k: &CounterKey) -> [u8; 24] {
-    let mut b = [0u8; 24];
-    b[..8].copy_from_slice(&k.group.hi.to_be_bytes());
-    b[8..16].copy_from_slice(&k.group.lo.to_be_bytes());
-    b[16..].copy_from_slice(&k.counter.to_be_bytes());
-    b
-}
-
-fn word(b: &[u8], i: usize) -> Option<u64> {
-    b.get(i..i + 8).and_then(|s| s.try_into().ok()).map(u64::from_be_bytes)
-}
-
-fn decode_key(b: &[u8]) -> Option<CounterKey> {
-    Some(CounterKey { group: GroupKey { hi: word(b, 0)?, lo: word(b, 8)? }, counter: word(b, 16)? })
-}
-
-fn encode_state(s: &CounterState) -> Vec<u8> {
-    let (tag, a, b, c) = match *s {
-        CounterState::Rolling { tat, rem, amount } => {
-            (b'r', tat, u64::from(rem), u64::from(amount))
-        }
-        CounterState::Calendar { end, used } => (b'c', end, used, 0),
-        CounterState::Concurrent { in_flight } => (b'n', in_flight, 0, 0),
-    };
-    let mut v = Vec::with_capacity(25);
-    v.push(tag);
-    v.extend_from_slice(&a.to_be_bytes());
-    v.extend_from_slice(&b.to_be_bytes());
-    v.extend_from_slice(&c.to_be_bytes());
-    v
-}
-
-fn decode_state(b: &[u8]) -> Option<CounterState> {
-    let (a, x, y) = (word(b, 1)?, word(b, 9)?, word(b, 17)?);
-    match b.first()? {
-        b'r' => Some(CounterState::Rolling {
-            tat: a,
-            rem: u32::try_from(x).ok()?,
-            amount: u32::try_from(y).ok()?,
-        }),
-        b'c' => Some(CounterState::Calendar { end: a, used: x }),
-        // In-flight counts do not survive a restart: those requests are gone.
-        _ => None,
     }
 }
 
@@ -367,7 +289,7 @@ mod tests {
     }
 
     #[test]
-    fn records_and_counters_survive_reopening() {
+    fn records_survive_reopening() {
         let dir = std::env::temp_dir().join(format!("sluice-file-tenants-{}", std::process::id()));
         let path = dir.join("data.redb");
         let _ = std::fs::remove_file(&path);
@@ -384,27 +306,12 @@ mod tests {
                 ..Default::default()
             };
             rt.block_on(f.put_key(&k)).unwrap();
-            let key = CounterKey { group: GroupKey { hi: 1, lo: 2 }, counter: 3 };
-            f.save_counters(&[
-                (key, CounterState::Calendar { end: 99, used: 7 }),
-                (
-                    CounterKey { counter: 4, ..key },
-                    CounterState::Rolling { tat: 5, rem: 6, amount: 60 },
-                ),
-            ])
-            .unwrap();
         }
         let f = FileTenants::open(&path).unwrap();
         let snap = rt.block_on(f.snapshot()).unwrap();
         assert_eq!(snap.version, 2);
         assert_eq!(snap.tenants["acme"].tier.as_deref(), Some("free"));
         assert_eq!(snap.keys["k1"].tenant, "acme");
-        let counters = f.load_counters().unwrap();
-        assert_eq!(counters.len(), 2);
-        assert!(counters.contains(&(
-            CounterKey { group: GroupKey { hi: 1, lo: 2 }, counter: 3 },
-            CounterState::Calendar { end: 99, used: 7 }
-        )));
         let keys = rt.block_on(f.keys_of("acme")).unwrap();
         assert_eq!(keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), ["k1"]);
         assert_eq!(rt.block_on(f.key("k1")).unwrap().map(|k| k.tenant), Some("acme".into()));

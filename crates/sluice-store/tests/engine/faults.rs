@@ -124,7 +124,7 @@ async fn load(
     while !stop.load(Ordering::Relaxed) {
         i += 1;
         let t = &tenants[(i % tenants.len() as u64) as usize];
-        let req = sluice_core::Request {
+        let req = sluice_core::Ask {
             tenant: t,
             key: None,
             endpoint: policy.endpoint("chat").expect("chat"),
@@ -245,7 +245,7 @@ pub fn stopped_server_oracle(mut target: Target, on_failure: OnFailure) {
         tenants
             .iter()
             .map(|t| {
-                let req = sluice_core::Request {
+                let req = sluice_core::Ask {
                     tenant: t,
                     key: None,
                     endpoint: policy.endpoint("chat").expect("chat"),
@@ -341,7 +341,7 @@ pub fn settlements_wait_for_a_restarted_server() {
     let policy = policy(LIMITS);
     let t = policy.tenant(&tenant("t")).expect("tenant");
     let plan = || {
-        let req = sluice_core::Request {
+        let req = sluice_core::Ask {
             tenant: &t,
             key: None,
             endpoint: policy.endpoint("chat").expect("chat"),

@@ -89,8 +89,8 @@ impl<S: CounterStore + Clone> Harness<S> {
         endpoint: &str,
         model: &str,
         cost: Cost,
-    ) -> sluice_core::Request<'a> {
-        sluice_core::Request {
+    ) -> sluice_core::Ask<'a> {
+        sluice_core::Ask {
             tenant,
             key,
             endpoint: self
@@ -102,7 +102,7 @@ impl<S: CounterStore + Clone> Harness<S> {
         }
     }
 
-    pub fn admit_req(&self, req: &sluice_core::Request<'_>) -> Decision {
+    pub fn admit_req(&self, req: &sluice_core::Ask<'_>) -> Decision {
         let plan = self.policy.plan(req, self.clock.now());
         match self.rt.block_on(self.store.admit(&plan)) {
             Ok(d) => d,
@@ -110,7 +110,7 @@ impl<S: CounterStore + Clone> Harness<S> {
         }
     }
 
-    pub fn peek_req(&self, req: &sluice_core::Request<'_>) -> Decision {
+    pub fn peek_req(&self, req: &sluice_core::Ask<'_>) -> Decision {
         let plan = self.policy.plan(req, self.clock.now()).at_zero_cost();
         match self.rt.block_on(self.store.peek(&plan)) {
             Ok(d) => d,
