@@ -4,9 +4,8 @@
 //!
 //! Label values are bounded by the policy: endpoints, models, tiers and
 //! limit names are the policy's, statuses a fixed set ([`meters::STATUSES`]).
-//! Tenants are labels only when the
-//! operator asks (`[metrics] per_tenant = true`), in series of their own
-//! (`sluice_tenant_*`).
+//! Tenants are labels only when the operator asks (`[metrics] per_tenant =
+//! true`), in series of their own (`sluice_tenant_*`).
 //!
 //! The request path touches no label set: [`Meters`], built once per
 //! runtime, holds each (endpoint, model, tier, status) counter in a slot of
@@ -25,9 +24,6 @@ use sluice_served::Runtime;
 use sluice_served::metrics::SharedRegistry;
 
 pub use meters::{Meters, STATUSES, status_label};
-pub use sluice_served::metrics::{
-    CONTENT_TYPE, ListenerMeters, PROMETHEUS_CONTENT_TYPE, negotiate, serve_metrics,
-};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RequestLabels {
