@@ -13,8 +13,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use sluice_admin::dashboard::board::Board;
 use sluice_admin::dashboard::pages::{self, OverviewQuery, Range};
 use sluice_core::{Clock, Cost, CounterStore, FakeClock, RequestEvent, Step};
-use sluice_gateway::usage::limits_of;
-use sluice_gateway::{Gateway, Runtime};
+use sluice_served::usage::limits_of;
+use sluice_served::{Runtime, Served, Unconnected};
 use sluice_store::{History, HistorySettings, MemoryStore, TenantRecord, TenantSnapshot};
 
 const TENANTS: usize = 10_000;
@@ -46,16 +46,17 @@ fn bench(c: &mut Criterion) {
         let id = format!("org-{i:05}");
         snapshot.tenants.insert(id.clone(), TenantRecord { id, ..TenantRecord::default() });
     }
-    let (runtime, warnings) = Runtime::build(&config, &snapshot, &|_| None).expect("bench setup");
+    let (runtime, warnings) =
+        Runtime::build(&config, &snapshot, &Unconnected).expect("bench setup");
     assert!(warnings.is_empty(), "{warnings:?}");
     let clock = Arc::new(FakeClock::at("2026-05-01T08:00:00Z"));
-    let gw = Gateway::new(runtime, MemoryStore::new(clock.clone()), clock.clone());
+    let served = Served::new(runtime, MemoryStore::new(clock.clone()), clock.clone());
     let history = Arc::new(History::local(HistorySettings::default(), clock.clone()));
-    gw.set_history(history.clone());
+    served.set_history(history.clone());
 
     // An hour of traffic: every tenant, a request a minute on one of its
     // models; one tenant in 50 over its RPM now and then.
-    let rt_now = gw.runtime();
+    let rt_now = served.runtime();
     let chat = rt_now.policy.endpoint("chat").expect("bench setup");
     let rpm: Arc<str> = Arc::from("m-70b/rpm");
     for minute in 0..60 {
@@ -73,9 +74,9 @@ fn bench(c: &mut Criterion) {
                 cost: Cost::tokens(300, 200),
             };
             let plan = rt_now.policy.plan(&req, clock.now());
-            let d = rt.block_on(gw.store.admit(&plan)).expect("bench setup");
+            let d = rt.block_on(served.store.admit(&plan)).expect("bench setup");
             if let Some(id) = d.reservation() {
-                rt.block_on(gw.store.settle(id, sluice_core::Usage::tokens(280, 150)))
+                rt.block_on(served.store.settle(id, sluice_core::Usage::tokens(280, 150)))
                     .expect("bench setup");
             }
             let e = |step| RequestEvent {
@@ -99,20 +100,20 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("dashboard, 10,000 tenants");
     g.sample_size(10).measurement_time(Duration::from_secs(10));
     g.bench_function("board: read every tenant's counters (memory store)", |b| {
-        b.iter(|| rt.block_on(board.refresh(&gw, None)));
+        b.iter(|| rt.block_on(board.refresh(&served, None)));
     });
     let q = OverviewQuery::default();
-    let html = pages::overview(&gw, &board, &q);
+    let html = pages::overview(&served, &board, &q);
     println!("overview page: {} bytes", html.len());
     g.bench_function("overview page (sort 10,000, render 50)", |b| {
-        b.iter(|| pages::overview(&gw, &board, &q));
+        b.iter(|| pages::overview(&served, &board, &q));
     });
     let index = rt_now.tenant_index["org-00050"];
     g.bench_function("a tenant's page (read its counters, 14 charts)", |b| {
         b.iter(|| {
             let now = clock.now();
             let rows = rt
-                .block_on(limits_of(&gw.store, &rt_now, index, now))
+                .block_on(limits_of(&served.store, &rt_now, index, now))
                 .expect("bench setup")
                 .expect("bench setup");
             let rows: Vec<_> = rows

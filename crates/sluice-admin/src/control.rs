@@ -1,4 +1,4 @@
-//! Keeping what the gateway serves in step with the policy file and the
+//! Keeping what is served in step with the policy file and the
 //! tenant store: a policy reload (SIGHUP or the admin API), a watch on the
 //! tenant store's version (so a change made through any instance reaches
 //! every instance within one interval), and an admin write applied to this
@@ -18,7 +18,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use sluice_config::{Config, ConfigErrors};
 use sluice_core::CounterStore;
-use sluice_gateway::{Gateway, Runtime, RuntimeError};
+use sluice_served::{Connect, Runtime, RuntimeError, Served};
 use sluice_store::{TenantStore, TenantStoreError};
 
 /// Why a reload did not happen (the old policy keeps running).
@@ -45,39 +45,38 @@ async fn blocking<R: Send + 'static>(
     tokio::task::spawn_blocking(f).await?
 }
 
-/// Resolves a mock upstream's base URL by name.
-pub type MockUrls = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
-
-/// The policy, the tenant store, and the gateway they feed.
+/// The policy, the tenant store, and the served state they feed.
 pub struct Control<S, T> {
     config_path: PathBuf,
     config: ArcSwap<Config>,
-    /// The gateway served.
-    pub gateway: Arc<Gateway<S>>,
+    /// The served state.
+    pub served: Arc<Served<S>>,
     /// The tenant store.
     pub tenants: T,
-    mock_urls: MockUrls,
+    /// Makes the upstreams' clients of a reloaded policy.
+    connect: Arc<dyn Connect>,
     applied: AtomicU64,
     reload_lock: tokio::sync::Mutex<()>,
 }
 
 impl<S: CounterStore + Clone + Unpin, T: TenantStore> Control<S, T> {
-    /// Ties a gateway to its policy file and tenant store. `applied` is the
-    /// tenant store version the gateway's runtime was built from.
+    /// Ties the served state to its policy file and tenant store (a reload
+    /// builds its runtime with `connect`). `applied` is the tenant store
+    /// version the served runtime was built from.
     pub fn new(
         config_path: PathBuf,
         config: Config,
-        gateway: Arc<Gateway<S>>,
+        served: Arc<Served<S>>,
         tenants: T,
-        mock_urls: MockUrls,
+        connect: Arc<dyn Connect>,
         applied: u64,
     ) -> Arc<Self> {
         Arc::new(Self {
             config_path,
             config: ArcSwap::from_pointee(config),
-            gateway,
+            served,
             tenants,
-            mock_urls,
+            connect,
             applied: AtomicU64::new(applied),
             reload_lock: tokio::sync::Mutex::new(()),
         })
@@ -93,7 +92,7 @@ impl<S: CounterStore + Clone + Unpin, T: TenantStore> Control<S, T> {
     /// way may still hold it: the thread waits for them, so that it, not a
     /// request, is the last holder and does the freeing.
     fn serve(&self, runtime: Runtime) {
-        let old = self.gateway.swap_runtime(runtime);
+        let old = self.served.swap_runtime(runtime);
         drop(tokio::task::spawn_blocking(move || {
             let mut old = old;
             while let Err(held) = Arc::try_unwrap(old) {
@@ -110,7 +109,7 @@ impl<S: CounterStore + Clone + Unpin, T: TenantStore> Control<S, T> {
         let snap = self.tenants.snapshot().await?;
         let version = snap.version;
         let config = self.config();
-        let current = self.gateway.runtime();
+        let current = self.served.runtime();
         let (runtime, warnings) =
             blocking(move || Ok(current.with_tenants(&config, &snap)?)).await?;
         self.serve(runtime);
@@ -128,10 +127,10 @@ impl<S: CounterStore + Clone + Unpin, T: TenantStore> Control<S, T> {
         let _guard = self.reload_lock.lock().await;
         let snap = self.tenants.snapshot().await?;
         let version = snap.version;
-        let (path, mock_urls) = (self.config_path.clone(), self.mock_urls.clone());
+        let (path, connect) = (self.config_path.clone(), self.connect.clone());
         let (config, runtime, warnings) = blocking(move || {
             let config = sluice_config::load(&path).map_err(ReloadError::Config)?;
-            let (runtime, warnings) = Runtime::build(&config, &snap, &*mock_urls)?;
+            let (runtime, warnings) = Runtime::build(&config, &snap, &*connect)?;
             Ok((config, runtime, warnings))
         })
         .await?;
@@ -155,8 +154,8 @@ impl<S: CounterStore + Clone + Unpin, T: TenantStore> Control<S, T> {
         change: impl FnOnce(&Runtime) -> (Runtime, Option<String>),
     ) {
         let _guard = self.reload_lock.lock().await;
-        let (runtime, warning) = change(&self.gateway.runtime());
-        self.gateway.replace_runtime(runtime);
+        let (runtime, warning) = change(&self.served.runtime());
+        self.served.replace_runtime(runtime);
         let _ = self.applied.compare_exchange(
             version.wrapping_sub(1),
             version,

@@ -11,10 +11,10 @@ use std::sync::{Arc, OnceLock};
 use axum::Router;
 use http::{Method, Request, StatusCode};
 use sluice_core::SystemClock;
-use sluice_gateway::{Gateway, Runtime};
+use sluice_served::{Runtime, Served, Unconnected};
 use sluice_store::{FileTenants, MemoryStore, TenantStore};
 
-use crate::{AdminState, Control, MockUrls};
+use crate::{AdminState, Control};
 
 const TOKEN: &str = "fuzz-admin-token-0123456789";
 
@@ -69,13 +69,13 @@ fn world() -> &'static World {
         let router = rt.block_on(async {
             let tenants = FileTenants::open(dir.join("data.redb")).expect("a data file");
             let snapshot = tenants.snapshot().await.expect("a snapshot");
-            let mock_urls: MockUrls = Arc::new(|_: &str| None);
             let (runtime, _) =
-                Runtime::build(&config, &snapshot, &*mock_urls).expect("a gateway runtime");
+                Runtime::build(&config, &snapshot, &Unconnected).expect("a served runtime");
             let store = MemoryStore::new(SystemClock);
-            let gateway = Gateway::new(runtime, store, Arc::new(SystemClock));
+            let served = Served::new(runtime, store, Arc::new(SystemClock));
+            let connect = Arc::new(Unconnected);
             let control =
-                Control::new(policy_path, config, gateway, tenants, mock_urls, snapshot.version);
+                Control::new(policy_path, config, served, tenants, connect, snapshot.version);
             crate::router(AdminState::new(control, TOKEN))
         });
         World { rt, router }

@@ -17,13 +17,13 @@ use std::future::Future;
 use std::sync::Arc;
 
 use sluice_core::CounterStore;
-use sluice_gateway::ListenerOptions;
-use sluice_gateway::edge::RequestBody;
+use sluice_served::ListenerOptions;
+use sluice_served::edge::RequestBody;
 use sluice_store::TenantStore;
 use tokio::net::TcpListener;
 
 pub use api::{AdminState, OPENAPI, router};
-pub use control::{Control, MockUrls, ReloadError};
+pub use control::{Control, ReloadError};
 
 /// Serves the admin API on `listener` (through Sluice's hardened accept
 /// loop: `opts`' timeouts and caps) until `shutdown` completes, then lets
@@ -43,5 +43,5 @@ where
         let mut router = router.clone();
         async move { tower_service::Service::call(&mut router, req).await }
     });
-    sluice_gateway::serve_connections(listener, service, shutdown, opts).await
+    sluice_served::serve_connections(listener, service, shutdown, opts).await
 }

@@ -15,8 +15,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use sluice_config::gateway::{Upstream, UpstreamTarget};
-use sluice_gateway::edge::RequestBody;
 use sluice_gateway::upstream::UpstreamClient;
+use sluice_served::edge::RequestBody;
 
 type Body = UnsyncBoxBody<bytes::Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -64,11 +64,11 @@ fn main() -> anyhow::Result<()> {
             async move { Ok::<_, Infallible>(forward(&up, req).await) }
         });
         // The same accept loop as `sluice serve`; runs until killed.
-        sluice_gateway::serve_connections(
+        sluice_served::serve_connections(
             listener,
             service,
             std::future::pending(),
-            sluice_gateway::ListenerOptions::standalone("bare"),
+            sluice_served::ListenerOptions::standalone("bare"),
         )
         .await?;
         Ok(())

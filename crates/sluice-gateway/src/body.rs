@@ -22,7 +22,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use http_body_util::BodyExt;
-use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Frame, SizeHint};
 use sluice_core::CounterStore;
 use sluice_llm::usage::{SseUsageTap, usage_from_json};
@@ -31,16 +30,7 @@ use crate::background::Background;
 use crate::reservation::{Ending, Reservation};
 use crate::upstream::UpstreamBody;
 
-/// Errors of a response body.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The body type of every response.
-pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
-
-/// A complete body.
-pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
-    http_body_util::Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
-}
+pub use sluice_served::body::{BoxError, ResponseBody, full};
 
 /// The most of a JSON response kept to read its `usage` from.
 const JSON_KEEP: usize = 8 * 1024 * 1024;

@@ -10,24 +10,23 @@
 //! upstream's own key; the response streams back as it arrives; and the
 //! reservation is settled with the usage the response reports, once, however
 //! the response ends.
+//!
+//! The state it serves (runtime, store, metrics) and the accept loop it runs
+//! on are sluice-served's, shared with the admin API and the decision
+//! service; this crate is the proxying.
 #![forbid(unsafe_code)]
 
 pub mod access_log;
-pub mod auth;
 pub mod background;
 pub mod body;
-pub mod edge;
 mod hop;
 pub mod metrics;
 mod proxy;
 mod request_id;
 pub mod reservation;
-pub mod runtime;
-mod served;
 mod server;
 pub mod upstream;
-pub mod usage;
+mod usage;
 
-pub use edge::{BodyBudget, ListenerOptions, serve_connections};
-pub use runtime::{Runtime, RuntimeError};
 pub use server::{Gateway, serve, tokio_runtime};
+pub use upstream::{Connector, MockUrls};

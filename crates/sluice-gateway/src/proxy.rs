@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use std::borrow::Cow;
 
-use crate::edge::{BodyError, RequestBody};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -17,15 +16,16 @@ use sluice_llm::error::ApiError;
 use sluice_llm::headers::{HeaderOptions, insert_headers, is_rate_limit_header};
 use sluice_llm::usage::SseUsageTap;
 use sluice_llm::{RewriteOptions, expected_output, force_include_usage};
+use sluice_served::edge::{BodyError, RequestBody};
 
 use crate::access_log::AccessRecord;
-use crate::auth::AuthError;
 use crate::body::{JsonFrames, Metered, ResponseBody, Tap, full};
 use crate::hop;
 use crate::reservation::{Ending, FailureCost, Meter, Reservation, UsageNote};
-use crate::runtime::{Endpoint, KeyEntry, Route, Runtime, Tenant};
 use crate::server::Gateway;
 use crate::upstream::SendError;
+use sluice_served::auth::AuthError;
+use sluice_served::runtime::{Endpoint, KeyEntry, Route, Runtime, Tenant};
 
 /// Bodies larger than this are tokenized off the async runtime.
 const INLINE_TOKENIZE_BYTES: usize = 32 * 1024;
@@ -378,7 +378,7 @@ pub(crate) async fn proxy<'r, S: CounterStore + Clone + Unpin>(
     let admitted = gw.store.admit(&plan).await;
     let took = asked.elapsed();
     trace.admission = Some(took);
-    if let Some(m) = &rt.meters {
+    if let Some(m) = crate::metrics::of(rt) {
         m.admission(took.as_secs_f64());
     }
     let Ok(decision) = admitted else {
@@ -399,7 +399,7 @@ pub(crate) async fn proxy<'r, S: CounterStore + Clone + Unpin>(
     if let (Some(sink), Some(m)) = (gw.event_sink(), model_info) {
         reservation.noting(UsageNote::new(sink, &tenant.facts, m));
     }
-    if let (Some(meters), Some(m)) = (&rt.meters, model.id) {
+    if let (Some(meters), Some(m)) = (crate::metrics::shared(rt), model.id) {
         let mut meter = Meter::new(meters, &tenant.facts, m);
         if trace.time.is_some() {
             let record = trace.record(rt, endpoint, request_id);
@@ -409,8 +409,9 @@ pub(crate) async fn proxy<'r, S: CounterStore + Clone + Unpin>(
         reservation.metered(meter);
     }
 
-    // Forward.
-    let upstream = &rt.upstreams[route.upstream];
+    // Forward (to this gateway's client: a runtime built by another
+    // connector has none, and is answered as an upstream without a URI).
+    let upstream = crate::upstream::client(&*rt.upstreams[route.upstream]);
     let upstream_body = match upstream_body(body, stream, route) {
         Ok(b) => b,
         Err(e) => {
@@ -421,10 +422,10 @@ pub(crate) async fn proxy<'r, S: CounterStore + Clone + Unpin>(
     };
     // Without a query, the path is the endpoint's: its URI was made once.
     let uri = match parts.uri.path_and_query().filter(|p| p.query().is_some()) {
-        Some(with_query) => upstream.uri(with_query.as_str()),
+        Some(with_query) => upstream.and_then(|u| u.uri(with_query.as_str())),
         None => endpoint.upstream_uris.get(route.upstream).cloned().flatten(),
     };
-    let Some(uri) = uri else {
+    let (Some(upstream), Some(uri)) = (upstream, uri) else {
         reservation.answered(StatusCode::BAD_GATEWAY);
         reservation.end(Ending::NotForwarded);
         return error_response(&ApiError::upstream_error());
@@ -521,7 +522,7 @@ fn refusal<S: CounterStore>(
     {
         let step = Step::Refused { limit: &limit.name };
         gw.record(&event(tenant, model_info, step));
-        if let Some(m) = &rt.meters {
+        if let Some(m) = crate::metrics::of(rt) {
             m.denial(denied.limit, tenant.facts.shared_id());
         }
     }

@@ -315,9 +315,9 @@ pub struct Meter {
 
 impl Meter {
     /// The metrics of `tenant`'s request to `model`.
-    pub fn new(meters: &Arc<Meters>, tenant: &TenantFacts, model: ModelId) -> Self {
+    pub fn new(meters: Arc<Meters>, tenant: &TenantFacts, model: ModelId) -> Self {
         Self {
-            meters: meters.clone(),
+            meters,
             model,
             tenant: tenant.shared_id().clone(),
             sent: None,

@@ -4,35 +4,31 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::service::service_fn;
-use sluice_core::{Clock, CounterStore, EventSink, RequestEvent};
+use sluice_core::{Clock, CounterStore};
 use sluice_llm::Estimator;
 use sluice_llm::error::ApiError;
-use sluice_store::History;
+use sluice_served::edge::{ListenerOptions, RequestBody, Throttle, serve_connections};
+use sluice_served::metrics::Metrics;
+use sluice_served::{Runtime, Served};
 use tokio::net::TcpListener;
 
 use crate::background::Background;
 use crate::body::{ResponseBody, full};
-use crate::edge::{ListenerOptions, RequestBody, Throttle, serve_connections};
-use crate::metrics::{Meters, Metrics};
+use crate::metrics::{Meters, ProxyMetrics};
 use crate::proxy::Trace;
 use crate::proxy::{error_response, models, proxy};
 use crate::request_id::RequestIds;
-use crate::runtime::Runtime;
 
-/// The gateway: what every request shares.
+/// The gateway: the served state ([`Served`], which it dereferences to:
+/// runtime, store, clock, events) and what proxying adds to it.
 pub struct Gateway<S> {
-    runtime: ArcSwap<Runtime>,
-    /// The counter store.
-    pub store: S,
-    /// Where time comes from.
-    pub clock: Arc<dyn Clock>,
+    served: Arc<Served<S>>,
     /// Token estimates (tokenizers load once).
     pub estimator: Arc<Estimator>,
     /// Work requests leave behind (reading a JSON body on after its client
@@ -43,18 +39,16 @@ pub struct Gateway<S> {
     /// Requests refused for their API key, for the log.
     refused_keys: Throttle,
     started: std::time::Instant,
-    /// Who counts what requests do (set once, at start).
-    events: OnceLock<Events>,
-    /// Prometheus metrics.
-    metrics: Arc<Metrics>,
+    /// The proxy's Prometheus metrics.
+    metrics: Arc<ProxyMetrics>,
 }
 
-/// Where the events of requests go.
-struct Events {
-    /// Every event.
-    sink: Arc<dyn EventSink>,
-    /// The usage history (also a sink), for `/v1/usage`.
-    history: Arc<History>,
+impl<S> std::ops::Deref for Gateway<S> {
+    type Target = Served<S>;
+
+    fn deref(&self) -> &Served<S> {
+        &self.served
+    }
 }
 
 impl<S> Gateway<S> {
@@ -67,33 +61,14 @@ impl<S> Gateway<S> {
         }
     }
 
-    /// Records usage in `history` from now on (once; later calls are
-    /// ignored).
-    pub fn set_history(&self, history: Arc<History>) {
-        let _ = self.events.set(Events { sink: history.clone(), history });
+    /// The served state (for the admin API and the decision service).
+    pub fn served(&self) -> &Arc<Served<S>> {
+        &self.served
     }
 
-    /// The usage history, if usage is recorded.
-    pub fn history(&self) -> Option<&Arc<History>> {
-        self.events.get().map(|e| &e.history)
-    }
-
-    /// Where events go, if anywhere (for a settlement that happens later).
-    pub fn event_sink(&self) -> Option<&Arc<dyn EventSink>> {
-        self.events.get().map(|e| &e.sink)
-    }
-
-    /// The metrics.
-    pub fn metrics(&self) -> &Arc<Metrics> {
+    /// The proxy's metrics.
+    pub fn proxy_metrics(&self) -> &Arc<ProxyMetrics> {
         &self.metrics
-    }
-
-    /// Tells every sink what a request did (memory only: cheap).
-    #[inline]
-    pub fn record(&self, event: &RequestEvent<'_>) {
-        if let Some(e) = self.events.get() {
-            e.sink.record(event);
-        }
     }
 }
 
@@ -105,45 +80,21 @@ impl<S: CounterStore + Clone + Unpin> Gateway<S> {
         for route in runtime.routes.values() {
             estimator.preload(route.encoding);
         }
-        let metrics = Arc::new(Metrics::new(runtime.settings.metrics.per_tenant));
-        let runtime = bind_meters(runtime, &metrics);
+        let shared = Metrics::default();
+        let metrics =
+            Arc::new(ProxyMetrics::new(shared.registry(), runtime.settings.metrics.per_tenant));
+        let bind = metrics.clone();
+        let prepare = Box::new(move |runtime| bind_meters(runtime, &bind));
+        let served = Served::with_metrics(runtime, store, clock, shared, Some(prepare));
         Arc::new(Self {
-            runtime: ArcSwap::from_pointee(runtime),
-            store,
-            clock,
+            served,
             estimator,
             background: Arc::default(),
             ids: RequestIds::new(),
             refused_keys: Throttle::default(),
             started: std::time::Instant::now(),
-            events: OnceLock::new(),
             metrics,
         })
-    }
-
-    /// The runtime now being served.
-    pub fn runtime(&self) -> Arc<Runtime> {
-        self.runtime.load_full()
-    }
-
-    /// Serves `runtime` from now on (requests under way keep the old one).
-    pub fn replace_runtime(&self, runtime: Runtime) {
-        self.runtime.store(Arc::new(bind_meters(runtime, &self.metrics)));
-    }
-
-    /// The metrics' text in the format `accept` asks for, with the store's
-    /// health as of now; and its `Content-Type`.
-    pub fn metrics_text(&self, accept: Option<&HeaderValue>) -> (String, &'static str) {
-        let format = crate::metrics::negotiate(accept);
-        let text =
-            self.metrics.encode(!self.store.degraded(), self.store.pending_settlements(), format);
-        (text, format)
-    }
-
-    /// Serves `runtime` from now on; the one served until now, for the
-    /// caller to drop where its freeing holds up no request.
-    pub fn swap_runtime(&self, runtime: Runtime) -> Arc<Runtime> {
-        self.runtime.swap(Arc::new(runtime))
     }
 
     /// Handles one request.
@@ -155,7 +106,7 @@ impl<S: CounterStore + Clone + Unpin> Gateway<S> {
             let mut trace = Trace::new(self.metrics.access_log().is_some());
             let resp = proxy(self, &rt, endpoint, req, &request_id, &mut trace).await;
             let status = resp.status().as_u16();
-            if let Some(m) = &rt.meters {
+            if let Some(m) = crate::metrics::of(&rt) {
                 m.request(endpoint.id, trace.model, trace.tier, status);
                 if let Some(t) = trace.tenant {
                     m.tenant_request(t.facts.shared_id(), trace.model, status);
@@ -187,8 +138,8 @@ impl<S: CounterStore + Clone + Unpin> Gateway<S> {
 }
 
 /// The policy's metrics bound to `metrics` (kept if they already are).
-fn bind_meters(mut runtime: Runtime, metrics: &Arc<Metrics>) -> Runtime {
-    if !runtime.meters.as_ref().is_some_and(|m| Arc::ptr_eq(m.metrics(), metrics)) {
+fn bind_meters(mut runtime: Runtime, metrics: &Arc<ProxyMetrics>) -> Runtime {
+    if !crate::metrics::of(&runtime).is_some_and(|m| Arc::ptr_eq(m.metrics(), metrics)) {
         runtime.meters = Some(Arc::new(Meters::new(metrics, &runtime.policy)));
     }
     runtime

@@ -36,7 +36,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use sluice_core::SystemClock;
-use sluice_gateway::{Gateway, Runtime};
+use sluice_served::{Runtime, Served, Unconnected};
 use sluice_store::{MemoryStore, TenantSnapshot};
 use tonic::transport::{Channel, Endpoint};
 
@@ -200,17 +200,17 @@ fn main() {
             None => {
                 let config = sluice_config::parse(&policy(a.tenants), "rls-load.toml").unwrap();
                 let (runtime, _) =
-                    Runtime::build(&config, &TenantSnapshot::default(), &|_| None).unwrap();
+                    Runtime::build(&config, &TenantSnapshot::default(), &Unconnected).unwrap();
                 let store = MemoryStore::new(SystemClock);
-                let gw = Gateway::new(runtime, store, Arc::new(SystemClock));
-                let svc = sluice_rls::DecisionService::new(gw, config.decisions.unwrap(), None);
+                let served = Served::new(runtime, store, Arc::new(SystemClock));
+                let svc = sluice_rls::DecisionService::new(served, config.decisions.unwrap(), None);
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let addr = listener.local_addr().unwrap();
                 let server = tokio::spawn(sluice_rls::serve_grpc(
                     listener,
                     svc,
                     std::future::pending::<()>(),
-                    sluice_gateway::ListenerOptions::standalone("decisions-grpc"),
+                    sluice_served::ListenerOptions::standalone("decisions-grpc"),
                 ));
                 (format!("http://{addr}"), Some(server))
             }

@@ -1,5 +1,5 @@
 //! One decision, whichever API asked: request facts -> tenant, key, model,
-//! endpoint -> plan -> one all-or-nothing admission in the gateway's store.
+//! endpoint -> plan -> one all-or-nothing admission in the counter store.
 //!
 //! Everything a caller can get wrong is refused here, before the store is
 //! touched, so bad input never charges anyone.
@@ -11,10 +11,10 @@ use sluice_core::{
     Cost, CounterStore, Decision, EndpointId, Fact, Instant, ModelId, ModelRef, Outcome,
     RequestEvent, Step,
 };
-use sluice_gateway::Runtime;
-use sluice_gateway::runtime::KeyEntry;
 use sluice_llm::error::ApiError;
 use sluice_llm::headers::{HeaderOptions, render_headers};
+use sluice_served::Runtime;
+use sluice_served::runtime::KeyEntry;
 
 /// Echoed client strings are cut to this many bytes.
 const MAX_ECHO: usize = 128;

@@ -55,9 +55,9 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use sluice_config::decisions::HitsAddend;
 use sluice_core::{Cost, CounterStore, LimitStatus, Outcome, Period, Verdict};
-use sluice_gateway::ListenerOptions;
-use sluice_gateway::edge::RequestBody;
 use sluice_llm::error::ApiError;
+use sluice_served::ListenerOptions;
+use sluice_served::edge::RequestBody;
 use tokio::net::TcpListener;
 
 use crate::engine::{Answer, DecisionError, Query, needs};
@@ -79,7 +79,7 @@ pub async fn serve_grpc<S: CounterStore + Clone + Unpin>(
         let mut server = server.clone();
         async move { tower_service::Service::call(&mut server, req).await }
     });
-    sluice_gateway::serve_connections(listener, service, shutdown, opts).await?;
+    sluice_served::serve_connections(listener, service, shutdown, opts).await?;
     Ok(())
 }
 
@@ -289,7 +289,7 @@ impl<S: CounterStore + Clone + Unpin> DecisionService<S> {
         let answer = self.check(&req.domain, &q, Api::Grpc).await?;
         if let Some(id) = answer.decision.reservation() {
             // Envoy never reports usage: the hits are the final charge.
-            self.gateway().store.release(id);
+            self.served().store.release(id);
         }
         Ok(response(&answer, &f.carried, |i| answer.index.needs(i)))
     }

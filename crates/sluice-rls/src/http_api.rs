@@ -68,13 +68,13 @@ pub async fn serve_http<S: CounterStore + Clone + Unpin>(
     listener: TcpListener,
     svc: Arc<DecisionService<S>>,
     shutdown: impl Future<Output = ()>,
-    opts: sluice_gateway::ListenerOptions,
+    opts: sluice_served::ListenerOptions,
 ) -> std::io::Result<()> {
     let service = service_fn(move |req| {
         let svc = svc.clone();
         async move { Ok::<_, Infallible>(handle(&svc, req).await) }
     });
-    sluice_gateway::serve_connections(listener, service, shutdown, opts).await
+    sluice_served::serve_connections(listener, service, shutdown, opts).await
 }
 
 /// Handles one request.
@@ -107,7 +107,7 @@ where
     }
     let settle = path.ends_with("/settle");
     let started = std::time::Instant::now();
-    match svc.token_ok(sluice_gateway::auth::bearer(req.headers())) {
+    match svc.token_ok(sluice_served::auth::bearer(req.headers())) {
         None | Some(true) => {}
         Some(false) => {
             let e = if req.headers().contains_key(header::AUTHORIZATION) {

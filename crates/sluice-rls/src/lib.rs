@@ -3,7 +3,7 @@
 //! the decisions.
 //!
 //! Two APIs over one [`DecisionService`], which serves the state of a
-//! [`Gateway`] (its policy, tenants and keys, counter store and clock), so a
+//! [`Served`] (its policy, tenants and keys, counter store and clock), so a
 //! decision here and a request through `sluice serve` share the same
 //! counters:
 //!
@@ -45,7 +45,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use sluice_config::decisions::DecisionsConfig;
 use sluice_core::{Clock, CounterStore, ReservationId, Settlement, Usage};
-use sluice_gateway::{BodyBudget, Gateway, ListenerOptions};
+use sluice_served::{BodyBudget, ListenerOptions, Served};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -79,10 +79,10 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// What both APIs share: the gateway's state, the section's settings, the
+/// What both APIs share: the served state, the section's settings, the
 /// JSON API's token, and the metrics.
 pub struct DecisionService<S> {
-    gateway: Arc<Gateway<S>>,
+    served: Arc<Served<S>>,
     config: DecisionsConfig,
     /// SHA-256 of the bearer token the JSON API requires, if any.
     token: Option<[u8; 32]>,
@@ -100,19 +100,15 @@ impl<S> std::fmt::Debug for DecisionService<S> {
 }
 
 impl<S: CounterStore + Clone + Unpin> DecisionService<S> {
-    /// A service over `gateway`'s state; `token`, when given, is required as
+    /// A service over `served`; `token`, when given, is required as
     /// `Authorization: Bearer <token>` by the JSON API.
-    pub fn new(
-        gateway: Arc<Gateway<S>>,
-        config: DecisionsConfig,
-        token: Option<&str>,
-    ) -> Arc<Self> {
+    pub fn new(served: Arc<Served<S>>, config: DecisionsConfig, token: Option<&str>) -> Arc<Self> {
         let metrics = Metrics::new();
-        metrics.share(gateway.metrics().registry());
+        metrics.share(served.metrics().registry());
         Arc::new(Self {
-            gateway,
+            served,
             config,
-            token: token.map(sluice_gateway::auth::hash_secret),
+            token: token.map(sluice_served::auth::hash_secret),
             metrics,
             index: ArcSwapOption::empty(),
         })
@@ -121,7 +117,7 @@ impl<S: CounterStore + Clone + Unpin> DecisionService<S> {
     /// A service whose token is read from `config.token_env` (refused when
     /// that variable is not set).
     pub fn from_env(
-        gateway: Arc<Gateway<S>>,
+        served: Arc<Served<S>>,
         config: DecisionsConfig,
     ) -> Result<Arc<Self>, ServeError> {
         let token = match &config.token_env {
@@ -131,7 +127,7 @@ impl<S: CounterStore + Clone + Unpin> DecisionService<S> {
             },
             None => None,
         };
-        Ok(Self::new(gateway, config, token.as_deref()))
+        Ok(Self::new(served, config, token.as_deref()))
     }
 
     /// The settings.
@@ -144,14 +140,14 @@ impl<S: CounterStore + Clone + Unpin> DecisionService<S> {
         &self.metrics
     }
 
-    /// The gateway whose state is served.
-    pub fn gateway(&self) -> &Arc<Gateway<S>> {
-        &self.gateway
+    /// The state served.
+    pub fn served(&self) -> &Arc<Served<S>> {
+        &self.served
     }
 
     /// The index of the runtime now served (rebuilt when it was replaced).
     pub(crate) fn index(&self) -> Arc<RuntimeIndex> {
-        let rt = self.gateway.runtime();
+        let rt = self.served.runtime();
         if let Some(ix) = self.index.load_full()
             && Arc::ptr_eq(&ix.runtime, &rt)
         {
@@ -172,7 +168,7 @@ impl<S: CounterStore + Clone + Unpin> DecisionService<S> {
     pub(crate) fn token_ok(&self, presented: Option<&str>) -> Option<bool> {
         let want = self.token.as_ref()?;
         let Some(p) = presented else { return Some(false) };
-        Some(sluice_gateway::auth::same(want, &sluice_gateway::auth::hash_secret(p)))
+        Some(sluice_served::auth::same(want, &sluice_served::auth::hash_secret(p)))
     }
 
     /// Counts a refused call and hands the error back.
@@ -199,7 +195,7 @@ impl<S: CounterStore + Clone + Unpin> DecisionService<S> {
                 self.metrics.decision(api, domain, answer.kind().as_str());
                 self.metrics.limits(domain, &answer);
                 if let Some(event) = answer.event() {
-                    self.gateway.record(&event);
+                    self.served.record(&event);
                 }
                 Ok(answer)
             }
@@ -222,9 +218,9 @@ impl<S: CounterStore + Clone + Unpin> DecisionService<S> {
         }
         engine::check_cost(q.cost, self.config.max_cost)?;
         let index = self.index();
-        let now = self.gateway.clock.now();
+        let now = self.served.clock.now();
         let resolved = engine::resolve(&index, q, &self.config, now)?;
-        engine::admit(&self.gateway.store, now, index.clone(), resolved, q.cost).await
+        engine::admit(&self.served.store, now, index.clone(), resolved, q.cost).await
     }
 
     /// Settles a reservation made by [`DecisionService::check`] with what the
@@ -235,7 +231,7 @@ impl<S: CounterStore + Clone + Unpin> DecisionService<S> {
         id: ReservationId,
         usage: Usage,
     ) -> Result<Settlement, DecisionError> {
-        let s = self.gateway.store.settle(id, usage).await.map_err(|e| {
+        let s = self.served.store.settle(id, usage).await.map_err(|e| {
             tracing::error!(error = %e, "counter store failed to settle");
             DecisionError::Unavailable(e.to_string())
         })?;
@@ -273,22 +269,22 @@ impl Running {
 }
 
 /// Binds the configured listeners (port 0: any free port) and serves both
-/// APIs over `gateway`'s state until [`Running::stop`].
+/// APIs over `served` until [`Running::stop`].
 pub async fn start<S: CounterStore + Clone + Unpin>(
-    gateway: Arc<Gateway<S>>,
+    served: Arc<Served<S>>,
     config: &DecisionsConfig,
     budget: Arc<BodyBudget>,
     grace: Duration,
 ) -> Result<Running, ServeError> {
-    let gauges = gateway.metrics().clone();
+    let gauges = served.clone();
     let opts = |name| ListenerOptions {
         name,
         limits: config.limits,
         budget: budget.clone(),
         grace,
-        meters: Some(gauges.listener(name)),
+        meters: Some(gauges.metrics().listener(name)),
     };
-    let svc = DecisionService::from_env(gateway, config.clone())?;
+    let svc = DecisionService::from_env(served, config.clone())?;
     let (stop, rx) = watch::channel(false);
     let shutdown = move || {
         let mut rx = rx.clone();

@@ -111,10 +111,10 @@ impl Metrics {
         Self { registry, decisions, limits, settlements, latency }
     }
 
-    /// Registers these metrics in `shared` too (the gateway's registry,
+    /// Registers these metrics in `shared` too (the process's registry,
     /// served on the admin and metrics listeners), counting into the same
     /// series. This listener's `/metrics` keeps serving its own only.
-    pub fn share(&self, shared: &sluice_gateway::metrics::SharedRegistry) {
+    pub fn share(&self, shared: &sluice_served::metrics::SharedRegistry) {
         shared.register("sluice_decisions", DECISIONS_HELP, self.decisions.clone());
         shared.register("sluice_decision_limits", LIMITS_HELP, self.limits.clone());
         shared.register("sluice_settlements", SETTLEMENTS_HELP, self.settlements.clone());

@@ -7,7 +7,7 @@ use std::time::Duration;
 use sluice_core::{
     CounterKey, CounterStore, Decision, FakeClock, Plan, ReservationId, Settlement, Usage,
 };
-use sluice_gateway::{Gateway, Runtime};
+use sluice_served::{Runtime, Served, Unconnected};
 use sluice_store::{MemoryStore, TenantSnapshot};
 
 pub(crate) const KEY_ACME: &str = "sk-acme-1";
@@ -79,8 +79,8 @@ http_listen = "127.0.0.1:0"
 domains = ["sluice", "edge"]
 token_env = "SLUICE_TEST_DECISIONS_TOKEN"
 "#,
-        sluice_gateway::auth::hash_text(KEY_ACME),
-        sluice_gateway::auth::hash_text(KEY_OTHER)
+        sluice_served::auth::hash_text(KEY_ACME),
+        sluice_served::auth::hash_text(KEY_OTHER)
     )
 }
 
@@ -89,22 +89,22 @@ pub(crate) struct Harness<S> {
     pub(crate) clock: FakeClock,
 }
 
-pub(crate) fn gateway_with<S: CounterStore + Clone + Unpin>(
+pub(crate) fn served_with<S: CounterStore + Clone + Unpin>(
     text: &str,
     store: impl FnOnce(FakeClock) -> S,
-) -> (Arc<Gateway<S>>, sluice_config::Config, FakeClock) {
+) -> (Arc<Served<S>>, sluice_config::Config, FakeClock) {
     let config = sluice_config::parse(text, "test.toml").unwrap();
     let (runtime, warnings) =
-        Runtime::build(&config, &TenantSnapshot::default(), &|_| None).unwrap();
+        Runtime::build(&config, &TenantSnapshot::default(), &Unconnected).unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
     let clock = FakeClock::at("2026-05-01T10:00:00Z");
-    let gw = Gateway::new(runtime, store(clock.clone()), Arc::new(clock.clone()));
-    (gw, config, clock)
+    let served = Served::new(runtime, store(clock.clone()), Arc::new(clock.clone()));
+    (served, config, clock)
 }
 
 pub(crate) fn harness_with(text: &str, token: Option<&str>) -> Harness<MemoryStore> {
-    let (gw, config, clock) = gateway_with(text, MemoryStore::new);
-    let svc = crate::DecisionService::new(gw, config.decisions.unwrap(), token);
+    let (served, config, clock) = served_with(text, MemoryStore::new);
+    let svc = crate::DecisionService::new(served, config.decisions.unwrap(), token);
     Harness { svc, clock }
 }
 

@@ -44,7 +44,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             std::io::stdin().read_to_string(&mut secret)?;
             let secret = secret.trim();
             anyhow::ensure!(!secret.is_empty(), "give the secret on standard input");
-            writeln!(std::io::stdout(), "{}", sluice_gateway::auth::hash_text(secret))?;
+            writeln!(std::io::stdout(), "{}", sluice_served::auth::hash_text(secret))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys { command } => admin_cli::keys(command),
@@ -81,7 +81,7 @@ fn keys_generate(plain: bool) -> anyhow::Result<ExitCode> {
     let mut bytes = [0u8; 24];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
     let secret = format!("sk-sluice-{}", hex::encode(bytes));
-    let hash = sluice_gateway::auth::hash_text(&secret);
+    let hash = sluice_served::auth::hash_text(&secret);
     let mut out = std::io::stdout().lock();
     if plain {
         writeln!(out, "{secret} {hash}")?;

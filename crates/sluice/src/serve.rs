@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sluice_admin::{AdminState, Control, MockUrls};
+use sluice_admin::{AdminState, Control};
 use sluice_config::Config;
 use sluice_config::gateway::UpstreamTarget;
 use sluice_config::store::{RedisTopology, StoreConfig, StoreFailure};
 use sluice_core::{CounterStore, SystemClock};
-use sluice_gateway::{Gateway, Runtime};
+use sluice_gateway::{Connector, Gateway, MockUrls};
+use sluice_served::{Connect, Runtime};
 use sluice_store::{
     FileTenants, GuardOptions, Guarded, MemoryStore, OnFailure, RedisStore, RedisTenants,
     SavedCounters, TenantStore, TimeSource, Topology,
@@ -218,7 +219,8 @@ where
 {
     let Parts { config_path, config, listen, mock_urls, history } = parts;
     let snapshot = tenants.snapshot().await.context("reading tenants")?;
-    let (runtime, warnings) = Runtime::build(&config, &snapshot, &*mock_urls)?;
+    let connect: Arc<dyn Connect> = Arc::new(Connector::new(mock_urls));
+    let (runtime, warnings) = Runtime::build(&config, &snapshot, &*connect)?;
     for w in warnings {
         tracing::warn!("{w}");
     }
@@ -229,12 +231,13 @@ where
         gateway.set_history(h.history.clone());
     }
     let history_task = history.as_ref().map(crate::history::Kept::spawn);
+    let served = gateway.served().clone();
     let control = Control::new(
         config_path,
         config.clone(),
-        gateway.clone(),
+        served.clone(),
         tenants,
-        mock_urls,
+        connect,
         snapshot.version,
     );
 
@@ -292,15 +295,14 @@ where
         }
     };
 
-    let budget = sluice_gateway::BodyBudget::new(config.gateway.body_memory_bytes);
+    let budget = sluice_served::BodyBudget::new(config.gateway.body_memory_bytes);
     let grace = config.gateway.shutdown_grace;
-    let metrics = gateway.metrics().clone();
-    let opts = |name, limits| sluice_gateway::ListenerOptions {
+    let opts = |name, limits| sluice_served::ListenerOptions {
         name,
         limits,
         budget: budget.clone(),
         grace,
-        meters: Some(metrics.listener(name)),
+        meters: Some(served.metrics().listener(name)),
     };
     warn_if_caps_exceed_file_limit(&config);
     let mut tasks = Vec::new();
@@ -313,7 +315,7 @@ where
         let state = AdminState::new(control.clone(), &token);
         if admin.dashboard {
             let d = state.enable_dashboard(admin.session_ttl);
-            board = Some(tokio::spawn(d.board.clone().keep(gateway.clone())));
+            board = Some(tokio::spawn(d.board.clone().keep(served.clone())));
             println!("sluice dashboard on http://{}/dashboard", admin_listener.local_addr()?);
         }
         tasks.push(tokio::spawn(sluice_admin::serve(
@@ -340,18 +342,19 @@ where
             .await
             .with_context(|| format!("metrics listening on {}", m.listen))?;
         println!("sluice metrics on http://{}/metrics", metrics_listener.local_addr()?);
-        let gw = gateway.clone();
+        let served = served.clone();
         let opts = opts("metrics", m.limits);
         let stop = stopped();
         tasks.push(tokio::spawn(async move {
-            sluice_gateway::metrics::serve_metrics(metrics_listener, gw, &token, stop, opts).await
+            sluice_served::metrics::serve_metrics(metrics_listener, served, &token, stop, opts)
+                .await
         }));
     }
 
     // --- decision service (sluice-rls): Envoy RLS v3 and JSON check/settle ---
     let decisions = match &config.decisions {
         Some(d) => {
-            let running = sluice_rls::start(gateway.clone(), d, budget.clone(), grace)
+            let running = sluice_rls::start(served.clone(), d, budget.clone(), grace)
                 .await
                 .context("starting the decision service ([decisions])")?;
             if let Some(a) = running.grpc {
@@ -446,10 +449,10 @@ where
     if let Some(b) = board {
         b.abort();
     }
-    if gateway.metrics().access_log().is_some() {
+    if gateway.proxy_metrics().access_log().is_some() {
         let gw = gateway.clone();
         let flushed = tokio::task::spawn_blocking(move || {
-            gw.metrics().access_log().is_none_or(|l| l.flush(SETTLE_AT_EXIT))
+            gw.proxy_metrics().access_log().is_none_or(|l| l.flush(SETTLE_AT_EXIT))
         })
         .await;
         if !matches!(flushed, Ok(true)) {
@@ -480,7 +483,7 @@ fn open_access_log<S: CounterStore + Clone + Unpin>(
     use sluice_config::observe::AccessLogTo;
     use sluice_gateway::access_log::AccessLog;
     let a = &config.gateway.access_log;
-    let dropped = gateway.metrics().access_log_dropped().clone();
+    let dropped = gateway.proxy_metrics().access_log_dropped().clone();
     let log = match &a.to {
         AccessLogTo::Off => return Ok(()),
         AccessLogTo::Stdout => AccessLog::stdout(a.queue, dropped)?,
@@ -493,7 +496,7 @@ fn open_access_log<S: CounterStore + Clone + Unpin>(
             log
         }
     };
-    gateway.metrics().set_access_log(log);
+    gateway.proxy_metrics().set_access_log(log);
     Ok(())
 }
 

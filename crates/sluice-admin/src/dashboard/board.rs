@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 use sluice_core::{CounterStore, Instant, Metric};
-use sluice_gateway::Gateway;
-use sluice_gateway::usage::limits_of;
+use sluice_served::Served;
+use sluice_served::usage::limits_of;
 
 /// How often the tenants seen since the last read are read again.
 pub const ACTIVE_EVERY: Duration = Duration::from_secs(2);
@@ -90,18 +90,18 @@ impl Board {
     /// forgets tenants no longer served. Returns how many were read.
     pub async fn refresh<S: CounterStore + Clone + Unpin>(
         &self,
-        gw: &Gateway<S>,
+        served: &Served<S>,
         only: Option<&[Arc<str>]>,
     ) -> usize {
-        let rt = gw.runtime();
+        let rt = served.runtime();
         let indices: Vec<usize> = match only {
             Some(ids) => ids.iter().filter_map(|id| rt.tenant_index.get(&**id).copied()).collect(),
             None => (0..rt.tenants.len()).collect(),
         };
         let mut fresh = Vec::with_capacity(indices.len());
         for index in indices {
-            let now = gw.clock.now();
-            let Some(Ok(rows)) = limits_of(&gw.store, &rt, index, now).await else { continue };
+            let now = served.clock.now();
+            let Some(Ok(rows)) = limits_of(&served.store, &rt, index, now).await else { continue };
             let tenant = &rt.tenants[index].facts;
             let mut bars: Vec<Bar> = Vec::new();
             for row in &rows {
@@ -139,23 +139,23 @@ impl Board {
     }
 
     /// Keeps the board until aborted.
-    pub async fn keep<S: CounterStore + Clone + Unpin>(self: Arc<Self>, gw: Arc<Gateway<S>>) {
+    pub async fn keep<S: CounterStore + Clone + Unpin>(self: Arc<Self>, served: Arc<Served<S>>) {
         let mut tick = tokio::time::interval(ACTIVE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_all: Option<tokio::time::Instant> = None;
-        let mut since = gw.clock.now();
+        let mut since = served.clock.now();
         loop {
             tick.tick().await;
-            let now = gw.clock.now();
+            let now = served.clock.now();
             if last_all.is_none_or(|t| t.elapsed() >= ALL_EVERY) {
                 last_all = Some(tokio::time::Instant::now());
-                self.refresh(&gw, None).await;
-            } else if let Some(h) = gw.history() {
+                self.refresh(&served, None).await;
+            } else if let Some(h) = served.history() {
                 // The history's minutes: a tenant seen in the minute of the
                 // last read may have been read before its request.
                 let active = h.active_since(since);
                 if !active.is_empty() {
-                    self.refresh(&gw, Some(&active)).await;
+                    self.refresh(&served, Some(&active)).await;
                 }
             }
             since = now;

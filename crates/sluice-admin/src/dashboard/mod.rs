@@ -27,8 +27,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use sluice_core::CounterStore;
-use sluice_gateway::auth::{hash_secret, same};
-use sluice_gateway::usage::limits_of;
+use sluice_served::auth::{hash_secret, same};
+use sluice_served::usage::limits_of;
 use sluice_store::TenantStore;
 
 use crate::api::AdminState;
@@ -121,10 +121,10 @@ impl<S: CounterStore + Clone + Unpin, T: TenantStore + Clone> AdminState<S, T> {
         let id = session::cookie(headers)?;
         let role = d.sessions.get(id)?;
         if let Role::Tenant { tenant, key } = &role {
-            let gw = &self.control.gateway;
-            let rt = gw.runtime();
+            let served = &self.control.served;
+            let rt = served.runtime();
             let ok = rt.keys.find_hash(key).is_some_and(|k| {
-                k.expires.is_none_or(|e| gw.clock.now() < e)
+                k.expires.is_none_or(|e| served.clock.now() < e)
                     && rt.tenants.get(k.tenant).is_some_and(|t| t.facts.id() == tenant)
             });
             if !ok {
@@ -195,12 +195,12 @@ async fn login<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
     let role = match (f.admin_token.as_deref(), f.api_key.as_deref()) {
         (Some(t), None) if same(&hash_secret(t.trim()), st.token_hash()) => Some(Role::Operator),
         (None, Some(k)) => {
-            let gw = &st.control.gateway;
-            let rt = gw.runtime();
+            let served = &st.control.served;
+            let rt = served.runtime();
             let key = hash_secret(k.trim());
             rt.keys
                 .find_hash(&key)
-                .filter(|e| e.expires.is_none_or(|x| gw.clock.now() < x))
+                .filter(|e| e.expires.is_none_or(|x| served.clock.now() < x))
                 .and_then(|e| rt.tenants.get(e.tenant))
                 .map(|t| Role::Tenant { tenant: t.facts.id().to_owned(), key })
         }
@@ -251,7 +251,7 @@ async fn overview<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
         None => return to_login(),
     }
     let Some(d) = st.dashboard() else { return to_login() };
-    let body = pages::overview(&st.control.gateway, &d.board, &q);
+    let body = pages::overview(&st.control.served, &d.board, &q);
     html(StatusCode::OK, page("All tenants", &Viewer::Operator, &body))
 }
 
@@ -267,14 +267,14 @@ async fn tenant_body<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
     range: Range,
     base: &str,
 ) -> Result<String, Response> {
-    let gw = &st.control.gateway;
-    let rt = gw.runtime();
+    let served = &st.control.served;
+    let rt = served.runtime();
     let not_found = || {
         html(StatusCode::NOT_FOUND, page("Not found", &Viewer::Operator, "<h1>No such tenant</h1>"))
     };
     let index = *rt.tenant_index.get(id).ok_or_else(not_found)?;
-    let now = gw.clock.now();
-    let rows = match limits_of(&gw.store, &rt, index, now).await {
+    let now = served.clock.now();
+    let rows = match limits_of(&served.store, &rt, index, now).await {
         Some(Ok(rows)) => rows,
         Some(Err(e)) => {
             tracing::warn!(error = %e, "the dashboard could not read counters");
@@ -295,7 +295,7 @@ async fn tenant_body<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
         .collect();
     let tenant = &rt.tenants[index].facts;
     let tier = rt.policy.tier_info(tenant.tier()).map_or("?", |t| &t.name);
-    Ok(pages::tenant(gw.history().map(|h| &**h), id, tier, &rows, range, now, base))
+    Ok(pages::tenant(served.history().map(|h| &**h), id, tier, &rows, range, now, base))
 }
 
 async fn operator_tenant<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(

@@ -6,8 +6,8 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use sluice_core::{CounterStore, Instant};
-use sluice_gateway::Gateway;
-use sluice_gateway::usage::LimitRow;
+use sluice_served::Served;
+use sluice_served::usage::LimitRow;
 use sluice_store::History;
 use sluice_store::history::{Counts, Grain, OVERFLOW};
 
@@ -130,13 +130,13 @@ type Row = (f64, u64, u64, Arc<str>, Arc<super::board::Entry>);
 
 /// The operator's overview: every tenant, the nearest to a limit first.
 pub fn overview<S: CounterStore + Clone + Unpin>(
-    gw: &Gateway<S>,
+    served: &Served<S>,
     board: &Board,
     q: &OverviewQuery,
 ) -> String {
-    let now = gw.clock.now();
+    let now = served.clock.now();
     let hour_ago = Instant::from_secs(now.as_secs().saturating_sub(3_540));
-    let history = gw.history();
+    let history = served.history();
     let activity: HashMap<Arc<str>, Counts> = history
         .map(|h| h.activity(hour_ago).into_iter().map(|a| (a.tenant, a.counts)).collect())
         .unwrap_or_default();

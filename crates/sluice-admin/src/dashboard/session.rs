@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use axum::http::HeaderMap;
 use axum::http::header;
 use parking_lot::Mutex;
-use sluice_gateway::auth::{KeyHash, hash_secret};
+use sluice_served::auth::{KeyHash, hash_secret};
 
 /// The cookie's name.
 pub const COOKIE: &str = "sluice_session";

@@ -10,7 +10,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use sluice_core::{EndpointId, LimitId, ModelId, Policy, TierId};
 
 use super::{
-    LimitLabels, Metrics, ModelLabels, RequestLabels, TenantLimitLabels, TenantRequestLabels,
+    LimitLabels, ModelLabels, ProxyMetrics, RequestLabels, TenantLimitLabels, TenantRequestLabels,
     TenantTokenLabels, TokenLabels,
 };
 
@@ -62,7 +62,7 @@ fn slots<T>(n: usize) -> Box<[OnceLock<T>]> {
 /// One runtime's metrics, resolved ahead.
 #[derive(Debug)]
 pub struct Meters {
-    metrics: Arc<Metrics>,
+    metrics: Arc<ProxyMetrics>,
     endpoints: Box<[Arc<str>]>,
     /// The policy's models, then `""` (not known).
     models: Box<[Arc<str>]>,
@@ -81,7 +81,7 @@ pub struct Meters {
 
 impl Meters {
     /// The slots of `policy`'s names in `metrics`.
-    pub fn new(metrics: &Arc<Metrics>, policy: &Policy) -> Self {
+    pub fn new(metrics: &Arc<ProxyMetrics>, policy: &Policy) -> Self {
         let none: Arc<str> = Arc::from("");
         let endpoints: Box<[Arc<str>]> = policy.endpoints().map(|(_, e)| e.name.clone()).collect();
         let models: Box<[Arc<str>]> =
@@ -116,7 +116,7 @@ impl Meters {
     }
 
     /// The metrics these slots count into.
-    pub fn metrics(&self) -> &Arc<Metrics> {
+    pub fn metrics(&self) -> &Arc<ProxyMetrics> {
         &self.metrics
     }
 

@@ -1,11 +1,11 @@
-//! The gateway's Prometheus metrics (docs/OBSERVABILITY.md#metrics), in one
-//! registry that the decision service's metrics join.
+//! The proxy's Prometheus metrics (docs/OBSERVABILITY.md#metrics), in the
+//! registry every metric of the process joins
+//! ([`sluice_served::metrics::SharedRegistry`]).
 //!
 //! Label values are bounded by the policy: endpoints, models, tiers and
-//! limit names are the policy's, statuses a fixed set ([`meters::STATUSES`]),
-//! listeners the few Sluice opens. Tenants are labels only when the
-//! operator asks (`[metrics] per_tenant = true`), in series of their own
-//! (`sluice_tenant_*`).
+//! limit names are the policy's, statuses a fixed set ([`meters::STATUSES`]).
+//! Tenants are labels only when the operator asks (`[metrics] per_tenant =
+//! true`), in series of their own (`sluice_tenant_*`).
 //!
 //! The request path touches no label set: [`Meters`], built once per
 //! runtime, holds each (endpoint, model, tier, status) counter in a slot of
@@ -13,96 +13,17 @@
 //! `Family::get_or_create`, a lock and a hash) and an atomic add after.
 
 mod meters;
-mod serve;
 
 use std::sync::Arc;
 
-use parking_lot::RwLock;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::{Metric, Registry};
+use sluice_served::Runtime;
+use sluice_served::metrics::SharedRegistry;
 
 pub use meters::{Meters, STATUSES, status_label};
-pub use serve::serve_metrics;
-
-/// The `Content-Type` of [`SharedRegistry::encode`].
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-/// The `Content-Type` of [`SharedRegistry::encode_prometheus`].
-pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// The text format a scraper asked for: OpenMetrics if its `Accept` names
-/// it (Prometheus does), else the Prometheus text format (0.0.4: curl,
-/// `promtool check metrics`). Its `Content-Type`.
-pub fn negotiate(accept: Option<&http::HeaderValue>) -> &'static str {
-    let open = accept
-        .and_then(|a| a.to_str().ok())
-        .is_some_and(|a| a.contains("application/openmetrics-text"));
-    if open { CONTENT_TYPE } else { PROMETHEUS_CONTENT_TYPE }
-}
-
-/// The Prometheus text format (0.0.4) of an OpenMetrics text: a counter's
-/// family is named with its `_total` suffix, and there is no `# EOF`.
-fn to_prometheus_text(open: &str) -> String {
-    let mut out = String::with_capacity(open.len());
-    let mut help: Option<&str> = None;
-    for line in open.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        if line.starts_with("# HELP ") {
-            help = Some(line);
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
-            let name = if kind == "counter" { format!("{name}_total") } else { name.to_owned() };
-            if let Some(h) = help.take() {
-                let text = h.splitn(4, ' ').nth(3).unwrap_or("");
-                out.push_str(&format!("# HELP {name} {text}\n"));
-            }
-            out.push_str(&format!("# TYPE {name} {kind}\n"));
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
-}
-
-/// One registry for every metric of the process: registered into at start,
-/// read at each scrape.
-#[derive(Clone, Debug, Default)]
-pub struct SharedRegistry(Arc<RwLock<(Registry, Vec<String>)>>);
-
-impl SharedRegistry {
-    /// Registers `metric` as `name` (a name registered already is left as
-    /// it is: one family per name).
-    pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
-        let mut r = self.0.write();
-        if r.1.iter().any(|n| n == name) {
-            return;
-        }
-        r.1.push(name.to_owned());
-        r.0.register(name, help, metric);
-    }
-
-    /// The OpenMetrics text exposition.
-    pub fn encode(&self) -> String {
-        let mut out = String::with_capacity(16 * 1024);
-        if prometheus_client::encoding::text::encode(&mut out, &self.0.read().0).is_err() {
-            tracing::warn!("encoding metrics failed");
-        }
-        out
-    }
-
-    /// The Prometheus text format (0.0.4).
-    pub fn encode_prometheus(&self) -> String {
-        to_prometheus_text(&self.encode())
-    }
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RequestLabels {
@@ -126,11 +47,6 @@ pub(crate) struct TokenLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ModelLabels {
     pub(crate) model: Arc<str>,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ListenerLabels {
-    listener: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -178,10 +94,9 @@ pub(crate) struct PerTenant {
     pub(crate) denials: Family<TenantLimitLabels, Counter>,
 }
 
-/// The gateway's metrics.
+/// The proxy's metrics.
 #[derive(Debug)]
-pub struct Metrics {
-    registry: SharedRegistry,
+pub struct ProxyMetrics {
     pub(crate) requests: Family<RequestLabels, Counter>,
     pub(crate) denials: Family<LimitLabels, Counter>,
     pub(crate) tokens: Family<TokenLabels, Counter>,
@@ -189,27 +104,16 @@ pub struct Metrics {
     pub(crate) upstream_head: Histograms<ModelLabels>,
     pub(crate) upstream_first_byte: Histograms<ModelLabels>,
     pub(crate) admission: Histogram,
-    store_up: Gauge,
-    pending: Gauge,
-    connections: Family<ListenerLabels, Gauge>,
-    in_flight: Family<ListenerLabels, Gauge>,
     access_dropped: Counter,
     pub(crate) per_tenant: Option<PerTenant>,
     access_log: std::sync::OnceLock<crate::access_log::AccessLog>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new(false)
-    }
-}
-
-impl Metrics {
-    /// Empty metrics in a registry of their own; with tenant labels if
+impl ProxyMetrics {
+    /// Empty metrics registered in `registry`; with tenant labels if
     /// `per_tenant`.
-    pub fn new(per_tenant: bool) -> Self {
-        let registry = SharedRegistry::default();
-        let r = &registry;
+    pub fn new(registry: &SharedRegistry, per_tenant: bool) -> Self {
+        let r = registry;
         let requests = Family::<RequestLabels, Counter>::default();
         r.register(
             "sluice_requests",
@@ -254,26 +158,6 @@ impl Metrics {
             "Time the counter store took to admit or refuse a request",
             admission.clone(),
         );
-        let store_up = Gauge::default();
-        r.register(
-            "sluice_store_up",
-            "1 when the counter store answers, 0 while it is degraded",
-            store_up.clone(),
-        );
-        let pending = Gauge::default();
-        r.register(
-            "sluice_store_pending_settlements",
-            "Settlements waiting to be sent to the counter store",
-            pending.clone(),
-        );
-        let connections = Family::<ListenerLabels, Gauge>::default();
-        r.register("sluice_open_connections", "Open connections, by listener", connections.clone());
-        let in_flight = Family::<ListenerLabels, Gauge>::default();
-        r.register(
-            "sluice_requests_in_flight",
-            "Requests whose response has not ended, by listener",
-            in_flight.clone(),
-        );
         let access_dropped = Counter::default();
         r.register(
             "sluice_access_log_dropped",
@@ -304,7 +188,6 @@ impl Metrics {
             t
         });
         Self {
-            registry,
             requests,
             denials,
             tokens,
@@ -312,19 +195,10 @@ impl Metrics {
             upstream_head,
             upstream_first_byte,
             admission,
-            store_up,
-            pending,
-            connections,
-            in_flight,
             access_dropped,
             per_tenant,
             access_log: std::sync::OnceLock::new(),
         }
-    }
-
-    /// The registry (the decision service registers its own metrics here).
-    pub fn registry(&self) -> &SharedRegistry {
-        &self.registry
     }
 
     /// Writes an access-log line for every request from now on (once;
@@ -343,57 +217,15 @@ impl Metrics {
     pub fn access_log_dropped(&self) -> &Counter {
         &self.access_dropped
     }
-
-    /// The gauges of listener `name`.
-    pub fn listener(&self, name: &'static str) -> ListenerMeters {
-        let l = ListenerLabels { listener: name };
-        ListenerMeters {
-            connections: self.connections.get_or_create_owned(&l),
-            in_flight: self.in_flight.get_or_create_owned(&l),
-        }
-    }
-
-    /// The text exposition in `format` (a `Content-Type` of
-    /// [`negotiate`]), with the store's health as of now.
-    pub fn encode(&self, store_up: bool, pending_settlements: usize, format: &str) -> String {
-        self.store_up.set(i64::from(store_up));
-        self.pending.set(i64::try_from(pending_settlements).unwrap_or(i64::MAX));
-        if format == CONTENT_TYPE {
-            self.registry.encode()
-        } else {
-            self.registry.encode_prometheus()
-        }
-    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_prometheus_text_names_counters_with_their_suffix() {
-        let m = Metrics::new(false);
-        m.access_log_dropped().inc();
-        let open = m.encode(true, 3, CONTENT_TYPE);
-        assert!(open.contains("# TYPE sluice_access_log_dropped counter\n"), "{open}");
-        assert!(open.ends_with("# EOF\n"), "{open}");
-        let text = m.encode(true, 3, PROMETHEUS_CONTENT_TYPE);
-        assert!(text.contains("# HELP sluice_access_log_dropped_total Access-log"), "{text}");
-        assert!(text.contains("# TYPE sluice_access_log_dropped_total counter\n"), "{text}");
-        assert!(text.contains("\nsluice_access_log_dropped_total 1\n"), "{text}");
-        assert!(text.contains("\nsluice_store_pending_settlements 3\n"), "{text}");
-        assert!(!text.contains("# EOF"), "{text}");
-        assert_eq!(negotiate(None), PROMETHEUS_CONTENT_TYPE);
-        let prom = http::HeaderValue::from_static(
-            "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4",
-        );
-        assert_eq!(negotiate(Some(&prom)), CONTENT_TYPE);
-    }
+/// The proxy's meters `runtime` carries, if a gateway bound them.
+#[inline]
+pub fn of(runtime: &Runtime) -> Option<&Meters> {
+    runtime.meters.as_deref()?.downcast_ref()
 }
 
-/// A listener's gauges: open connections and requests in flight.
-#[derive(Clone, Debug, Default)]
-pub struct ListenerMeters {
-    pub(crate) connections: Gauge,
-    pub(crate) in_flight: Gauge,
+/// The same, shared (for a request's [`crate::reservation::Meter`]).
+pub fn shared(runtime: &Runtime) -> Option<Arc<Meters>> {
+    runtime.meters.clone()?.downcast().ok()
 }

@@ -290,8 +290,8 @@ async fn output_tokens_when_configured() {
 
 #[tokio::test]
 async fn a_store_that_is_down_is_unavailable() {
-    let (gw, config, _clock) = gateway_with(&policy(), |_| DownStore);
-    let svc = crate::DecisionService::new(gw, config.decisions.unwrap(), None);
+    let (served, config, _clock) = served_with(&policy(), |_| DownStore);
+    let svc = crate::DecisionService::new(served, config.decisions.unwrap(), None);
     let e = svc
         .should_rate_limit(&req("sluice", vec![desc(&[("tenant", "acme")])], 1))
         .await
@@ -320,7 +320,7 @@ async fn over_grpc() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let opts = sluice_gateway::ListenerOptions::standalone("test");
+    let opts = sluice_served::ListenerOptions::standalone("test");
     let server = tokio::spawn(serve_grpc(
         listener,
         h.svc.clone(),
@@ -368,7 +368,7 @@ async fn over_grpc_callers_authenticate_and_unmappable_requests_are_denied() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let opts = sluice_gateway::ListenerOptions::standalone("test");
+    let opts = sluice_served::ListenerOptions::standalone("test");
     let server = tokio::spawn(serve_grpc(
         listener,
         h.svc.clone(),

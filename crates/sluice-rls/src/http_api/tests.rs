@@ -337,7 +337,7 @@ async fn decisions_are_in_the_usage_history() {
 
     let h = harness();
     let history = Arc::new(History::local(HistorySettings::default(), Arc::new(h.clock.clone())));
-    h.svc.gateway.set_history(history.clone());
+    h.svc.served.set_history(history.clone());
     let start = h.clock.now();
     for _ in 0..3 {
         assert_eq!(check(&h, acme(10, 10)).await["outcome"], "admitted");

@@ -13,25 +13,25 @@ use sluice_core::CounterStore;
 use crate::auth::{bearer, hash_secret, same};
 use crate::body::{ResponseBody, full};
 use crate::edge::{ListenerOptions, RequestBody, Throttle, serve_connections};
-use crate::server::Gateway;
+use crate::served::Served;
 
 /// Serves `GET /metrics` on `listener` to callers that send `token` as
 /// their bearer token, until `shutdown` completes.
 pub async fn serve_metrics<S>(
     listener: tokio::net::TcpListener,
-    gateway: Arc<Gateway<S>>,
+    served: Arc<Served<S>>,
     token: &str,
     shutdown: impl Future<Output = ()>,
     opts: ListenerOptions,
 ) -> std::io::Result<()>
 where
-    S: CounterStore + Clone + Unpin,
+    S: CounterStore,
 {
     let token = hash_secret(token);
     let refused = Arc::new(Throttle::default());
     let started = std::time::Instant::now();
     let service = service_fn(move |req: Request<RequestBody>| {
-        let gw = gateway.clone();
+        let served = served.clone();
         let refused = refused.clone();
         async move {
             let authorized = bearer(req.headers()).is_some_and(|t| same(&hash_secret(t), &token));
@@ -51,7 +51,7 @@ where
             } else if req.method() != Method::GET {
                 plain(StatusCode::METHOD_NOT_ALLOWED, "GET /metrics\n")
             } else {
-                let (text, format) = gw.metrics_text(req.headers().get(header::ACCEPT));
+                let (text, format) = served.metrics_text(req.headers().get(header::ACCEPT));
                 let mut r = Response::new(full(text));
                 r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(format));
                 r

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
-use crate::served::ShardedMap;
+use crate::tenants::ShardedMap;
 
 /// A key hash: SHA-256 of the secret.
 pub type KeyHash = [u8; 32];

@@ -2,15 +2,21 @@
 //! the policy, tenants and keys, endpoints by path, and each model's route.
 //! A reload builds a new `Runtime` and swaps it in whole; a request keeps the
 //! one it started with. An admin write makes a new `Runtime` too, sharing
-//! all but what it changed ([`crate::served`]).
+//! all but what it changed ([`crate::tenants`]).
+//!
+//! The upstreams' clients are the proxy's (sluice-gateway): a runtime
+//! carries them as [`Upstream`]s, made by the [`Connect`] it is built with,
+//! so that a reload swaps them with the routes that name them, and the
+//! services that never forward build none ([`Unconnected`]).
 
 use hashbrown::HashMap;
+use std::any::Any;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::Uri;
 use sluice_config::Config;
-use sluice_config::gateway::{GatewayConfig, TokenEncoding, UpstreamTarget};
+use sluice_config::gateway::{GatewayConfig, TokenEncoding, Upstream as UpstreamConfig};
 use sluice_core::{
     EndpointId, Instant, KeyFacts, KeySpec, ModelId, OverrideSpec, Policy, TenantFacts, TenantSpec,
 };
@@ -18,8 +24,71 @@ use sluice_llm::{Encoding, EndpointKind};
 use sluice_store::{TenantRecord, TenantSnapshot};
 
 use crate::auth::{KeyTable, parse_hash};
-pub use crate::served::{ShardedMap, TenantList};
-use crate::upstream::{UpstreamClient, UpstreamError};
+pub use crate::tenants::{ShardedMap, TenantList};
+
+/// An upstream's client as a runtime carries it: the proxy's (which gets
+/// its own type back with `Any`), opaque to what only decides or
+/// administers.
+pub trait Upstream: Any + std::fmt::Debug + Send + Sync {
+    /// The upstream URI for a client's request path (and query), if one
+    /// can be made.
+    fn uri(&self, path_and_query: &str) -> Option<Uri>;
+}
+
+/// Makes the client of each upstream of the policy file when a runtime is
+/// built: the proxy's connector, or [`Unconnected`].
+pub trait Connect: Send + Sync {
+    /// The client of `upstream`.
+    fn connect(&self, upstream: &UpstreamConfig) -> Result<Arc<dyn Upstream>, RuntimeError>;
+}
+
+/// No clients, for what never forwards a request (the decision service
+/// and the admin API on their own, their tests and benchmarks): each
+/// upstream is a name that makes no URI.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Unconnected;
+
+/// An upstream [`Unconnected`] stands in for.
+#[derive(Debug)]
+struct NotConnected;
+
+impl Upstream for NotConnected {
+    fn uri(&self, _: &str) -> Option<Uri> {
+        None
+    }
+}
+
+impl Connect for Unconnected {
+    fn connect(&self, _: &UpstreamConfig) -> Result<Arc<dyn Upstream>, RuntimeError> {
+        Ok(Arc::new(NotConnected))
+    }
+}
+
+/// Why an upstream cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The API key's environment variable is not set.
+    #[error(
+        "upstream `{upstream}`: the environment variable `{var}` (its `api_key_env`) is not set"
+    )]
+    MissingKey {
+        /// The upstream.
+        upstream: String,
+        /// The variable.
+        var: String,
+    },
+    /// The key cannot be sent as a header.
+    #[error("upstream `{0}`: its API key contains characters that cannot go in a header")]
+    BadKey(String),
+    /// The base URL cannot be combined with request paths.
+    #[error("upstream `{upstream}`: `{url}` is not a usable base URL")]
+    BadUrl {
+        /// The upstream.
+        upstream: String,
+        /// The URL.
+        url: String,
+    },
+}
 
 /// A tenant being served.
 #[derive(Debug)]
@@ -63,7 +132,7 @@ pub struct KeyEntry {
     pub expires: Option<Instant>,
 }
 
-/// An endpoint the gateway serves.
+/// An endpoint of the policy, by the request path it is served at.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     /// The policy's endpoint.
@@ -122,13 +191,13 @@ pub enum RuntimeError {
     NoMock(String),
 }
 
-/// The served state.
+/// The policy, tenants and keys as served.
 ///
 /// Its maps hash with hashbrown's default (foldhash, seeded per process), not
 /// SipHash: every request looks up three of them, and they are built from
 /// the configuration, never from requests, so no client can fill them with
 /// colliding keys. Tenants and keys are held in shards that a copy shares
-/// ([`crate::served`]): cloning a runtime does not copy them.
+/// ([`crate::tenants`]): cloning a runtime does not copy them.
 #[derive(Debug, Clone)]
 pub struct Runtime {
     /// The policy.
@@ -145,37 +214,33 @@ pub struct Runtime {
     pub endpoints: HashMap<String, Endpoint>,
     /// Routes by model.
     pub routes: HashMap<ModelId, Route>,
-    /// Upstream clients.
-    pub upstreams: Vec<Arc<UpstreamClient>>,
+    /// Upstream clients (the proxy's, made by the runtime's [`Connect`]).
+    pub upstreams: Vec<Arc<dyn Upstream>>,
     /// Model id -> developer, for `/v1/models`.
     pub owners: HashMap<String, String>,
-    /// The policy's metrics, resolved ahead (bound by the gateway that
-    /// serves the runtime; kept when only the tenants change).
-    pub meters: Option<Arc<crate::metrics::Meters>>,
+    /// The proxy's metrics of the policy, resolved ahead (bound by the
+    /// gateway that serves the runtime, which gets its own type back with
+    /// `Any`; kept when only the tenants change).
+    pub meters: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 impl Runtime {
     /// Builds a runtime from a policy file and the tenants of the tenant
-    /// store. `mock_url` gives the base URL of a mock upstream the caller
-    /// started for a `mock = true` upstream (by name). Stored tenants or keys
-    /// that do not fit the policy are left out and reported in the second
-    /// value (a stale tenant must not stop a reload); the file's own must fit.
+    /// store, with the upstreams' clients `connect` makes. Stored tenants or
+    /// keys that do not fit the policy are left out and reported in the
+    /// second value (a stale tenant must not stop a reload); the file's own
+    /// must fit.
     pub fn build(
         config: &Config,
         stored: &TenantSnapshot,
-        mock_url: &dyn Fn(&str) -> Option<String>,
+        connect: &dyn Connect,
     ) -> Result<(Self, Vec<String>), RuntimeError> {
-        let settings = config.gateway.clone();
-        let mut upstreams = Vec::new();
-        for u in &settings.upstreams {
-            let base = match &u.target {
-                UpstreamTarget::Url(url) => url.clone(),
-                UpstreamTarget::Mock => {
-                    mock_url(&u.name).ok_or_else(|| RuntimeError::NoMock(u.name.clone()))?
-                }
-            };
-            upstreams.push(Arc::new(UpstreamClient::new(u, &base)?));
-        }
+        let upstreams = config
+            .gateway
+            .upstreams
+            .iter()
+            .map(|u| connect.connect(u))
+            .collect::<Result<Vec<_>, _>>()?;
         Self::assemble(config, stored, upstreams)
     }
 
@@ -194,7 +259,7 @@ impl Runtime {
     fn assemble(
         config: &Config,
         stored: &TenantSnapshot,
-        upstreams: Vec<Arc<UpstreamClient>>,
+        upstreams: Vec<Arc<dyn Upstream>>,
     ) -> Result<(Self, Vec<String>), RuntimeError> {
         let policy = config.policy.clone();
         let mut warnings = Vec::new();
