@@ -14,7 +14,8 @@ use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 
 /// What a runtime goes through before it is served in place of another
-/// ([`Served::replace_runtime`]): the proxy binds its metrics to it.
+/// ([`Served::replace_runtime`], [`Served::swap_runtime`]): the proxy binds
+/// its metrics to it.
 pub type Prepare = Box<dyn Fn(Runtime) -> Runtime + Send + Sync>;
 
 /// The served state.
@@ -47,7 +48,7 @@ impl<S> Served<S> {
 
     /// Serves `runtime` with `store` and `metrics`; `prepare`, if given,
     /// goes over `runtime` now and over each runtime that
-    /// [`Served::replace_runtime`] serves.
+    /// [`Served::replace_runtime`] or [`Served::swap_runtime`] serves.
     pub fn with_metrics(
         runtime: Runtime,
         store: S,
@@ -76,16 +77,17 @@ impl<S> Served<S> {
 
     /// Serves `runtime` from now on (requests under way keep the old one).
     pub fn replace_runtime(&self, runtime: Runtime) {
+        drop(self.swap_runtime(runtime));
+    }
+
+    /// Serves `runtime` from now on (after `prepare`, as every runtime
+    /// served); the one served until now, for the caller to drop where its
+    /// freeing holds up no request.
+    pub fn swap_runtime(&self, runtime: Runtime) -> Arc<Runtime> {
         let runtime = match &self.prepare {
             Some(p) => p(runtime),
             None => runtime,
         };
-        self.runtime.store(Arc::new(runtime));
-    }
-
-    /// Serves `runtime` from now on; the one served until now, for the
-    /// caller to drop where its freeing holds up no request.
-    pub fn swap_runtime(&self, runtime: Runtime) -> Arc<Runtime> {
         self.runtime.swap(Arc::new(runtime))
     }
 

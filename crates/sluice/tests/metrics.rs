@@ -301,3 +301,43 @@ fn the_metrics_listener_needs_its_token() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("SLUICE_METRICS_TOKEN"), "{err}");
 }
+
+/// A policy reload serves a new runtime: the proxy's counters keep counting
+/// across it (they are bound to each runtime served, not only the first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counting_goes_on_after_a_policy_reload() {
+    let mock = mock().await;
+    let mut s = Sluice::start(&policy(&mock), &env());
+    let admin = s.line("sluice admin on ").unwrap();
+    let chat_url = format!("{}/v1/chat/completions", s.url);
+    let c = client();
+    let series = r#"sluice_requests_total{endpoint="chat",model="m2",tier="free",status="200"}"#;
+    let admission = "sluice_admission_seconds_count";
+
+    let r = post(&c, &chat_url, Some(ACME), &chat("m2", 7), &[]).await;
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    let r = c
+        .post(format!("{admin}/admin/v1/policy/reload"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    for _ in 0..2 {
+        let r = post(&c, &chat_url, Some(ACME), &chat("m2", 7), &[]).await;
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = get(&format!("{admin}/metrics"), Some(ADMIN_TOKEN)).await.1;
+        if value(&text, series) == Some(3.0) && value(&text, admission) == Some(3.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(value(&text, series), Some(3.0), "{text}");
+    assert_eq!(value(&text, admission), Some(3.0), "{text}");
+}
