@@ -16,7 +16,7 @@ use sluice_store::{FileTenants, MemoryStore, TenantStore};
 
 use crate::{AdminState, Control};
 
-const TOKEN: &str = "fuzz-admin-token-0123456789";
+pub(crate) const TOKEN: &str = "fuzz-admin-token-0123456789";
 
 const POLICY: &str = r#"
 [models."m"]
@@ -46,9 +46,9 @@ tier = "free"
 
 /// The admin API's real router over a memory store and a data file in
 /// [`dir`], built once per process.
-struct World {
-    rt: tokio::runtime::Runtime,
-    router: Router,
+pub(crate) struct World {
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) router: Router,
 }
 
 /// The directory of this process's policy file and data file.
@@ -56,7 +56,7 @@ fn dir() -> PathBuf {
     std::env::temp_dir().join(format!("sluice-fuzz-admin-{}", std::process::id()))
 }
 
-fn world() -> &'static World {
+pub(crate) fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
     WORLD.get_or_init(|| {
         let rt =

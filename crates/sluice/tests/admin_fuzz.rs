@@ -26,26 +26,6 @@ fn schemathesis() -> PathBuf {
     bin
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_openapi_document_describes_every_route() {
-    let doc: serde_json::Value = serde_json::from_str(sluice_admin_openapi()).unwrap();
-    assert_eq!(doc["openapi"], "3.0.3");
-    let paths = doc["paths"].as_object().unwrap();
-    for p in [
-        "/admin/v1/tenants",
-        "/admin/v1/tenants/{id}",
-        "/admin/v1/tenants/{id}/keys",
-        "/admin/v1/tenants/{id}/keys/{key}",
-        "/admin/v1/tenants/{id}/keys/{key}/rotate",
-        "/admin/v1/tenants/{id}/overrides/{limit}",
-        "/admin/v1/tenants/{id}/usage",
-        "/admin/v1/tenants/{id}/usage/reset",
-        "/admin/v1/policy/reload",
-    ] {
-        assert!(paths.contains_key(p), "{p} is not documented");
-    }
-}
-
 fn sluice_admin_openapi() -> &'static str {
     include_str!("../../sluice-admin/src/openapi.json")
 }

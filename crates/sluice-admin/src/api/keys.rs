@@ -5,27 +5,29 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
-use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_core::{CounterStore, Instant, KeySpec};
 use sluice_served::auth::hash_text;
 use sluice_store::{KeyRecord, TenantStore};
 
-use super::{AdminState, ApiError, ApiPath, ApiResult, body, now_text, ok, random_hex, valid_id};
+use super::{
+    AdminState, ApiError, ApiPath, ApiResult, Routes, body, now_text, ok, random_hex, valid_id,
+};
 
 /// The group's routes.
-pub(super) fn routes<S, T>() -> Router<Arc<AdminState<S, T>>>
+pub(super) fn routes<S, T>() -> Routes<Arc<AdminState<S, T>>>
 where
     S: CounterStore + Clone + Unpin,
     T: TenantStore + Clone,
 {
-    Router::new()
+    Routes::new()
         .route("/admin/v1/tenants/{id}/keys", get(list_keys::<S, T>).post(create_key::<S, T>))
         .route("/admin/v1/tenants/{id}/keys/{key}", delete(revoke_key::<S, T>))
         .route("/admin/v1/tenants/{id}/keys/{key}/rotate", post(rotate_key::<S, T>))

@@ -10,6 +10,8 @@
 //! [`usage`], [`policy`] (and `/metrics`).
 
 mod keys;
+#[cfg(test)]
+mod openapi_check;
 mod policy;
 mod tenants;
 mod usage;
@@ -21,7 +23,7 @@ use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use sluice_core::{Clock, CounterStore, SystemClock};
@@ -200,20 +202,69 @@ where
     }
 }
 
+/// Routes as they are added to the router, with the list of their paths:
+/// what the OpenAPI document is checked against (`openapi_check.rs` asks
+/// the router which methods each path takes), so that neither can change
+/// without the other.
+pub(crate) struct Routes<St> {
+    router: Router<St>,
+    paths: Vec<&'static str>,
+}
+
+impl<St: Clone + Send + Sync + 'static> Routes<St> {
+    fn new() -> Self {
+        Self { router: Router::new(), paths: Vec::new() }
+    }
+
+    fn route(mut self, path: &'static str, methods: MethodRouter<St>) -> Self {
+        self.router = self.router.route(path, methods);
+        self.paths.push(path);
+        self
+    }
+
+    fn merge(mut self, other: Self) -> Self {
+        self.router = self.router.merge(other.router);
+        self.paths.extend(other.paths);
+        self
+    }
+}
+
+/// Every route of the API behind the token.
+fn routes<S, T>() -> Routes<Arc<AdminState<S, T>>>
+where
+    S: CounterStore + Clone + Unpin,
+    T: TenantStore + Clone,
+{
+    tenants::routes().merge(keys::routes()).merge(usage::routes()).merge(policy::routes())
+}
+
+/// The paths of [`router`]'s API routes and of the OpenAPI document (the
+/// dashboard's pages, which are HTML for people, aside).
+#[cfg(test)]
+fn paths<S, T>() -> Vec<&'static str>
+where
+    S: CounterStore + Clone + Unpin,
+    T: TenantStore + Clone,
+{
+    let mut paths = routes::<S, T>().paths;
+    paths.push(OPENAPI_PATH);
+    paths
+}
+
+/// Where the OpenAPI document is served (without the token).
+const OPENAPI_PATH: &str = "/admin/v1/openapi.json";
+
 /// The router (mount under nothing: paths start with `/admin/v1`).
 pub fn router<S, T>(state: Arc<AdminState<S, T>>) -> Router
 where
     S: CounterStore + Clone + Unpin,
     T: TenantStore + Clone,
 {
-    let api = Router::new()
-        .merge(tenants::routes())
-        .merge(keys::routes())
-        .merge(usage::routes())
-        .merge(policy::routes())
+    let api = routes::<S, T>()
+        .router
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token::<S, T>))
         .with_state(state.clone());
-    let mut all = Router::new().route("/admin/v1/openapi.json", get(openapi)).merge(api);
+    let mut all = Router::new().route(OPENAPI_PATH, get(openapi)).merge(api);
     if state.dashboard().is_some() {
         all = all.merge(crate::dashboard::router(state));
     }

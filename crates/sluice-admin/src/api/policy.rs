@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -11,16 +10,16 @@ use serde_json::json;
 use sluice_core::CounterStore;
 use sluice_store::TenantStore;
 
-use super::{AdminState, ApiError, ApiResult, ok};
+use super::{AdminState, ApiError, ApiResult, Routes, ok};
 use crate::control::ReloadError;
 
 /// The group's routes.
-pub(super) fn routes<S, T>() -> Router<Arc<AdminState<S, T>>>
+pub(super) fn routes<S, T>() -> Routes<Arc<AdminState<S, T>>>
 where
     S: CounterStore + Clone + Unpin,
     T: TenantStore + Clone,
 {
-    Router::new()
+    Routes::new()
         .route("/admin/v1/policy", get(get_policy::<S, T>))
         .route("/admin/v1/policy/reload", post(reload_policy::<S, T>))
         .route("/metrics", get(metrics::<S, T>))

@@ -4,27 +4,27 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, put};
-use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_core::{Clock, CounterStore, Instant, TenantSpec};
 use sluice_store::{KeyRecord, OverrideRecord, TenantRecord, TenantStore};
 
 use super::keys::key_view;
-use super::{AdminState, ApiError, ApiPath, ApiResult, body, now_text, ok, valid_id};
+use super::{AdminState, ApiError, ApiPath, ApiResult, Routes, body, now_text, ok, valid_id};
 
 /// The group's routes.
-pub(super) fn routes<S, T>() -> Router<Arc<AdminState<S, T>>>
+pub(super) fn routes<S, T>() -> Routes<Arc<AdminState<S, T>>>
 where
     S: CounterStore + Clone + Unpin,
     T: TenantStore + Clone,
 {
-    Router::new()
+    Routes::new()
         .route("/admin/v1/tenants", get(list_tenants::<S, T>).post(create_tenant::<S, T>))
         .route(
             "/admin/v1/tenants/{id}",

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_core::{Clock, CounterStore};
@@ -15,15 +15,15 @@ use sluice_served::Runtime;
 use sluice_served::usage::{counters_of, history_json, limits_of, row_json};
 use sluice_store::TenantStore;
 
-use super::{AdminState, ApiError, ApiPath, ApiResult, body, ok, valid_id};
+use super::{AdminState, ApiError, ApiPath, ApiResult, Routes, body, ok, valid_id};
 
 /// The group's routes.
-pub(super) fn routes<S, T>() -> Router<Arc<AdminState<S, T>>>
+pub(super) fn routes<S, T>() -> Routes<Arc<AdminState<S, T>>>
 where
     S: CounterStore + Clone + Unpin,
     T: TenantStore + Clone,
 {
-    Router::new()
+    Routes::new()
         .route("/admin/v1/tenants/{id}/usage", get(usage::<S, T>))
         .route("/admin/v1/tenants/{id}/usage/reset", post(reset_usage::<S, T>))
 }
