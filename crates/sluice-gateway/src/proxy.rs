@@ -52,13 +52,7 @@ fn skip_response_header(name: &HeaderName) -> bool {
 }
 
 pub(crate) fn error_response(e: &ApiError) -> Response<ResponseBody> {
-    let mut r = Response::new(full(e.body()));
-    *r.status_mut() = e.status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if e.status == StatusCode::SERVICE_UNAVAILABLE {
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    r
+    e.response(full)
 }
 
 pub(crate) fn json_response(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody> {

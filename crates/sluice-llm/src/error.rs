@@ -86,6 +86,22 @@ impl ApiError {
     /// The `Content-Type` of [`ApiError::body`].
     pub const CONTENT_TYPE: &'static str = "application/json";
 
+    /// The response every OpenAI-style listener answers with (the proxy,
+    /// the tower layer, the decision service's JSON API): the status, the
+    /// body in the HTTP body type `body` makes, its content type, and
+    /// `retry-after: 1` on a 503 (the store or the body budget is busy: try
+    /// again soon). Rate-limit headers are the caller's to add.
+    pub fn response<B>(&self, body: impl FnOnce(Vec<u8>) -> B) -> http::Response<B> {
+        let mut r = http::Response::new(body(self.body()));
+        *r.status_mut() = self.status;
+        let h = r.headers_mut();
+        h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(Self::CONTENT_TYPE));
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            h.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+        }
+        r
+    }
+
     /// 400 `invalid_request_error`.
     pub fn bad_request(message: impl Into<String>, param: Option<String>) -> Self {
         Self { param, ..Self::new(StatusCode::BAD_REQUEST, message, "invalid_request_error", None) }

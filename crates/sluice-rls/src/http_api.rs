@@ -351,10 +351,7 @@ fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
 }
 
 fn error_response(e: &ApiError) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(e.body())));
-    *r.status_mut() = e.status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
+    e.response(|b| Full::new(Bytes::from(b)))
 }
 
 #[cfg(test)]

@@ -5,8 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use sluice_core::{Clock, CounterStore, Decision, Policy, SystemClock, Usage};
 use sluice_llm::error::ApiError;
 use sluice_llm::headers::{HeaderOptions, insert_headers};
@@ -280,12 +279,5 @@ fn refusal<B>(
 
 /// An OpenAI-style error answer of the layer's own.
 fn error_response<B>(e: &ApiError) -> Response<LimitedBody<B>> {
-    let mut r = Response::new(LimitedBody::answered(e.body()));
-    *r.status_mut() = e.status;
-    let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ApiError::CONTENT_TYPE));
-    if e.status == StatusCode::SERVICE_UNAVAILABLE {
-        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    r
+    e.response(LimitedBody::answered)
 }

@@ -209,3 +209,18 @@ fn phrases() {
         ]
     );
 }
+
+/// The one mapping to an HTTP response: status, body, content type, and
+/// `retry-after: 1` on a 503 only.
+#[test]
+fn the_response_of_an_error() {
+    let busy = ApiError::busy();
+    let r = busy.response(|b| b);
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(r.body(), &busy.body());
+    let missing = ApiError::missing_api_key().response(|b| b);
+    assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+    assert!(missing.headers().get("retry-after").is_none());
+}
