@@ -22,6 +22,7 @@ DAY_KEY = os.environ["SLUICE_DAY_KEY"]
 SHORT_KEY = os.environ["SLUICE_SHORT_KEY"]
 STREAM_KEY = os.environ["SLUICE_STREAM_KEY"]
 ABORT_KEY = os.environ["SLUICE_ABORT_KEY"]
+BUDGET_KEY = os.environ["SLUICE_BUDGET_KEY"]
 MESSAGES = [{"role": "user", "content": "Say something."}]
 
 
@@ -136,6 +137,34 @@ def test_a_stream_the_upstream_breaks_off_raises_once_and_costs_what_was_generat
     assert tokens == 1_000_000 - 301 - 1, tokens
     assert requests == 1_000 - 2 - 1, requests
     print("broken stream: APIError after every chunk, one request each, charged 301 tokens")
+
+
+def test_a_spent_budget_raises_rate_limit_error_naming_it_in_money():
+    # budget-model costs $0.01 per output token, nothing per input token:
+    # max_tokens 5 costs $0.05, and the tenant's day is $0.10.
+    sent = []
+    c = client(BUDGET_KEY, sent)
+    for _ in range(2):
+        raw = c.chat.completions.with_raw_response.create(
+            model="budget-model", messages=MESSAGES, max_tokens=5
+        )
+    # The opt-in budget headers: the day's budget in dollars, after this one.
+    assert raw.headers["x-ratelimit-limit-cost-day"] == "0.10", raw.headers
+    assert raw.headers["x-ratelimit-remaining-cost-day"] == "0.00", raw.headers
+    try:
+        c.chat.completions.create(model="budget-model", messages=MESSAGES, max_tokens=5)
+    except openai.RateLimitError as e:
+        assert e.status_code == 429, e.status_code
+        assert e.type == "cost", e.type
+        assert (
+            "Budget reached for budget-model in organization budget on cost per day (cost/day): "
+            "Limit $0.10, Used $0.10, Requested $0.05." in e.message
+        ), e.message
+        assert e.response.headers["x-should-retry"] == "false"
+    else:
+        raise AssertionError("a request past the day's budget was admitted")
+    assert len(sent) == 3, f"the SDK retried a spent budget: {len(sent)} requests"
+    print("budget: RateLimitError in money after $0.10 spent, no retry")
 
 
 if __name__ == "__main__":

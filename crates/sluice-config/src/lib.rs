@@ -149,6 +149,7 @@ fn toml_message(m: &str) -> String {
         ("expected i64", "a whole number"),
         ("expected u64", "a whole number"),
         ("expected f64", "a number"),
+        ("expected a number", "a number"),
         ("expected a string", "a string (in quotes)"),
         ("expected a boolean", "true or false"),
     ] {

@@ -197,6 +197,62 @@ pub struct RawMeta {
     pub lease: Option<Spanned<String>>,
     /// Default kind of windows of an hour or longer: `calendar` or `rolling`.
     pub long_windows: Option<Spanned<String>>,
+    /// The currency `cost` limits and prices are in (`USD`, the default).
+    pub currency: Option<Spanned<String>>,
+    /// The price of models without a `price` of their own.
+    pub default_price: Option<Spanned<RawPrice>>,
+}
+
+/// A price per million tokens, in the policy's currency.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    /// Input tokens (not read from a cache).
+    pub input: Option<Spanned<f64>>,
+    /// Input tokens read from the provider's cache (default: the input price).
+    pub cached_input: Option<Spanned<f64>>,
+    /// Output tokens, reasoning included.
+    pub output: Option<Spanned<f64>>,
+}
+
+/// A number as written: a whole number, or a decimal (money).
+#[derive(Debug, Clone, Copy)]
+pub enum RawNumber {
+    /// `2000`
+    Whole(i64),
+    /// `12.5`
+    Decimal(f64),
+}
+
+impl<'de> Deserialize<'de> for RawNumber {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RawNumber;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawNumber, E> {
+                Ok(RawNumber::Whole(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawNumber, E> {
+                Ok(i64::try_from(v).map_or(RawNumber::Decimal(v as f64), RawNumber::Whole))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<RawNumber, E> {
+                Ok(RawNumber::Decimal(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl std::fmt::Display for RawNumber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Whole(n) => write!(f, "{n}"),
+            Self::Decimal(x) => write!(f, "{x}"),
+        }
+    }
 }
 
 /// `[headers]`
@@ -226,6 +282,8 @@ pub struct RawModel {
     /// Tokenizer for estimates: `o200k_base`, `cl100k_base` or `bytes`
     /// (default: guessed from the name, else bytes).
     pub encoding: Option<Spanned<String>>,
+    /// Its price per million tokens (for `cost` limits).
+    pub price: Option<Spanned<RawPrice>>,
 }
 
 /// An endpoint: its path, or a table.
@@ -307,10 +365,11 @@ pub struct RawLimit {
     pub name: Option<Spanned<String>>,
     /// For people.
     pub description: Option<String>,
-    /// `requests`, `tokens`, `input_tokens`, `output_tokens`, `concurrent`.
+    /// `requests`, `tokens`, `input_tokens`, `output_tokens`, `concurrent`,
+    /// `cost`.
     pub metric: Spanned<String>,
-    /// Units per window.
-    pub amount: Spanned<i64>,
+    /// Units per window (for `cost`: money, in the policy's currency).
+    pub amount: Spanned<RawNumber>,
     /// `1m`, `1h`, `1d`, `1mo`, …
     pub window: Option<Spanned<String>>,
     /// `rolling` or `calendar`.
@@ -380,11 +439,11 @@ pub struct RawTenant {
 #[serde(untagged)]
 pub enum RawOverride {
     /// `"<limit>" = 2000`
-    Amount(i64),
+    Amount(RawNumber),
     /// `"<limit>" = { amount = 2000, until = "2026-12-31" }`
     Full {
         /// The amount.
-        amount: i64,
+        amount: RawNumber,
         /// End (RFC 3339 date or timestamp).
         until: Option<String>,
     },

@@ -37,8 +37,13 @@ fn conjunction(cs: &[ClauseSpec]) -> String {
 
 /// A limit in words: `500 requests per minute (rolling), per endpoint, when
 /// endpoint in [chat], unless environment = sandbox and key.channel = apex`.
-pub fn describe(l: &Limit) -> String {
-    let mut s = format!("{} {}", thousands(l.amount), l.describe());
+pub fn describe(policy: &Policy, l: &Limit) -> String {
+    let amount = if l.metric.is_money() {
+        policy.format_amount(l.metric, l.amount)
+    } else {
+        thousands(l.amount)
+    };
+    let mut s = format!("{amount} {}", l.describe());
     if let Some(w) = &l.window {
         let _ = write!(s, " ({})", w.kind.as_str());
     }
@@ -211,6 +216,23 @@ pub fn effective_limits(config: &Config) -> String {
         if h.ietf { "; IETF RateLimit fields" } else { "" }
     );
     let _ = writeln!(out, "  reservations expire after {}s unsettled", policy.lease().as_secs());
+    if policy.limits().any(|(_, l)| l.metric.is_money()) {
+        let _ = writeln!(
+            out,
+            "  prices per million tokens ({}: input / cached input / output):",
+            policy.currency()
+        );
+        let price = |p: sluice_core::Price| {
+            let d = sluice_core::money::decimal;
+            format!("{} / {} / {}", d(p.input), d(p.cached_input), d(p.output))
+        };
+        for (_, m) in policy.models() {
+            if let Some(p) = m.price {
+                let _ = writeln!(out, "    {}: {}", m.name, price(p));
+            }
+        }
+        let _ = writeln!(out, "    any other model: {}", price(policy.default_price()));
+    }
 
     for (tid, tier) in policy.tiers() {
         out.push('\n');
@@ -238,7 +260,8 @@ pub fn effective_limits(config: &Config) -> String {
         let rest = table(&mut out, policy, config, &ids, "  ");
         for id in rest {
             if let Some(l) = policy.limit(id) {
-                let _ = writeln!(out, "  {:<10} {}  [{}]", l.shorthand(), describe(l), l.name);
+                let _ =
+                    writeln!(out, "  {:<10} {}  [{}]", l.shorthand(), describe(policy, l), l.name);
             }
         }
         // The names `sluice tenants grant` and `usage --reset` take.
@@ -261,7 +284,8 @@ pub fn effective_limits(config: &Config) -> String {
         let rest = table(&mut out, policy, config, &ids, "  ");
         for id in rest {
             if let Some(l) = policy.limit(id) {
-                let _ = writeln!(out, "  {:<10} {}  [{}]", l.shorthand(), describe(l), l.name);
+                let _ =
+                    writeln!(out, "  {:<10} {}  [{}]", l.shorthand(), describe(policy, l), l.name);
             }
         }
         // The names `sluice tenants grant` and `usage --reset` take.
@@ -308,7 +332,16 @@ pub fn effective_limits(config: &Config) -> String {
             }
             let _ = write!(line, ", {} key(s)", t.keys.len());
             for o in &t.spec.overrides {
-                let _ = write!(line, ", {} raised to {}", o.limit, thousands(o.amount));
+                let money = policy
+                    .limits_named(&o.limit)
+                    .iter()
+                    .any(|&l| policy.limit(l).is_some_and(|l| l.metric.is_money()));
+                let amount = if money {
+                    policy.format_amount(sluice_core::Metric::Cost, o.amount)
+                } else {
+                    thousands(o.amount)
+                };
+                let _ = write!(line, ", {} raised to {amount}", o.limit);
             }
             let _ = writeln!(out, "{line}");
         }

@@ -12,14 +12,15 @@ use std::ops::Range;
 use std::time::Duration;
 
 use indexmap::IndexMap;
+use sluice_core::money::micros_of;
 use sluice_core::{
-    ExemptionSpec, HeaderFamily, HeaderProfile, Period, PolicyBuilder, ResetFormat, Scope,
-    TierSpec, WindowKind,
+    ExemptionSpec, HeaderFamily, HeaderProfile, Metric, Period, PolicyBuilder, Price, ResetFormat,
+    Scope, TierSpec, WindowKind,
 };
 use toml::Spanned;
 
 use crate::error::{ConfigError, Locator};
-use crate::raw::{OneOrMany, RawEndpoint, RawFile, RawLimit, RawTier};
+use crate::raw::{OneOrMany, RawEndpoint, RawFile, RawLimit, RawNumber, RawPrice, RawTier};
 use crate::{Config, TenantEntry};
 
 mod limits;
@@ -46,6 +47,10 @@ pub(crate) struct Validator<'a> {
     long_windows: WindowKind,
     key_ids: HashSet<String>,
     key_hashes: HashSet<String>,
+    /// Names of `cost` limits (their overrides are money too).
+    money_limits: HashSet<String>,
+    /// Where the first `cost` limit is written.
+    first_money_limit: Option<(Option<Range<usize>>, String)>,
 }
 
 fn span<T>(s: &Spanned<T>) -> Option<Range<usize>> {
@@ -70,6 +75,8 @@ impl<'a> Validator<'a> {
             long_windows: WindowKind::Calendar,
             key_ids: HashSet::new(),
             key_hashes: HashSet::new(),
+            money_limits: HashSet::new(),
+            first_money_limit: None,
         }
     }
 
@@ -94,6 +101,60 @@ impl<'a> Validator<'a> {
                 None
             }
         }
+    }
+
+    /// A limit's or override's amount: a positive whole number, or for a
+    /// `cost` limit money (at most six decimals), in micro-units.
+    fn number(
+        &mut self,
+        v: RawNumber,
+        sp: Option<Range<usize>>,
+        field: &str,
+        money: bool,
+    ) -> Option<u64> {
+        let got = match (money, v) {
+            (true, RawNumber::Whole(n)) => u64::try_from(n).ok().and_then(|n| micros_of(n as f64)),
+            (true, RawNumber::Decimal(x)) => micros_of(x),
+            (false, RawNumber::Whole(n)) => u64::try_from(n).ok(),
+            (false, RawNumber::Decimal(_)) => None,
+        };
+        match got {
+            Some(n) if n > 0 => Some(n),
+            _ if money => {
+                self.err(sp, field, format!("a `cost` amount is money in the policy's currency: a positive number with at most six decimals (e.g. `50` or `12.50`), got {v}"));
+                None
+            }
+            _ => {
+                self.err(
+                    sp,
+                    field,
+                    format!("must be a positive whole number (at least 1), got {v}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A price per million tokens.
+    fn price(&mut self, p: &Spanned<RawPrice>, field: &str) -> Option<Price> {
+        let r = p.get_ref();
+        let mut part = |v: Option<&Spanned<f64>>, name: &str| -> Option<u64> {
+            let v = v?;
+            let got = micros_of(*v.get_ref());
+            if got.is_none() {
+                self.err(span(v), &format!("{field}.{name}"), format!("a price per million tokens: a number from 0 with at most six decimals, got {}", v.get_ref()));
+            }
+            got
+        };
+        let input = part(r.input.as_ref(), "input");
+        let cached = part(r.cached_input.as_ref(), "cached_input");
+        let output = part(r.output.as_ref(), "output");
+        if r.input.is_none() || r.output.is_none() {
+            self.err(span(p), field, "give the price per million tokens of both `input` and `output` (and `cached_input` if the provider's cache is cheaper), e.g. `{ input = 2.00, cached_input = 0.50, output = 8.00 }`");
+            return None;
+        }
+        let (input, output) = (input?, output?);
+        Some(Price { input, cached_input: cached.unwrap_or(input), output })
     }
 
     pub(crate) fn run(mut self, raw: &RawFile) -> Result<Config, Vec<ConfigError>> {
@@ -147,6 +208,25 @@ impl<'a> Validator<'a> {
                 self.err(span(spec), "models", "a model id must not be empty");
             }
             b.model(model.clone(), spec.get_ref().class.clone());
+            if let Some(p) = &spec.get_ref().price
+                && let Some(price) = self.price(p, &format!("models.{model}.price"))
+            {
+                b.price(model.clone(), price);
+            }
+        }
+        if let Some(c) = meta.and_then(|m| m.currency.as_ref()) {
+            let code = c.get_ref();
+            if code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase()) {
+                b.currency(code.clone());
+            } else {
+                self.err(span(c), "policy.currency", format!("`{code}` is not a currency code; use three capital letters (ISO 4217), e.g. `USD` or `EUR`"));
+            }
+        }
+        let default_price = meta
+            .and_then(|m| m.default_price.as_ref())
+            .map(|p| (span(p), self.price(p, "policy.default_price")));
+        if let Some((_, Some(p))) = default_price {
+            b.default_price(p);
         }
         let mut endpoint_paths = Vec::new();
         match &raw.endpoints {
@@ -258,7 +338,18 @@ impl<'a> Validator<'a> {
                 self.err(sp, &field, format!("limit `{}` is defined twice in {}; names must be unique within a tier, a group, or the top level", spec.name, spec.scope));
                 continue;
             }
+            if spec.metric == Metric::Cost && self.first_money_limit.is_none() {
+                self.first_money_limit = Some((sp.clone(), field.clone()));
+            }
             b.limit(spec);
+        }
+        // Every request must have a price once money is counted: models
+        // the policy does not list (or lists without a price) are charged
+        // the default price, which is therefore required.
+        if let Some((sp, field)) = self.first_money_limit.clone()
+            && default_price.is_none()
+        {
+            self.err(sp, &field, "a `cost` limit needs `default_price` in `[policy]` (e.g. `default_price = { input = 10.00, output = 30.00 }`): requests for models without a `price` of their own, and for models the policy does not list, are charged at it");
         }
         let all_limit_names: BTreeSet<String> = scoped_names.values().flatten().cloned().collect();
 
@@ -358,7 +449,7 @@ impl<'a> Validator<'a> {
             for name in f.get_ref() {
                 match HeaderFamily::parse(name) {
                     Some(fam) => p.families.push(fam),
-                    None => self.err(span(f), "headers.families", format!("`{name}` is not a header family; use requests, tokens, input-tokens or output-tokens, optionally followed by -hour, -day or -month (e.g. `requests-day`)")),
+                    None => self.err(span(f), "headers.families", format!("`{name}` is not a header family; use requests, tokens, input-tokens, output-tokens or cost, optionally followed by -hour, -day or -month (e.g. `requests-day`)")),
                 }
             }
         }

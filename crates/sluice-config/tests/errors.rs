@@ -116,7 +116,7 @@ fn syntax_and_type_errors() {
                 line: 4,
                 column: 10,
                 field: "limits[0].amount",
-                message: &["expected a whole number, got string \"sixty\""],
+                message: &["expected a number, got string \"sixty\""],
             }],
         },
         Case {
@@ -1235,7 +1235,7 @@ fn policy_header_and_endpoint_errors() {
                 field: "headers.families",
                 message: &[
                     "`request-day` is not a header family",
-                    "requests, tokens, input-tokens or output-tokens",
+                    "requests, tokens, input-tokens, output-tokens or cost",
                     "-hour, -day or -month",
                 ],
             }],
@@ -1797,4 +1797,104 @@ fn failure_cost_and_slot_lease_errors() {
             },
         ],
     }]);
+}
+
+// ---------------------------------------------------------------------------
+// Budgets in money: prices, amounts, the default price.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn money_errors() {
+    run(&[
+        Case {
+            name: "a cost limit without a default price",
+            text: concat!(
+                "[models.m]\n",                        // 1
+                "price = { input = 1, output = 2 }\n", // 2
+                "[[limits]]\n",                        // 3
+                "name = \"daily\"\n",                  // 4: column 8
+                "metric = \"cost\"\n",                 // 5
+                "amount = 5\n",                        // 6
+                "window = \"1d\"\n",                   // 7
+            ),
+            errors: &[Want {
+                line: 4,
+                column: 8,
+                field: "limits[0].name",
+                message: &["a `cost` limit needs `default_price` in `[policy]`"],
+            }],
+        },
+        Case {
+            name: "prices and amounts",
+            text: concat!(
+                "[policy]\n",                                   // 1
+                "currency = \"dollars\"\n",                     // 2: column 12
+                "default_price = { input = 1.0 }\n",            // 3: column 17
+                "[models.m]\n",                                 // 4
+                "price = { input = -1, output = 0.0000001 }\n", // 5: columns 19, 32
+                "[[limits]]\n",                                 // 6
+                "name = \"daily\"\n",                           // 7
+                "metric = \"cost\"\n",                          // 8
+                "amount = 0.0000001\n",                         // 9: column 10
+                "window = \"1d\"\n",                            // 10
+                "[[limits]]\n",                                 // 11
+                "name = \"rpm\"\n",                             // 12
+                "metric = \"requests\"\n",                      // 13
+                "amount = 2.5\n",                               // 14: column 10
+                "window = \"1m\"\n",                            // 15
+                "[[limits]]\n",                                 // 16
+                "name = \"hourly\"\n",                          // 17
+                "metric = \"cost\"\n",                          // 18
+                "amount = 5000\n",                              // 19
+                "window = \"1h\"\n",                            // 20: column 10
+                "kind = \"rolling\"\n",                         // 21
+            ),
+            errors: &[
+                Want {
+                    line: 5,
+                    column: 19,
+                    field: "models.m.price.input",
+                    message: &[
+                        "a price per million tokens: a number from 0 with at most six decimals, got -1",
+                    ],
+                },
+                Want {
+                    line: 5,
+                    column: 32,
+                    field: "models.m.price.output",
+                    message: &["at most six decimals"],
+                },
+                Want {
+                    line: 2,
+                    column: 12,
+                    field: "policy.currency",
+                    message: &["`dollars` is not a currency code"],
+                },
+                Want {
+                    line: 3,
+                    column: 17,
+                    field: "policy.default_price",
+                    message: &["give the price per million tokens of both `input` and `output`"],
+                },
+                Want {
+                    line: 9,
+                    column: 10,
+                    field: "limits[0].amount",
+                    message: &["a `cost` amount is money in the policy's currency"],
+                },
+                Want {
+                    line: 14,
+                    column: 10,
+                    field: "limits[1].amount",
+                    message: &["must be a positive whole number (at least 1), got 2.5"],
+                },
+                Want {
+                    line: 20,
+                    column: 10,
+                    field: "limits[2].window",
+                    message: &["a rolling `cost` limit holds at most $4294.967295"],
+                },
+            ],
+        },
+    ]);
 }

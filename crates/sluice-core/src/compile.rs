@@ -8,6 +8,7 @@ use std::time::Duration;
 use smallvec::SmallVec;
 
 use crate::metric::Metric;
+use crate::money::Price;
 use crate::policy::{
     Candidates, Clause, ClauseSpec, Condition, ConditionSpec, DEFAULT_ENDPOINTS, Endpoint,
     EndpointId, Exemption, Fact, Interner, Limit, LimitId, LimitSet, Model, ModelId, Part, Policy,
@@ -46,6 +47,8 @@ pub(crate) fn compile(b: &PolicyBuilder) -> Result<Policy, PolicyError> {
         label_values: Interner::default(),
         headers: b.headers.clone(),
         lease: b.lease.unwrap_or(DEFAULT_LEASE),
+        default_price: b.default_price.unwrap_or(Price::ZERO),
+        currency: b.currency.as_deref().unwrap_or("USD").into(),
     };
 
     for (name, class) in &b.models {
@@ -54,7 +57,22 @@ pub(crate) fn compile(b: &PolicyBuilder) -> Result<Policy, PolicyError> {
             return Err(PolicyError::Duplicate { what: "model", name: name.clone() });
         }
         let class = class.as_deref().map(|c| p.classes.intern(c));
-        p.models.push(Model { name: name.as_str().into(), class, hash: name_hash(name) });
+        p.models.push(Model {
+            name: name.as_str().into(),
+            class,
+            hash: name_hash(name),
+            price: None,
+        });
+    }
+    for (name, price) in &b.prices {
+        let Some(&id) = p.model_index.get(name.as_str()) else {
+            return Err(PolicyError::Unknown {
+                what: "model (with a price)",
+                name: name.clone(),
+                hint: hint(p.models.iter().map(|m| &*m.name)),
+            });
+        };
+        p.models[id.index()].price = Some(*price);
     }
 
     let endpoints: Vec<&str> = if b.endpoints.is_empty() {
@@ -129,6 +147,7 @@ fn compile_tiers(b: &PolicyBuilder, p: &mut Policy) -> Result<(), PolicyError> {
             by_model: Vec::new(),
             all: Vec::new(),
             allowed_models,
+            prices: false,
         });
     }
     for (i, spec) in tiers.iter().enumerate() {
@@ -432,6 +451,7 @@ fn index_tiers(p: &mut Policy) {
             let mut seen = HashSet::new();
             c.distinct = c.limits.iter().all(|(id, _)| seen.insert(p.limits[id.index()].identity));
         }
+        p.tiers[t].prices = all.iter().any(|id| p.limits[id.index()].metric == Metric::Cost);
         p.tiers[t].all = all;
         p.tiers[t].by_model = by_model;
     }

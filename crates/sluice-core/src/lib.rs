@@ -55,6 +55,7 @@ pub mod counter;
 pub mod event;
 pub mod facts;
 pub mod metric;
+pub mod money;
 pub mod plan;
 pub mod policy;
 pub mod store;
@@ -68,6 +69,7 @@ pub use facts::{
     Ask, Cost, FactsError, KeyFacts, KeySpec, ModelRef, OverrideSpec, TenantFacts, TenantSpec,
 };
 pub use metric::Metric;
+pub use money::{Billed, Money, Price};
 pub use plan::{
     ChargeRecord, CounterKey, Decision, Evaluation, GroupKey, LimitStatus, Outcome, Plan,
     PlannedCharge, ReservationId, Settlement, Usage, decide, decide_into, records,

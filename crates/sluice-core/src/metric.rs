@@ -16,12 +16,21 @@ pub enum Metric {
     OutputTokens,
     /// Requests in flight at once.
     Concurrent,
+    /// Money: micro-units of the policy's currency, from the model's price
+    /// ([`crate::money`]).
+    Cost,
 }
 
 impl Metric {
     /// Every metric, in display order.
-    pub const ALL: [Metric; 5] =
-        [Self::Requests, Self::Tokens, Self::InputTokens, Self::OutputTokens, Self::Concurrent];
+    pub const ALL: [Metric; 6] = [
+        Self::Requests,
+        Self::Tokens,
+        Self::InputTokens,
+        Self::OutputTokens,
+        Self::Concurrent,
+        Self::Cost,
+    ];
 
     /// The spelling used in policy files.
     pub const fn as_str(self) -> &'static str {
@@ -31,6 +40,7 @@ impl Metric {
             Self::InputTokens => "input_tokens",
             Self::OutputTokens => "output_tokens",
             Self::Concurrent => "concurrent",
+            Self::Cost => "cost",
         }
     }
 
@@ -39,13 +49,20 @@ impl Metric {
         matches!(self, Self::Tokens | Self::InputTokens | Self::OutputTokens)
     }
 
-    /// What one request costs under this metric, given its token counts.
-    pub const fn cost(self, input_tokens: u64, output_tokens: u64) -> u64 {
+    /// Whether this metric is money.
+    pub const fn is_money(self) -> bool {
+        matches!(self, Self::Cost)
+    }
+
+    /// What one request costs under this metric, given its token counts
+    /// and (for [`Metric::Cost`]) its cost in micro-units.
+    pub const fn cost(self, input_tokens: u64, output_tokens: u64, micros: u64) -> u64 {
         match self {
             Self::Requests | Self::Concurrent => 1,
             Self::Tokens => input_tokens.saturating_add(output_tokens),
             Self::InputTokens => input_tokens,
             Self::OutputTokens => output_tokens,
+            Self::Cost => micros,
         }
     }
 }
@@ -59,7 +76,7 @@ impl fmt::Display for Metric {
 /// An unknown metric name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "`{0}` is not a metric; use one of requests, tokens, input_tokens, output_tokens, concurrent"
+    "`{0}` is not a metric; use one of requests, tokens, input_tokens, output_tokens, concurrent, cost"
 )]
 pub struct UnknownMetric(pub String);
 

@@ -13,6 +13,7 @@ use smallvec::SmallVec;
 use crate::counter::{ChargedAs, Check, CounterState, Rule, Verdict, check};
 use crate::facts::{Ask, lease_end};
 use crate::metric::Metric;
+use crate::money::{Billed, Price};
 use crate::policy::{Clause, Condition, LimitId, Part, Policy, Sym};
 use crate::time::Instant;
 use crate::window::WindowKind;
@@ -114,6 +115,10 @@ pub struct Plan {
     pub slots_until: Instant,
     /// The counters to charge.
     pub charges: SmallVec<[PlannedCharge; 8]>,
+    /// The price of the request's model, which its `cost` charges are
+    /// estimated at and settled at (a price changed meanwhile applies from
+    /// the next request).
+    pub price: Price,
 }
 
 impl Plan {
@@ -133,8 +138,9 @@ impl Plan {
     /// Prices every charge at `cost` (the plan was made before the cost was
     /// known, e.g. to bound the work of estimating it).
     pub fn set_cost(&mut self, cost: crate::facts::Cost) {
+        let micros = self.price.micros(Billed::tokens(cost.input_tokens, cost.output_tokens));
         for c in &mut self.charges {
-            c.cost = c.metric.cost(cost.input_tokens, cost.output_tokens);
+            c.cost = c.metric.cost(cost.input_tokens, cost.output_tokens, micros);
         }
     }
 
@@ -167,6 +173,7 @@ impl Policy {
             lease_until,
             slots_until: lease_until,
             charges: SmallVec::new(),
+            price: Price::ZERO,
         };
         // Filled where it will be used: a plan is over 600 bytes, and
         // returning it from the loop below would copy it.
@@ -189,6 +196,7 @@ impl Policy {
             lease_until,
             slots_until: lease_until,
             charges: SmallVec::new(),
+            price: Price::ZERO,
         };
         let req = Ask { model: crate::facts::ModelRef::NONE, ..*req };
         self.plan_charges(&req, &mut plan, true);
@@ -206,6 +214,13 @@ impl Policy {
         let slot = req.model.id.map_or(tier.by_model.len().saturating_sub(1), |m| m.index());
         let Some(candidates) = tier.by_model.get(slot) else {
             return;
+        };
+        // Money is priced only when a cost limit may apply.
+        let micros = if tier.prices {
+            plan.price = self.price_of(req.model);
+            plan.price.micros(Billed::tokens(req.cost.input_tokens, req.cost.output_tokens))
+        } else {
+            0
         };
         // Exemptions are few; find the ones that hold for this request once.
         let mut exempting: SmallVec<[&crate::policy::LimitSet; 2]> = SmallVec::new();
@@ -281,7 +296,7 @@ impl Policy {
                 key,
                 metric: limit.metric,
                 rule,
-                cost: limit.metric.cost(req.cost.input_tokens, req.cost.output_tokens),
+                cost: limit.metric.cost(req.cost.input_tokens, req.cost.output_tokens, micros),
                 shadow: limit.shadow,
             };
             // Two limits that name one counter (overlapping conditions): the
@@ -483,27 +498,39 @@ pub struct Usage {
     /// Requests to count: 1 normally, 0 to refund the request itself (e.g. the
     /// upstream failed and the policy refunds failures).
     pub requests: u64,
-    /// Prompt tokens.
+    /// Prompt tokens, as token limits count them.
     pub input_tokens: u64,
-    /// Completion tokens.
+    /// Completion tokens, as token limits count them.
     pub output_tokens: u64,
+    /// The tokens billed for, which `cost` limits price at the price the
+    /// request was admitted at ([`Plan::price`]).
+    pub billed: Billed,
 }
 
 impl Usage {
-    /// A request that ran and used these tokens.
+    /// A request that ran and used these tokens (none from a cache; token
+    /// limits count them all).
     pub const fn tokens(input_tokens: u64, output_tokens: u64) -> Self {
-        Self { requests: 1, input_tokens, output_tokens }
+        Self {
+            requests: 1,
+            input_tokens,
+            output_tokens,
+            billed: Billed::tokens(input_tokens, output_tokens),
+        }
     }
 
     /// Nothing: the request is refunded entirely.
-    pub const REFUND: Usage = Usage { requests: 0, input_tokens: 0, output_tokens: 0 };
+    pub const REFUND: Usage =
+        Usage { requests: 0, input_tokens: 0, output_tokens: 0, billed: Billed::tokens(0, 0) };
 
-    /// The real amount under `metric` (concurrency is always released).
-    pub const fn amount(&self, metric: Metric) -> u64 {
+    /// The real amount under `metric` at `price` (concurrency is always
+    /// released).
+    pub fn amount(&self, metric: Metric, price: &Price) -> u64 {
         match metric {
             Metric::Requests => self.requests,
             Metric::Concurrent => 0,
-            m => m.cost(self.input_tokens, self.output_tokens),
+            Metric::Cost => price.micros(self.billed),
+            m => m.cost(self.input_tokens, self.output_tokens, 0),
         }
     }
 }

@@ -18,10 +18,13 @@
 //! `compile.rs`, planning `plan.rs`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use smallvec::SmallVec;
 
+use crate::metric::Metric;
+use crate::money::{Money, Price};
 use crate::window::WindowError;
 
 mod compiled;
@@ -114,6 +117,10 @@ pub struct Policy {
     pub(crate) label_values: Interner,
     pub(crate) headers: HeaderProfile,
     pub(crate) lease: Duration,
+    /// What models without a price of their own cost.
+    pub(crate) default_price: Price,
+    /// The currency `cost` limits count in (micro-units of it).
+    pub(crate) currency: Arc<str>,
 }
 
 impl Policy {
@@ -219,6 +226,35 @@ impl Policy {
     pub fn lease(&self) -> Duration {
         self.lease
     }
+
+    /// The price of `model`: its own, or the policy's default price.
+    pub fn price_of(&self, model: crate::facts::ModelRef) -> Price {
+        model
+            .id
+            .and_then(|m| self.models.get(m.index()))
+            .and_then(|m| m.price)
+            .unwrap_or(self.default_price)
+    }
+
+    /// The price of models without one of their own.
+    pub fn default_price(&self) -> Price {
+        self.default_price
+    }
+
+    /// The currency `cost` limits count in.
+    pub fn currency(&self) -> &str {
+        &self.currency
+    }
+
+    /// An amount of `metric` written for people: a count, or money in the
+    /// policy's currency (`$12.50`).
+    pub fn format_amount(&self, metric: Metric, amount: u64) -> String {
+        if metric.is_money() {
+            Money { micros: amount, currency: &self.currency }.to_string()
+        } else {
+            amount.to_string()
+        }
+    }
 }
 
 /// Builds a [`Policy`] from specs. Every reference is checked; the first
@@ -234,6 +270,9 @@ pub struct PolicyBuilder {
     pub(crate) exemptions: Vec<ExemptionSpec>,
     pub(crate) headers: HeaderProfile,
     pub(crate) lease: Option<Duration>,
+    pub(crate) prices: Vec<(String, Price)>,
+    pub(crate) default_price: Option<Price>,
+    pub(crate) currency: Option<String>,
 }
 
 /// The endpoints a policy has when it declares none.
@@ -290,6 +329,25 @@ impl PolicyBuilder {
     /// Sets the reservation lease.
     pub fn lease(&mut self, lease: Duration) -> &mut Self {
         self.lease = Some(lease);
+        self
+    }
+
+    /// Sets the price of a model added with [`PolicyBuilder::model`].
+    pub fn price(&mut self, model: impl Into<String>, price: Price) -> &mut Self {
+        self.prices.push((model.into(), price));
+        self
+    }
+
+    /// Sets the price of models without one of their own (default: free,
+    /// which a policy with `cost` limits should not leave).
+    pub fn default_price(&mut self, price: Price) -> &mut Self {
+        self.default_price = Some(price);
+        self
+    }
+
+    /// Sets the currency `cost` limits count in (default `USD`).
+    pub fn currency(&mut self, code: impl Into<String>) -> &mut Self {
+        self.currency = Some(code.into());
         self
     }
 

@@ -233,11 +233,15 @@ impl ApiError {
         let message = match decision.outcome {
             Outcome::Admitted { .. } => return None,
             Outcome::Limited { retry_at, .. } => {
-                limited_message(status, limit, model, tenant, retry_at.since(now))
+                limited_message(policy, status, limit, model, tenant, retry_at.since(now))
             }
-            Outcome::TooLarge { .. } => too_large_message(status, limit, model, tenant),
+            Outcome::TooLarge { .. } => too_large_message(policy, status, limit, model, tenant),
         };
-        let kind = if status.metric.is_tokens() { "tokens" } else { "requests" };
+        let kind = match status.metric {
+            m if m.is_tokens() => "tokens",
+            Metric::Cost => "cost",
+            _ => "requests",
+        };
         Some(Self::new(StatusCode::TOO_MANY_REQUESTS, message, kind, Some("rate_limit_exceeded")))
     }
 }
@@ -257,6 +261,7 @@ pub fn limit_phrase(limit: &Limit) -> String {
         Metric::InputTokens => "input tokens",
         Metric::OutputTokens => "output tokens",
         Metric::Concurrent => "concurrent requests",
+        Metric::Cost => "cost",
     };
     match limit.window {
         None => metric.to_owned(),
@@ -268,6 +273,7 @@ pub fn limit_phrase(limit: &Limit) -> String {
 }
 
 fn limited_message(
+    policy: &Policy,
     s: &LimitStatus,
     limit: &Limit,
     model: &str,
@@ -277,6 +283,8 @@ fn limited_message(
     let mut m = String::with_capacity(160);
     let wait = go_duration(ceil_millis(wait));
     let (model, tenant) = (echo(model), echo(tenant));
+    let amount = |n| policy.format_amount(s.metric, n);
+    let reached = if s.metric.is_money() { "Budget" } else { "Rate limit" };
     // Refused before its body was read: no model is known, and what it
     // would have asked for is not either.
     if model.is_empty() {
@@ -289,11 +297,11 @@ fn limited_message(
         } else {
             write!(
                 m,
-                "Rate limit reached in organization {tenant} on {} ({}): Limit {}, Used {}. Please try again in {wait}.",
+                "{reached} reached in organization {tenant} on {} ({}): Limit {}, Used {}. Please try again in {wait}.",
                 limit_phrase(limit),
                 limit.shorthand(),
-                s.amount,
-                s.used
+                amount(s.amount),
+                amount(s.used)
             )
         };
         return m;
@@ -307,19 +315,25 @@ fn limited_message(
     } else {
         write!(
             m,
-            "Rate limit reached for {model} in organization {tenant} on {} ({}): Limit {}, Used {}, Requested {}. Please try again in {wait}.",
+            "{reached} reached for {model} in organization {tenant} on {} ({}): Limit {}, Used {}, Requested {}. Please try again in {wait}.",
             limit_phrase(limit),
             limit.shorthand(),
-            s.amount,
-            s.used,
-            s.requested
+            amount(s.amount),
+            amount(s.used),
+            amount(s.requested)
         )
     };
     m
 }
 
-fn too_large_message(s: &LimitStatus, limit: &Limit, model: &str, tenant: &str) -> String {
-    let advice = if s.metric.is_tokens() {
+fn too_large_message(
+    policy: &Policy,
+    s: &LimitStatus,
+    limit: &Limit,
+    model: &str,
+    tenant: &str,
+) -> String {
+    let advice = if s.metric.is_tokens() || s.metric.is_money() {
         "The input or output tokens must be reduced in order to run successfully."
     } else {
         "No request fits this limit; ask for the limit to be raised."
@@ -330,8 +344,8 @@ fn too_large_message(s: &LimitStatus, limit: &Limit, model: &str, tenant: &str) 
     format!(
         "Request too large for {model} in organization {tenant} on {}{short}: Limit {}, Requested {}. {advice}",
         limit_phrase(limit),
-        s.amount,
-        s.requested
+        policy.format_amount(s.metric, s.amount),
+        policy.format_amount(s.metric, s.requested)
     )
 }
 

@@ -68,11 +68,12 @@ macro_rules! family_names {
 }
 
 /// `[metric][span] -> [limit, remaining, reset]`, built at compile time.
-static NAMES: [[[HeaderName; 3]; 4]; 4] = [
+static NAMES: [[[HeaderName; 3]; 4]; 5] = [
     family_names!("requests"),
     family_names!("tokens"),
     family_names!("input-tokens"),
     family_names!("output-tokens"),
+    family_names!("cost"),
 ];
 
 /// The `limit`, `remaining` and `reset` header names of a family.
@@ -82,6 +83,7 @@ pub fn family_header_names(family: HeaderFamily) -> &'static [HeaderName; 3] {
         HeaderMetric::Tokens => 1,
         HeaderMetric::InputTokens => 2,
         HeaderMetric::OutputTokens => 3,
+        HeaderMetric::Cost => 4,
     };
     let s = match family.span {
         HeaderSpan::Minute => 0,
@@ -109,8 +111,13 @@ pub fn for_each_header(
             continue;
         };
         let [limit, remaining, reset] = family_header_names(family);
-        emit(limit, values.number(status.amount));
-        emit(remaining, values.number(status.remaining));
+        if family.metric == HeaderMetric::Cost {
+            emit(limit, values.money(status.amount));
+            emit(remaining, values.money(status.remaining));
+        } else {
+            emit(limit, values.number(status.amount));
+            emit(remaining, values.number(status.remaining));
+        }
         let Some(at) = status.reset else { continue };
         if write_reset(&mut values.0, profile.reset, at, now)
             && let Some(v) = values.take()
@@ -151,6 +158,13 @@ impl Values {
         self.0.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
         let digits = self.0.split().freeze();
         // Digits are always a valid value.
+        HeaderValue::from_maybe_shared(digits).unwrap_or(HeaderValue::from_static("0"))
+    }
+
+    /// Money in micro-units, as a decimal in the currency (`49.99`).
+    fn money(&mut self, micros: u64) -> HeaderValue {
+        self.0.extend_from_slice(sluice_core::money::decimal(micros).as_bytes());
+        let digits = self.0.split().freeze();
         HeaderValue::from_maybe_shared(digits).unwrap_or(HeaderValue::from_static("0"))
     }
 

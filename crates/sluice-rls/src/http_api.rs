@@ -188,8 +188,7 @@ async fn settle_call<S: CounterStore + Clone + Unpin>(
         };
         let usage = Usage {
             requests,
-            input_tokens: count(&obj, "input_tokens")?,
-            output_tokens: count(&obj, "output_tokens")?,
+            ..Usage::tokens(count(&obj, "input_tokens")?, count(&obj, "output_tokens")?)
         };
         crate::engine::check_cost(
             Cost::tokens(usage.input_tokens, usage.output_tokens),

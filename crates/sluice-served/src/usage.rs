@@ -99,6 +99,7 @@ pub async fn limits_of<S: CounterStore>(
         lease_until: now,
         slots_until: now,
         charges: found.iter().map(|f| f.charge).collect(),
+        price: sluice_core::Price::ZERO,
     };
     let decision = match store.peek(&plan.at_zero_cost()).await {
         Ok(d) => d,
@@ -129,7 +130,7 @@ pub fn row_json(rt: &Runtime, row: &LimitRow) -> Option<Value> {
             }
         }
     }
-    Some(json!({
+    let mut row = json!({
         "limit": &*limit.name,
         "description": limit.describe(),
         "metric": limit.metric.as_str(),
@@ -140,7 +141,23 @@ pub fn row_json(rt: &Runtime, row: &LimitRow) -> Option<Value> {
         "remaining": s.remaining,
         "reset_at": s.reset.map(Instant::rfc3339),
         "shadow": s.shadow,
-    }))
+    });
+    // A budget counts micro-units of the currency; say it in money too.
+    if limit.metric.is_money()
+        && let Some(obj) = row.as_object_mut()
+    {
+        let decimal = sluice_core::money::decimal;
+        obj.insert(
+            "money".into(),
+            json!({
+                "currency": rt.policy.currency(),
+                "amount": decimal(s.amount),
+                "used": decimal(s.used),
+                "remaining": decimal(s.remaining),
+            }),
+        );
+    }
+    Some(row)
 }
 
 /// Counts as JSON.

@@ -87,6 +87,20 @@ fn admission(c: &mut Criterion) {
         });
         g.finish();
     }
+    // The same request with a fifth limit, a budget in money: priced at
+    // planning, one more counter charged.
+    {
+        let w = Workload::with_budget(100);
+        let store = MemoryStore::new(FakeClock::at(START));
+        let mut offset = 0usize;
+        run(&w, &store, 600, 1, &mut offset);
+        let mut g = c.benchmark_group("admission-hot");
+        g.throughput(Throughput::Elements(1));
+        g.bench_function("plan+admit with a budget, 100 tenants, 1 thread", |b| {
+            b.iter_custom(|iters| run(&w, &store, iters, 1, &mut offset).0);
+        });
+        g.finish();
+    }
     // `SLUICE_BENCH_TENANTS` changes the tenant count (to see how the cost
     // follows the working set); the figures in BENCHMARKS.md use 10,000.
     let tenants =
@@ -144,6 +158,14 @@ fn admission(c: &mut Criterion) {
             b.iter_custom(|iters| run(&w, &store, iters, threads, &mut offset).1);
         });
     }
+    // The four limits and a budget in money.
+    let wb = Workload::with_budget(tenants);
+    let budget_store = MemoryStore::new(FakeClock::at(START));
+    let mut budget_offset = 0usize;
+    run(&wb, &budget_store, (tenants * 6) as u64, 1, &mut budget_offset);
+    g.bench_function("plan+admit with a budget, 1 thread", |b| {
+        b.iter_custom(|iters| run(&wb, &budget_store, iters, 1, &mut budget_offset).0);
+    });
     g.finish();
     let st = store.stats();
     println!(

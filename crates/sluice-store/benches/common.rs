@@ -18,9 +18,36 @@ pub struct Workload {
 
 impl Workload {
     pub fn new(n_tenants: usize) -> Self {
+        Self::build(n_tenants, false)
+    }
+
+    /// The workload with a fifth limit on every request: a budget in money
+    /// ($50 a day across models, every model at the default price).
+    #[allow(dead_code)]
+    pub fn with_budget(n_tenants: usize) -> Self {
+        Self::build(n_tenants, true)
+    }
+
+    fn build(n_tenants: usize, budget: bool) -> Self {
         let path =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/sambanova-cloud.toml");
         let mut text = std::fs::read_to_string(&path).expect("the preset");
+        if budget {
+            text = text.replacen(
+                "[policy]\n",
+                "[policy]\ndefault_price = { input = 0.60, output = 1.20 }\n",
+                1,
+            );
+            text.push_str(
+                r#"
+[[tiers.developer.limits]]
+name = "daily-budget"
+metric = "cost"
+amount = 50
+window = "1d"
+"#,
+            );
+        }
         text.push_str(
             r#"
 [[tiers.developer.limits]]

@@ -142,7 +142,8 @@ impl MemoryStore {
         if decision.is_admitted() {
             if writes.iter().any(Option::is_some) {
                 let tag = shard.new_tag(index, &self.inner.ids);
-                let slot = shard.open_lease(tag, plan.lease_until.0, records(plan, &writes));
+                let slot =
+                    shard.open_lease(tag, plan.lease_until.0, plan.price, records(plan, &writes));
                 let low = (u64::from(slot) << 16) | index as u64;
                 decision.outcome = Outcome::Admitted {
                     reservation: Some(ReservationId((u128::from(tag) << 64) | u128::from(low))),

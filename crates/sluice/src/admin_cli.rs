@@ -314,13 +314,18 @@ pub fn usage(
             .map(|l| {
                 l.iter()
                     .map(|r| {
+                        // A budget is shown in money (its `money` object).
+                        let n = |field: &str| match r["money"][field].as_str() {
+                            Some(m) => format!("{m} {}", s(&r["money"]["currency"])),
+                            None => s(&r[field]),
+                        };
                         vec![
                             s(&r["limit"]),
                             s(&r["window"]),
                             s(&r["partition"]),
-                            s(&r["amount"]),
-                            s(&r["used"]),
-                            s(&r["remaining"]),
+                            n("amount"),
+                            n("used"),
+                            n("remaining"),
                             s(&r["reset_at"]),
                         ]
                     })

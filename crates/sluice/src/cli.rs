@@ -168,8 +168,9 @@ pub enum TenantsCommand {
         id: String,
         /// The limit's name (see `sluice check-config`).
         limit: String,
-        /// The amount granted.
-        amount: u64,
+        /// The amount granted: a whole number, or for a `cost` limit money in
+        /// the policy's currency (`100`, `12.50`).
+        amount: serde_json::Number,
         /// When the grant ends (2026-12-31 or an RFC 3339 time).
         #[arg(long)]
         until: Option<String>,

@@ -60,12 +60,18 @@ async fn run_sdk_script(program: PathBuf, script: PathBuf) -> String {
         ("short", "sk-sdk-short"),
         ("stream", "sk-sdk-stream"),
         ("abort", "sk-sdk-abort"),
+        ("budget", "sk-sdk-budget"),
     ];
     let mut policy = format!(
         r#"
-[headers]
-families = ["requests", "requests-day", "output-tokens-day"]
+[policy]
+default_price = {{ input = 1.00, output = 1.00 }}
 
+[headers]
+families = ["requests", "requests-day", "output-tokens-day", "cost-day"]
+
+[models."budget-model"]
+price = {{ input = 0, output = 10_000 }}
 [models."day-model"]
 [models."short-model"]
 [models."stream-model"]
@@ -76,12 +82,20 @@ families = ["requests", "requests-day", "output-tokens-day"]
 "short-model" = {{ rps = 1 }}
 "stream-model" = {{ otpd = 1_000_000 }}
 "abort-model" = {{ otpd = 1_000_000, rpd = 1_000 }}
+
+[tiers.budgeted]
+[[tiers.budgeted.limits]]
+name = "daily-budget"
+metric = "cost"
+amount = 0.10
+window = "1d"
 {}"#,
         upstream_section(&mock)
     );
     for (name, secret) in keys {
         policy.push_str(&format!(
-            "\n[tenants.{name}]\n[[tenants.{name}.keys]]\nhash = \"{}\"\n",
+            "\n[tenants.{name}]\ntier = \"{}\"\n[[tenants.{name}.keys]]\nhash = \"{}\"\n",
+            if name == "budget" { "budgeted" } else { "default" },
             key_hash(secret)
         ));
     }
@@ -95,6 +109,7 @@ families = ["requests", "requests-day", "output-tokens-day"]
             .env("SLUICE_SHORT_KEY", keys[1].1)
             .env("SLUICE_STREAM_KEY", keys[2].1)
             .env("SLUICE_ABORT_KEY", keys[3].1)
+            .env("SLUICE_BUDGET_KEY", keys[4].1)
             .output()
             .expect("run the SDK script")
     })
@@ -112,7 +127,7 @@ async fn the_official_openai_python_sdk_behaves() {
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/sdk/test_openai_sdk.py");
     let stdout = run_sdk_script(python(), script).await;
-    assert!(stdout.contains("4 SDK tests passed"), "{stdout}");
+    assert!(stdout.contains("5 SDK tests passed"), "{stdout}");
 }
 
 /// The Node SDK does not cap `retry-after`: without `x-should-retry: false`

@@ -215,7 +215,9 @@ async fn delete_tenant<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Grant {
-    amount: u64,
+    /// A whole number, or for a `cost` limit money in the policy's currency
+    /// (stored in micro-units).
+    amount: serde_json::Number,
     until: Option<String>,
 }
 
@@ -226,12 +228,27 @@ async fn put_override<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
 ) -> ApiResult {
     let g = body(b)?;
     let (mut t, _) = st.stored(&id).await?;
-    if st.control.served.runtime().policy.limits_named(&limit).is_empty() {
+    let rt = st.control.served.runtime();
+    let named = rt.policy.limits_named(&limit);
+    if named.is_empty() {
         return Err(ApiError::bad(format!("the policy has no limit named `{limit}`")));
     }
-    if g.amount == 0 {
-        return Err(ApiError::bad("`amount` must be at least 1"));
-    }
+    let money = named.iter().any(|&l| rt.policy.limit(l).is_some_and(|l| l.metric.is_money()));
+    drop(rt);
+    let amount = if money {
+        g.amount.as_f64().and_then(sluice_core::money::micros_of).filter(|&a| a > 0).ok_or_else(
+            || {
+                ApiError::bad(format!(
+                    "`{limit}` is a budget: `amount` is money, a positive number with at most six decimals (e.g. 100 or 12.50)"
+                ))
+            },
+        )?
+    } else {
+        g.amount
+            .as_u64()
+            .filter(|&a| a > 0)
+            .ok_or_else(|| ApiError::bad("`amount` must be a whole number, at least 1"))?
+    };
     if let Some(u) = &g.until {
         let Some(until) = Instant::parse(u) else {
             return Err(ApiError::bad(format!(
@@ -243,7 +260,7 @@ async fn put_override<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
             return Err(ApiError::bad(format!("`until` is in the past: `{u}`")));
         }
     }
-    t.overrides.insert(limit, OverrideRecord { amount: g.amount, until: g.until });
+    t.overrides.insert(limit, OverrideRecord { amount, until: g.until });
     t.updated_at = now_text();
     st.check(&t)?;
     st.save(&t).await?;

@@ -141,7 +141,12 @@ impl Validator<'_> {
                 None
             }
         };
-        let amount = self.amount(&r.amount, &format!("{field}.amount"));
+        let money = metric == Some(Metric::Cost);
+        let amount =
+            self.number(*r.amount.get_ref(), span(&r.amount), &format!("{field}.amount"), money);
+        if money {
+            self.money_limits.insert(name.clone());
+        }
         let period = match (&r.window, metric) {
             (Some(w), Some(Metric::Concurrent)) => {
                 self.err(
@@ -184,11 +189,15 @@ impl Validator<'_> {
         if let (Some(w), Some(a)) = (window, amount)
             && let Err(e) = w.validate(a)
         {
-            self.err(
-                r.window.as_ref().map(|w| w.span()),
-                &format!("{field}.window"),
-                e.to_string(),
-            );
+            let message = if money && w.kind == WindowKind::Rolling {
+                format!(
+                    "a rolling `cost` limit holds at most {} (money is counted in millionths, and a rolling amount is at most 4,294,967,295 of them); use a calendar window (`kind = \"calendar\"`) for more",
+                    sluice_core::Money { micros: u64::from(u32::MAX), currency: "USD" }
+                )
+            } else {
+                e.to_string()
+            };
+            self.err(r.window.as_ref().map(|w| w.span()), &format!("{field}.window"), message);
         }
         let burst = r.burst.as_ref().and_then(|b| {
             let v = self.amount(b, &format!("{field}.burst"));

@@ -76,15 +76,8 @@ impl Validator<'_> {
                 RawOverride::Amount(a) => (*a, None),
                 RawOverride::Full { amount, until } => (*amount, until.clone()),
             };
-            let Ok(amount) = u64::try_from(amount)
-                .map_err(|_| ())
-                .and_then(|a| if a > 0 { Ok(a) } else { Err(()) })
-            else {
-                self.err(
-                    span(o),
-                    &of,
-                    format!("must be a positive whole number (at least 1), got {amount}"),
-                );
+            let money = self.money_limits.contains(limit);
+            let Some(amount) = self.number(amount, span(o), &of, money) else {
                 continue;
             };
             let until = match until.as_deref().map(parse_instant) {

@@ -42,6 +42,8 @@ pub struct Model {
     pub class: Option<Sym>,
     /// Stable hash of the name (partitions).
     pub hash: u64,
+    /// Its own price, if it has one.
+    pub price: Option<crate::money::Price>,
 }
 
 /// An endpoint the policy knows.
@@ -69,6 +71,9 @@ pub struct Tier {
     pub(crate) all: Vec<LimitId>,
     /// The models its tenants may use (`None`: every model).
     pub allowed_models: Option<Vec<ModelId>>,
+    /// Whether a `cost` limit can apply to its tenants (planning prices a
+    /// request only then).
+    pub(crate) prices: bool,
 }
 
 /// The limits that can apply to one tier's requests for one model, with
@@ -175,6 +180,12 @@ impl Limit {
             Metric::InputTokens => "IT",
             Metric::OutputTokens => "OT",
             Metric::Concurrent => return "concurrent".into(),
+            Metric::Cost => {
+                return match self.window.map(|w| w.period) {
+                    Some(p) => format!("cost/{}", describe_period(p)),
+                    None => "cost".into(),
+                };
+            }
         };
         let w = match self.window.map(|w| w.period) {
             Some(Period::Seconds(s)) => match s.get() {

@@ -60,6 +60,7 @@ impl HeaderFamily {
             ("output-tokens", HeaderMetric::OutputTokens),
             ("requests", HeaderMetric::Requests),
             ("tokens", HeaderMetric::Tokens),
+            ("cost", HeaderMetric::Cost),
         ]
         .into_iter()
         .find_map(|(p, m)| s.strip_prefix(p).map(|rest| (m, rest)))?;
@@ -91,6 +92,8 @@ pub enum HeaderMetric {
     InputTokens,
     /// `output-tokens`
     OutputTokens,
+    /// `cost`: money, in the policy's currency (a decimal such as `49.99`).
+    Cost,
 }
 
 impl HeaderMetric {
@@ -101,6 +104,7 @@ impl HeaderMetric {
             Self::Tokens => "tokens",
             Self::InputTokens => "input-tokens",
             Self::OutputTokens => "output-tokens",
+            Self::Cost => "cost",
         }
     }
 
@@ -111,6 +115,7 @@ impl HeaderMetric {
                 | (Self::Tokens, Metric::Tokens)
                 | (Self::InputTokens, Metric::InputTokens)
                 | (Self::OutputTokens, Metric::OutputTokens)
+                | (Self::Cost, Metric::Cost)
         )
     }
 }

@@ -314,6 +314,7 @@ fn name_table_matches_suffixes() {
         HeaderMetric::Tokens,
         HeaderMetric::InputTokens,
         HeaderMetric::OutputTokens,
+        HeaderMetric::Cost,
     ] {
         for s in [HeaderSpan::Minute, HeaderSpan::Hour, HeaderSpan::Day, HeaderSpan::Month] {
             let f = HeaderFamily::new(m, s);

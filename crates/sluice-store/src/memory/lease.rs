@@ -6,7 +6,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 
 use sluice_core::counter::settle as settle_counter;
-use sluice_core::{ChargeRecord, Instant, Metric, Usage};
+use sluice_core::{ChargeRecord, Instant, Metric, Price, Usage};
 use smallvec::SmallVec;
 
 use super::shard::Shard;
@@ -20,6 +20,8 @@ pub(super) struct Lease {
     /// The unguessable half of the id.
     tag: u64,
     pub(super) expires: u64,
+    /// The price its `cost` charges are settled at.
+    price: Price,
     charges: SmallVec<[ChargeRecord; 4]>,
 }
 
@@ -37,6 +39,7 @@ impl Shard {
         &mut self,
         tag: u64,
         expires: u64,
+        price: Price,
         charges: impl Iterator<Item = ChargeRecord>,
     ) -> u32 {
         self.open += 1;
@@ -48,7 +51,7 @@ impl Shard {
             }
         };
         if let Some(s) = self.leases.get_mut(slot as usize) {
-            let lease = s.insert(Lease { tag, expires, charges: SmallVec::new() });
+            let lease = s.insert(Lease { tag, expires, price, charges: SmallVec::new() });
             lease.charges.extend(charges);
         }
         slot
@@ -97,7 +100,7 @@ impl Shard {
             || lease.charges.iter().any(|c| c.key.group.tenant_bits() != bits)
         {
             for c in &lease.charges {
-                self.apply(c, usage.amount(c.metric), now);
+                self.apply(c, usage.amount(c.metric, &lease.price), now);
             }
             return;
         }
@@ -109,7 +112,13 @@ impl Shard {
                 let Some((p, state)) = b.find(&c.key.group, c.key.counter) else {
                     continue;
                 };
-                match settle_counter(Some(state), c.how, c.charged, usage.amount(c.metric), now) {
+                match settle_counter(
+                    Some(state),
+                    c.how,
+                    c.charged,
+                    usage.amount(c.metric, &lease.price),
+                    now,
+                ) {
                     Some(s) if !s.is_idle(now) => b.put(p, &s),
                     _ => {
                         b.vacate(p);
@@ -121,7 +130,7 @@ impl Shard {
         }
         for (i, c) in lease.charges.iter().enumerate() {
             if done & (1 << i) == 0 {
-                self.apply(c, usage.amount(c.metric), now);
+                self.apply(c, usage.amount(c.metric, &lease.price), now);
             }
         }
     }

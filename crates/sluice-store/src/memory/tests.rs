@@ -31,6 +31,7 @@ fn plan_of(tenant: u64, now: Instant, charges: [PlannedCharge; 2]) -> Plan {
         lease_until: Instant(now.0 + 60_000_000_000),
         slots_until: Instant(now.0 + 60_000_000_000),
         charges: charges.into_iter().collect(),
+        price: sluice_core::Price::ZERO,
     }
 }
 

@@ -75,7 +75,14 @@ impl RedisStore {
             args.push(p2.to_string());
             args.push(p3.to_string());
             args.push(if c.shadow { "s" } else { "-" }.to_owned());
-            args.push(c.metric.as_str().to_owned());
+            // A cost charge carries the price it is settled at
+            // (settle.lua): `cost:<input>:<cached input>:<output>`.
+            args.push(if c.metric == Metric::Cost {
+                let p = plan.price;
+                format!("cost:{}:{}:{}", p.input, p.cached_input, p.output)
+            } else {
+                c.metric.as_str().to_owned()
+            });
         }
         (keys, args)
     }

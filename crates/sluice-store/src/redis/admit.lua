@@ -31,7 +31,9 @@
 --   +6 r: period, ms       c: slot end, ms        n: 0
 --   +7 r: 0                c: next slot end, ms   n: 0
 --   +8 "s" shadow (reported, never denies) or "-"
---   +9 the metric: requests, tokens, input_tokens, output_tokens, concurrent
+--   +9 the metric: requests, tokens, input_tokens, output_tokens, concurrent,
+--      or cost:<input>:<cached input>:<output> (a cost charge and the price
+--      it is settled at, in pico-units per token)
 --
 -- Returns { outcome, denied, retry_at, now, now_us, then per charge:
 --           verdict, used, remaining, reset, wait } where outcome is 0

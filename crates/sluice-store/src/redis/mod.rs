@@ -400,7 +400,10 @@ impl RedisStore {
             .arg(&lease)
             .arg(usage.requests)
             .arg(usage.input_tokens)
-            .arg(usage.output_tokens);
+            .arg(usage.output_tokens)
+            .arg(usage.billed.input)
+            .arg(usage.billed.cached_input.min(usage.billed.input))
+            .arg(usage.billed.output);
         let reply = self.run(&inv).await?;
         let done: i64 =
             redis::from_redis_value(reply).map_err(|e| RedisStoreError::Reply(e.to_string()))?;

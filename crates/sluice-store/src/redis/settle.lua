@@ -5,7 +5,9 @@
 --          one line per charge,
 --          "key|field|kind|charged|extra|amount|metric" where extra is the
 --          period in ms (rolling) or the end of the slot charged (calendar),
---          amount the limit's amount at admission. Every
+--          amount the limit's amount at admission, metric as admit.lua
+--          was given it (`cost:<input>:<cached>:<output>` carries the price
+--          of a cost charge, in pico-units per token). Every
 --          key in it carries the same hash tag as the lease.
 --
 -- ARGV[1]  "s" for the server's TIME, or a client time in ms
@@ -15,6 +17,9 @@
 -- ARGV[4]  requests used (1, or 0 to refund the request)
 -- ARGV[5]  input tokens used
 -- ARGV[6]  output tokens used
+-- ARGV[7]  input tokens billed (cached ones included)
+-- ARGV[8]  of those, read from a cache
+-- ARGV[9]  output tokens billed
 --
 -- Returns 1 if settled now, 0 if there was nothing to settle (already
 -- settled, released, expired, or never issued).
@@ -52,18 +57,29 @@ if expires and now >= expires then return 0 end
 local release = ARGV[2] == "release"
 local lease_id = ARGV[3]
 local requests, input, output = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local b_input, b_cached, b_output = tonumber(ARGV[7]) or 0, tonumber(ARGV[8]) or 0, tonumber(ARGV[9]) or 0
+
+-- What a cost charge really cost, in micro-units rounded up once, as
+-- sluice-core's Price::micros: pico-units summed exactly while below 2^53
+-- (a request's input and output at up to $9,000), then divided.
+local function cost(pi, pc, po)
+  local pico = (b_input - b_cached) * pi + b_cached * pc + b_output * po
+  return math.floor((pico + 999999) / 1000000)
+end
 
 local function actual(metric)
   if metric == "requests" then return requests end
   if metric == "tokens" then return input + output end
   if metric == "input_tokens" then return input end
   if metric == "output_tokens" then return output end
+  local pi, pc, po = string.match(metric, "^cost:(%d+):(%d+):(%d+)$")
+  if pi then return cost(tonumber(pi), tonumber(pc), tonumber(po)) end
   return 0
 end
 
 for line in string.gmatch(lease, "[^\n]+") do
   local key, field, kind, charged, extra, amount, metric =
-    string.match(line, "^([^|]+)|([^|]+)|(%a)|(%d+)|(%d+)|(%d+)|(%a[%a_]*)$")
+    string.match(line, "^([^|]+)|([^|]+)|(%a)|(%d+)|(%d+)|(%d+)|(%a[%w_:]*)$")
   charged, extra, amount = tonumber(charged), tonumber(extra), tonumber(amount)
   if kind == "n" then
     redis.call("ZREM", key, lease_id)

@@ -5,6 +5,7 @@
 
 mod faults;
 mod harness;
+mod money;
 mod scenarios;
 mod suite;
 
@@ -36,7 +37,10 @@ macro_rules! engine_tests {
             suite::decision_reports_every_limit,
             suite::limits_sharing_a_counter_charge_it_once,
             suite::a_tenant_on_many_models_keeps_every_count,
-            scenarios::provider_documents_replay
+            scenarios::provider_documents_replay,
+            money::money_is_charged_to_the_micro_unit,
+            money::a_month_of_spend_adds_up_exactly,
+            money::a_budget_denies_until_its_window_turns
         );
     };
     (@each $factory:expr; $($module:ident :: $name:ident),* $(,)?) => {
