@@ -23,6 +23,7 @@ SHORT_KEY = os.environ["SLUICE_SHORT_KEY"]
 STREAM_KEY = os.environ["SLUICE_STREAM_KEY"]
 ABORT_KEY = os.environ["SLUICE_ABORT_KEY"]
 BUDGET_KEY = os.environ["SLUICE_BUDGET_KEY"]
+WAIT_KEY = os.environ["SLUICE_WAIT_KEY"]
 MESSAGES = [{"role": "user", "content": "Say something."}]
 
 
@@ -165,6 +166,39 @@ def test_a_spent_budget_raises_rate_limit_error_naming_it_in_money():
         raise AssertionError("a request past the day's budget was admitted")
     assert len(sent) == 3, f"the SDK retried a spent budget: {len(sent)} requests"
     print("budget: RateLimitError in money after $0.10 spent, no retry")
+
+
+def test_a_request_that_fits_soon_waits_instead_of_a_429():
+    # wait-model: one request a second, and the tier lets a refused request
+    # wait up to 2 s. The SDK's own retries are off: only Sluice waits.
+    c = openai.OpenAI(base_url=BASE, api_key=WAIT_KEY, max_retries=0)
+    c.chat.completions.create(model="wait-model", messages=MESSAGES, max_tokens=5)
+    time.sleep(0.7)
+    started = time.monotonic()
+    raw = c.chat.completions.with_raw_response.create(
+        model="wait-model", messages=MESSAGES, max_tokens=5
+    )
+    elapsed = time.monotonic() - started
+    r = raw.parse()
+    assert r.choices[0].message.content.startswith("tok"), r
+    waited = int(raw.headers["x-sluice-waited-ms"])
+    assert 100 <= waited <= 600, f"waited {waited} ms"
+    assert elapsed >= waited / 1000 - 0.05, (elapsed, waited)
+    # A client that will not wait gets the 429 at once.
+    started = time.monotonic()
+    try:
+        c.chat.completions.create(
+            model="wait-model",
+            messages=MESSAGES,
+            max_tokens=5,
+            extra_headers={"x-sluice-max-wait-ms": "0"},
+        )
+    except openai.RateLimitError as e:
+        assert e.status_code == 429, e.status_code
+    else:
+        raise AssertionError("a request that would not wait was admitted")
+    assert time.monotonic() - started < 0.5
+    print(f"waiting: admitted after {waited} ms instead of a 429; a client that will not wait gets the 429")
 
 
 if __name__ == "__main__":

@@ -316,6 +316,9 @@ pub struct RawTier {
     /// to its tenants; others get "model not found" (tiers only).
     #[serde(default)]
     pub listed_models_only: bool,
+    /// How long its tenants' refused requests may wait for room instead of
+    /// a 429 (`2s`; tiers only).
+    pub max_wait: Option<Spanned<String>>,
     /// Per-model table: `"<model>" = { rpm = 60, rpd = 12000 }`.
     #[serde(default)]
     pub models: IndexMap<String, Spanned<IndexMap<String, Spanned<i64>>>>,
@@ -388,6 +391,9 @@ pub struct RawLimit {
     pub shadow: bool,
     /// Explicit counter name.
     pub counter: Option<String>,
+    /// How long a request it refuses may wait for room instead of a 429
+    /// (`2s`; default: its tier's).
+    pub max_wait: Option<Spanned<String>>,
 }
 
 /// `[[exemptions]]`

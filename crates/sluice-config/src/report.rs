@@ -59,6 +59,13 @@ pub fn describe(policy: &Policy, l: &Limit) -> String {
     if !l.when_spec.is_empty() {
         let _ = write!(s, ", when {}", conjunction(&l.when_spec));
     }
+    match l.max_wait {
+        Some(w) if w.is_zero() => s.push_str(", no wait"),
+        Some(w) => {
+            let _ = write!(s, ", waits up to {w:?}");
+        }
+        None => {}
+    }
     if !l.unless_spec.is_empty() {
         let alts: Vec<String> = l.unless_spec.iter().map(|u| conjunction(u)).collect();
         let _ = write!(s, ", unless {}", alts.join(", or "));
@@ -242,6 +249,9 @@ pub fn effective_limits(config: &Config) -> String {
         }
         if let Some(p) = tier.extends {
             let _ = write!(head, ", extends {}", tier_name(policy, p));
+        }
+        if let Some(w) = tier.max_wait.filter(|w| !w.is_zero()) {
+            let _ = write!(head, ", refused requests wait up to {w:?} for room");
         }
         if let Some(d) = &tier.description {
             let _ = write!(head, ": {d}");

@@ -26,6 +26,9 @@ use crate::{Config, TenantEntry};
 mod limits;
 mod tenants;
 
+/// The longest `max_wait` a policy may give.
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
+
 /// The default endpoints and their OpenAI paths.
 pub const DEFAULT_ENDPOINT_PATHS: [(&str, &str); 4] = [
     ("chat", "/v1/chat/completions"),
@@ -133,6 +136,26 @@ impl<'a> Validator<'a> {
                 None
             }
         }
+    }
+
+    /// A `max_wait`: a duration of at most [`MAX_WAIT`].
+    fn max_wait(&mut self, v: Option<&Spanned<String>>, field: &str) -> Option<Duration> {
+        let v = v?;
+        // `0s`: no wait (for one limit of a tier that allows one).
+        if matches!(v.get_ref().trim(), "0" | "0s" | "0ms") {
+            return Some(Duration::ZERO);
+        }
+        let mut problems = Vec::new();
+        let d = crate::gateway::duration(v, field, &mut problems);
+        for (sp, f, m) in problems {
+            self.err(sp, &f, m);
+        }
+        let d = d?;
+        if d > MAX_WAIT {
+            self.err(span(v), field, format!("a request waits at most {}s for room (it holds its connection and its body meanwhile); got `{}`", MAX_WAIT.as_secs(), v.get_ref()));
+            return None;
+        }
+        Some(d)
     }
 
     /// A price per million tokens.
@@ -288,11 +311,13 @@ impl<'a> Validator<'a> {
                 }
                 models
             });
+            let max_wait = self.max_wait(t.max_wait.as_ref(), &format!("tiers.{tname}.max_wait"));
             b.tier(TierSpec {
                 name: tname.clone(),
                 description: t.description.clone(),
                 extends,
                 allowed_models,
+                max_wait,
             });
         }
         self.check_cycles(&raw.tiers);
@@ -317,11 +342,14 @@ impl<'a> Validator<'a> {
             self.section(&format!("tiers.{tname}"), tier, &scope, &names, &mut limits);
         }
         for (gname, group) in &raw.groups {
-            if group.get_ref().extends.is_some() || group.get_ref().listed_models_only {
+            if group.get_ref().extends.is_some()
+                || group.get_ref().listed_models_only
+                || group.get_ref().max_wait.is_some()
+            {
                 self.err(
                     span(group),
                     &format!("groups.{gname}"),
-                    "`extends` and `listed_models_only` are for tiers, not groups",
+                    "`extends`, `listed_models_only` and `max_wait` are for tiers, not groups (a group's limit can have its own `max_wait`)",
                 );
             }
             let scope = Scope::Group(gname.clone());

@@ -148,6 +148,7 @@ fn compile_tiers(b: &PolicyBuilder, p: &mut Policy) -> Result<(), PolicyError> {
             all: Vec::new(),
             allowed_models,
             prices: false,
+            max_wait: spec.max_wait,
         });
     }
     for (i, spec) in tiers.iter().enumerate() {
@@ -169,6 +170,19 @@ fn compile_tiers(b: &PolicyBuilder, p: &mut Policy) -> Result<(), PolicyError> {
                 return Err(PolicyError::Cycle(t.name.to_string()));
             }
             at = p.tiers[id.index()].extends;
+        }
+    }
+    // A tier without its own wait has the one of the tier it extends.
+    for i in 0..p.tiers.len() {
+        let mut at = Some(TierId(i as u32));
+        let mut steps = 0;
+        while let Some(id) = at
+            && p.tiers[i].max_wait.is_none()
+            && steps <= p.tiers.len()
+        {
+            p.tiers[i].max_wait = p.tiers[id.index()].max_wait;
+            at = p.tiers[id.index()].extends;
+            steps += 1;
         }
     }
     p.default_tier = match &b.default_tier {
@@ -261,6 +275,7 @@ fn compile_limit(spec: &crate::policy::LimitSpec, p: &mut Policy) -> Result<Limi
         identity: name_hash(&counter),
         counter: Arc::from(counter),
         origin: spec.origin.clone(),
+        max_wait: spec.max_wait,
         when_spec: spec.when.clone(),
         unless_spec: spec.unless.clone(),
         when,

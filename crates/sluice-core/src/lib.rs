@@ -32,6 +32,7 @@
 //!     shadow: false,
 //!     counter: None,
 //!     origin: None,
+//!     max_wait: None,
 //! });
 //! let policy = b.build().unwrap();
 //! let tenant = policy.tenant(&TenantSpec { id: "acme".into(), ..Default::default() }).unwrap();

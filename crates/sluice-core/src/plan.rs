@@ -316,6 +316,34 @@ impl Policy {
         }
     }
 
+    /// How long the request refused by `decision` may wait for room instead
+    /// of a 429: the shortest `max_wait` of the limits that refused it (a
+    /// limit's own, else its tier's); zero when any of them allows none or
+    /// it can never fit.
+    pub fn allowed_wait(
+        &self,
+        tier: crate::policy::TierId,
+        decision: &Decision,
+    ) -> std::time::Duration {
+        if !matches!(decision.outcome, Outcome::Limited { .. }) {
+            return std::time::Duration::ZERO;
+        }
+        let tier_wait = self.tiers.get(tier.index()).and_then(|t| t.max_wait);
+        decision
+            .statuses
+            .iter()
+            .filter(|s| !s.shadow && matches!(s.verdict, crate::counter::Verdict::WaitUntil(_)))
+            .map(|s| {
+                self.limits
+                    .get(s.limit.index())
+                    .and_then(|l| l.max_wait)
+                    .or(tier_wait)
+                    .unwrap_or(std::time::Duration::ZERO)
+            })
+            .min()
+            .unwrap_or(std::time::Duration::ZERO)
+    }
+
     /// A partition value, tagged with its fact.
     fn part_value(&self, part: &Part, req: &Ask<'_>) -> u64 {
         let (tag, value) = self.part_raw(part, req);

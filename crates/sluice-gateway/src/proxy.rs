@@ -363,10 +363,15 @@ pub(crate) async fn proxy<'r, S: CounterStore + Clone + Unpin>(
     // Concurrency slots in a shared store are held for a short lease, which
     // the reservation renews while the request runs (Reservation::keep_slots).
     let slot_lease = gw.store.slot_lease().filter(|_| plan.holds_slots());
-    if let Some(lease) = slot_lease {
-        let until = now.0.saturating_add(u64::try_from(lease.as_nanos()).unwrap_or(u64::MAX));
-        plan.slots_until = sluice_core::Instant(until.min(plan.lease_until.0));
-    }
+    let with_slot_lease = |mut plan: sluice_core::Plan| {
+        if let Some(lease) = slot_lease {
+            let until =
+                plan.now.0.saturating_add(u64::try_from(lease.as_nanos()).unwrap_or(u64::MAX));
+            plan.slots_until = sluice_core::Instant(until.min(plan.lease_until.0));
+        }
+        plan
+    };
+    plan = with_slot_lease(plan);
     // (The store logs its failures, once per interval.)
     let asked = std::time::Instant::now();
     let admitted = gw.store.admit(&plan).await;
@@ -375,12 +380,42 @@ pub(crate) async fn proxy<'r, S: CounterStore + Clone + Unpin>(
     if let Some(m) = crate::metrics::of(rt) {
         m.admission(took.as_secs_f64());
     }
-    let Ok(decision) = admitted else {
+    let Ok(mut decision) = admitted else {
         return error_response(&ApiError::store_unavailable());
     };
+    // Refused by limits that allow a short wait: wait in the tenant's line
+    // for the instant the refusal names, then ask again.
+    let mut waited = None;
+    if !decision.is_admitted() {
+        let wait = rt
+            .policy
+            .allowed_wait(tenant.facts.tier(), &decision)
+            .min(client_max_wait(&parts.headers));
+        if !wait.is_zero() {
+            let result = gw
+                .queue
+                .wait_for_room(
+                    sluice_store::Waiter { tenant: tenant.facts.hash(), bytes: body.len(), wait },
+                    (&gw.store, &*gw.clock, &sluice_store::TokioPause),
+                    decision,
+                    |at| with_slot_lease(rt.policy.plan(&request, at)),
+                )
+                .await;
+            let Ok(w) = result else {
+                return error_response(&ApiError::store_unavailable());
+            };
+            decision = w.decision;
+            now = gw.clock.now();
+            waited = Some(w.waited);
+        }
+    }
     if !decision.is_admitted() {
         trace.denied = decision.denied_by().map(|s| s.limit);
-        return refusal(gw, rt, tenant, &decision, (&model_name, model_info), now, &opts);
+        let mut r = refusal(gw, rt, tenant, &decision, (&model_name, model_info), now, &opts);
+        if let Some(w) = waited {
+            r.headers_mut().insert(WAITED_MS, waited_value(w));
+        }
+        return r;
     }
     gw.record(&event(tenant, model_info, Step::Admitted));
     let reserved = Usage::tokens(input, output);
@@ -481,7 +516,29 @@ pub(crate) async fn proxy<'r, S: CounterStore + Clone + Unpin>(
     *out = std::mem::take(&mut head.headers);
     hop::strip(out, |n| skip_response_header(n) || is_rate_limit_header(n));
     insert_headers(out, &decision, &rt.policy, now, &opts);
+    if let Some(w) = waited {
+        out.insert(WAITED_MS, waited_value(w));
+    }
     r
+}
+
+/// `x-sluice-max-wait-ms`: the longest a client lets its request wait for
+/// room (it can only shorten the policy's `max_wait`).
+const MAX_WAIT_MS: HeaderName = HeaderName::from_static("x-sluice-max-wait-ms");
+/// `x-sluice-waited-ms`: how long a request waited for room.
+const WAITED_MS: HeaderName = HeaderName::from_static("x-sluice-waited-ms");
+
+/// The client's own limit on waiting, if it gave one (none: no limit).
+fn client_max_wait(headers: &HeaderMap) -> std::time::Duration {
+    headers
+        .get(&MAX_WAIT_MS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(std::time::Duration::MAX, std::time::Duration::from_millis)
+}
+
+fn waited_value(w: std::time::Duration) -> HeaderValue {
+    HeaderValue::from(u64::try_from(w.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// What the usage history (and whatever else counts requests) is told.

@@ -41,6 +41,8 @@ pub struct Gateway<S> {
     started: std::time::Instant,
     /// The proxy's Prometheus metrics.
     metrics: Arc<ProxyMetrics>,
+    /// Requests waiting for room instead of a 429 (`max_wait`).
+    pub queue: sluice_store::WaitQueue,
 }
 
 impl<S> std::ops::Deref for Gateway<S> {
@@ -94,6 +96,7 @@ impl<S: CounterStore + Clone + Unpin> Gateway<S> {
             refused_keys: Throttle::default(),
             started: std::time::Instant::now(),
             metrics,
+            queue: sluice_store::WaitQueue::new(sluice_store::QueueBounds::default()),
         })
     }
 

@@ -11,6 +11,7 @@ use sluice_core::{
 /// A limit spec with the usual defaults.
 pub fn limit(name: &str, metric: Metric, amount: u64, window: Option<Window>) -> LimitSpec {
     LimitSpec {
+        max_wait: None,
         name: name.into(),
         scope: Scope::Global,
         metric,

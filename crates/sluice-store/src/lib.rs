@@ -6,6 +6,7 @@
 pub mod guarded;
 pub mod history;
 pub mod memory;
+pub mod queue;
 pub mod redis;
 pub mod saved_counters;
 pub mod tenants;
@@ -13,6 +14,7 @@ pub mod tenants;
 pub use guarded::{GuardOptions, Guarded, OnFailure, Unavailable};
 pub use history::{History, HistorySettings, RedisHistory};
 pub use memory::{MemoryStats, MemoryStore};
+pub use queue::{Pause, QueueBounds, TokioPause, WaitQueue, Waited, Waiter};
 pub use redis::{RedisStore, RedisStoreError, TimeSource, Topology};
 pub use saved_counters::{SavedCounters, SavedCountersError};
 pub use tenants::{

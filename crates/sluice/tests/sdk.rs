@@ -61,6 +61,7 @@ async fn run_sdk_script(program: PathBuf, script: PathBuf) -> String {
         ("stream", "sk-sdk-stream"),
         ("abort", "sk-sdk-abort"),
         ("budget", "sk-sdk-budget"),
+        ("wait", "sk-sdk-wait"),
     ];
     let mut policy = format!(
         r#"
@@ -72,6 +73,7 @@ families = ["requests", "requests-day", "output-tokens-day", "cost-day"]
 
 [models."budget-model"]
 price = {{ input = 0, output = 10_000 }}
+[models."wait-model"]
 [models."day-model"]
 [models."short-model"]
 [models."stream-model"]
@@ -82,6 +84,11 @@ price = {{ input = 0, output = 10_000 }}
 "short-model" = {{ rps = 1 }}
 "stream-model" = {{ otpd = 1_000_000 }}
 "abort-model" = {{ otpd = 1_000_000, rpd = 1_000 }}
+
+[tiers.waiting]
+max_wait = "2s"
+[tiers.waiting.models]
+"wait-model" = {{ rps = 1 }}
 
 [tiers.budgeted]
 [[tiers.budgeted.limits]]
@@ -95,7 +102,11 @@ window = "1d"
     for (name, secret) in keys {
         policy.push_str(&format!(
             "\n[tenants.{name}]\ntier = \"{}\"\n[[tenants.{name}.keys]]\nhash = \"{}\"\n",
-            if name == "budget" { "budgeted" } else { "default" },
+            match name {
+                "budget" => "budgeted",
+                "wait" => "waiting",
+                _ => "default",
+            },
             key_hash(secret)
         ));
     }
@@ -110,6 +121,7 @@ window = "1d"
             .env("SLUICE_STREAM_KEY", keys[2].1)
             .env("SLUICE_ABORT_KEY", keys[3].1)
             .env("SLUICE_BUDGET_KEY", keys[4].1)
+            .env("SLUICE_WAIT_KEY", keys[5].1)
             .output()
             .expect("run the SDK script")
     })
@@ -127,7 +139,7 @@ async fn the_official_openai_python_sdk_behaves() {
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/sdk/test_openai_sdk.py");
     let stdout = run_sdk_script(python(), script).await;
-    assert!(stdout.contains("5 SDK tests passed"), "{stdout}");
+    assert!(stdout.contains("6 SDK tests passed"), "{stdout}");
 }
 
 /// The Node SDK does not cap `retry-after`: without `x-should-retry: false`

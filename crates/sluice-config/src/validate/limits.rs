@@ -93,6 +93,7 @@ impl Validator<'_> {
                         shadow: false,
                         counter: None,
                         origin: Some(self.origin(&value.span())),
+                        max_wait: None,
                     },
                 ));
             }
@@ -243,10 +244,12 @@ impl Validator<'_> {
                     .collect()
             }
         };
+        let max_wait = self.max_wait(r.max_wait.as_ref(), &format!("{field}.max_wait"));
         if self.errors.len() > before {
             return None;
         }
         Some(LimitSpec {
+            max_wait,
             name,
             scope,
             metric: metric?,

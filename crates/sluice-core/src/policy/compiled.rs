@@ -71,6 +71,10 @@ pub struct Tier {
     pub(crate) all: Vec<LimitId>,
     /// The models its tenants may use (`None`: every model).
     pub allowed_models: Option<Vec<ModelId>>,
+    /// How long its tenants' refused requests may wait for room (its own,
+    /// else the tier it extends; `None`: no wait) for limits that do not
+    /// say.
+    pub max_wait: Option<std::time::Duration>,
     /// Whether a `cost` limit can apply to its tenants (planning prices a
     /// request only then).
     pub(crate) prices: bool,
@@ -141,6 +145,8 @@ pub struct Limit {
     pub counter: Arc<str>,
     /// Where it was written.
     pub origin: Option<String>,
+    /// How long a request it refuses may wait for room (`None`: the tier's).
+    pub max_wait: Option<std::time::Duration>,
     /// The `when` condition, as written.
     pub when_spec: ConditionSpec,
     /// The `unless` conditions, as written.

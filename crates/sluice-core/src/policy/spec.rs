@@ -146,6 +146,9 @@ pub struct LimitSpec {
     pub counter: Option<String>,
     /// Where it came from, for messages (e.g. `policy.toml:12`).
     pub origin: Option<String>,
+    /// How long a request it refuses may wait for room instead of a 429
+    /// (`None`: its tier's `max_wait`, else no wait).
+    pub max_wait: Option<std::time::Duration>,
 }
 
 /// A policy-wide exemption, as written.
@@ -170,6 +173,9 @@ pub struct TierSpec {
     pub extends: Option<String>,
     /// The only models its tenants may use (`None`: every model).
     pub allowed_models: Option<Vec<String>>,
+    /// How long its tenants' refused requests may wait for room instead of
+    /// a 429, for limits that do not say (`None`: the tier it extends).
+    pub max_wait: Option<std::time::Duration>,
 }
 
 /// The derived counter identity of a limit: what it counts (metric, window,

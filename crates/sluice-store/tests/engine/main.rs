@@ -8,6 +8,7 @@ mod harness;
 mod money;
 mod scenarios;
 mod suite;
+mod waiting;
 
 /// Instantiates every engine test for one store factory.
 macro_rules! engine_tests {
@@ -40,7 +41,11 @@ macro_rules! engine_tests {
             scenarios::provider_documents_replay,
             money::money_is_charged_to_the_micro_unit,
             money::a_month_of_spend_adds_up_exactly,
-            money::a_budget_denies_until_its_window_turns
+            money::a_budget_denies_until_its_window_turns,
+            waiting::a_refused_request_waits_for_room_and_is_admitted,
+            waiting::a_wait_longer_than_max_wait_is_refused_at_once,
+            waiting::one_tenants_line_does_not_hold_up_another,
+            waiting::waiting_lines_are_bounded
         );
     };
     (@each $factory:expr; $($module:ident :: $name:ident),* $(,)?) => {
