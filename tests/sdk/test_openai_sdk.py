@@ -24,6 +24,7 @@ STREAM_KEY = os.environ["SLUICE_STREAM_KEY"]
 ABORT_KEY = os.environ["SLUICE_ABORT_KEY"]
 BUDGET_KEY = os.environ["SLUICE_BUDGET_KEY"]
 WAIT_KEY = os.environ["SLUICE_WAIT_KEY"]
+HARD_KEY = os.environ["SLUICE_HARD_KEY"]
 MESSAGES = [{"role": "user", "content": "Say something."}]
 
 
@@ -199,6 +200,38 @@ def test_a_request_that_fits_soon_waits_instead_of_a_429():
         raise AssertionError("a request that would not wait was admitted")
     assert time.monotonic() - started < 0.5
     print(f"waiting: admitted after {waited} ms instead of a 429; a client that will not wait gets the 429")
+
+
+def test_a_stream_is_cut_at_a_hard_limit_and_reads_as_a_normal_completion():
+    # The tenant's output budget is hard: a stream ends at what it reserved
+    # (max_tokens 5), however long the upstream would go on (the mock is
+    # told to generate 40 and ignore max_tokens).
+    c = openai.OpenAI(base_url=BASE, api_key=HARD_KEY, max_retries=0)
+    text, finish, usage = "", None, None
+    stream = c.chat.completions.create(
+        model="hard-model",
+        messages=MESSAGES,
+        max_tokens=5,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_headers={"x-mock-completion-tokens": "40"},
+    )
+    for chunk in stream:
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+            finish = choice.finish_reason or finish
+        if chunk.usage:
+            usage = chunk.usage
+    assert text == "tok " * 5, repr(text)
+    assert finish == "length", finish
+    assert usage is not None and usage.completion_tokens == 5, usage
+    # Charged the 5 that went through; this one reserves 1 more.
+    raw = c.chat.completions.with_raw_response.create(
+        model="hard-model", messages=MESSAGES, max_tokens=1
+    )
+    remaining = int(raw.headers["x-ratelimit-remaining-output-tokens-day"])
+    assert remaining == 1_000 - 5 - 1, remaining
+    print("hard limit: the stream ended at its 5 reserved tokens with finish_reason length")
 
 
 if __name__ == "__main__":

@@ -394,6 +394,8 @@ pub struct RawLimit {
     /// How long a request it refuses may wait for room instead of a 429
     /// (`2s`; default: its tier's).
     pub max_wait: Option<Spanned<String>>,
+    /// Never passed: a request's output is cut at what it reserved.
+    pub hard: Option<Spanned<bool>>,
 }
 
 /// `[[exemptions]]`

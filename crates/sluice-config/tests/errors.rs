@@ -892,7 +892,9 @@ fn tier_reference_errors() {
                 line: 2,
                 column: 1,
                 field: "groups.interns",
-                message: &["`extends`, `listed_models_only` and `max_wait` are for tiers, not groups"],
+                message: &[
+                    "`extends`, `listed_models_only` and `max_wait` are for tiers, not groups",
+                ],
             }],
         },
     ]);

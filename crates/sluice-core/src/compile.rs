@@ -276,6 +276,7 @@ fn compile_limit(spec: &crate::policy::LimitSpec, p: &mut Policy) -> Result<Limi
         counter: Arc::from(counter),
         origin: spec.origin.clone(),
         max_wait: spec.max_wait,
+        hard: spec.hard,
         when_spec: spec.when.clone(),
         unless_spec: spec.unless.clone(),
         when,

@@ -33,6 +33,7 @@
 //!     counter: None,
 //!     origin: None,
 //!     max_wait: None,
+//!     hard: false,
 //! });
 //! let policy = b.build().unwrap();
 //! let tenant = policy.tenant(&TenantSpec { id: "acme".into(), ..Default::default() }).unwrap();

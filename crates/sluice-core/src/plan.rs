@@ -97,6 +97,8 @@ pub struct PlannedCharge {
     pub cost: u64,
     /// A shadow limit: reported, never denies.
     pub shadow: bool,
+    /// A hard limit: settled at most at what was reserved.
+    pub hard: bool,
 }
 
 /// Everything a store needs to admit one request.
@@ -298,6 +300,7 @@ impl Policy {
                 rule,
                 cost: limit.metric.cost(req.cost.input_tokens, req.cost.output_tokens, micros),
                 shadow: limit.shadow,
+                hard: limit.hard,
             };
             // Two limits that name one counter (overlapping conditions): the
             // stricter one decides and the counter is charged once.
@@ -518,6 +521,17 @@ pub struct ChargeRecord {
     pub how: ChargedAs,
     /// How much.
     pub charged: u64,
+    /// A hard limit's charge: never settled above what was charged.
+    pub hard: bool,
+}
+
+impl ChargeRecord {
+    /// What settling with `usage` (priced at `price`) charges it: the real
+    /// amount, at most what was reserved under a hard limit.
+    pub fn settled(&self, usage: &Usage, price: &Price) -> u64 {
+        let actual = usage.amount(self.metric, price);
+        if self.hard { actual.min(self.charged) } else { actual }
+    }
 }
 
 /// What an admitted request really used.
@@ -678,5 +692,6 @@ pub fn records<'a>(
         metric: c.metric,
         how: ChargedAs::of(&c.rule),
         charged: c.cost,
+        hard: c.hard,
     })
 }

@@ -43,6 +43,82 @@ pub const DRAIN_TIME: Duration = Duration::from_secs(60);
 /// `APIError`). No `data: [DONE]` follows: the stream is incomplete.
 pub const STREAM_ERROR_EVENT: &[u8] = b"data: {\"error\":{\"message\":\"The upstream model server broke off the stream; the response is incomplete.\",\"type\":\"server_error\",\"param\":null,\"code\":\"upstream_error\"}}\n\n";
 
+/// Where a stream under a hard limit is ended: when the output that went
+/// through reaches what the request reserved.
+#[derive(Clone, Debug)]
+pub struct OutputCut {
+    /// Output tokens reserved (all choices).
+    pub output: u64,
+    /// Choices (each gets its final chunk).
+    pub choices: u64,
+    /// The model, as the client named it (for the final chunks).
+    pub model: String,
+    /// The request id (the final chunks' id).
+    pub id: String,
+    /// Input tokens as estimated (the usage chunk).
+    pub input: u64,
+    /// The client asked for a usage chunk.
+    pub usage: bool,
+}
+
+impl OutputCut {
+    /// The events that end a cut stream: a final chunk per choice with
+    /// `finish_reason: "length"`, the usage chunk if the client asked for
+    /// one (`output` tokens charged), and `[DONE]`.
+    fn write(&self, output: u64, out: &mut BytesMut) {
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let head = serde_json::json!({
+            "id": format!("chatcmpl-{}", self.id),
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": self.model,
+        });
+        for index in 0..self.choices.max(1) {
+            let mut chunk = head.clone();
+            chunk["choices"] = serde_json::json!([
+                { "index": index, "delta": {}, "finish_reason": "length" }
+            ]);
+            event(out, &chunk);
+        }
+        if self.usage {
+            let mut chunk = head;
+            chunk["choices"] = serde_json::json!([]);
+            chunk["usage"] = serde_json::json!({
+                "prompt_tokens": self.input,
+                "completion_tokens": output,
+                "total_tokens": self.input + output,
+            });
+            event(out, &chunk);
+        }
+        out.extend_from_slice(b"data: [DONE]\n\n");
+    }
+}
+
+/// Pushes `frame` through `tap` an event at a time, stopping after the
+/// event that brings the output seen to `output`: whether it did (the rest
+/// of the frame is dropped).
+fn push_until(tap: &mut SseUsageTap, frame: &[u8], out: &mut BytesMut, output: u64) -> bool {
+    let mut rest = frame;
+    while !rest.is_empty() {
+        let end = memchr::memmem::find(rest, b"\n\n").map_or(rest.len(), |i| i + 2);
+        let (event, tail) = rest.split_at(end);
+        tap.push(event, out);
+        rest = tail;
+        if tap.usage().is_none() && tap.estimated_output_tokens() >= output {
+            return true;
+        }
+    }
+    false
+}
+
+fn event(out: &mut BytesMut, chunk: &serde_json::Value) {
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(chunk.to_string().as_bytes());
+    out.extend_from_slice(b"\n\n");
+}
+
 /// How the body is read on its way through.
 pub enum Tap {
     /// A JSON response: keep its frames (shared, not copied) to read
@@ -115,6 +191,10 @@ pub struct Metered<S: CounterStore + Clone> {
     /// Ended (settled, or handed to a drain): the body ends at the next
     /// poll.
     done: bool,
+    /// A hard limit's cut, if one applies.
+    cut: Option<OutputCut>,
+    /// The stream was cut after this many output tokens.
+    cut_at: Option<u64>,
 }
 
 impl<S: CounterStore + Clone> Metered<S> {
@@ -125,12 +205,31 @@ impl<S: CounterStore + Clone> Metered<S> {
         reservation: Reservation<S>,
         background: Arc<Background>,
     ) -> Self {
-        Self { inner: Some(inner), tap, reservation: Some(reservation), background, done: false }
+        Self {
+            inner: Some(inner),
+            tap,
+            reservation: Some(reservation),
+            background,
+            done: false,
+            cut: None,
+            cut_at: None,
+        }
+    }
+
+    /// Ends the stream where the output reaches what was reserved (a hard
+    /// limit): the upstream request is dropped (cancelled), the client gets
+    /// final chunks with `finish_reason: "length"`, and what went through
+    /// is charged (never more than was reserved).
+    pub fn cut_at(&mut self, cut: OutputCut) {
+        self.cut = Some(cut);
     }
 
     /// How the request ended, from what went through. `complete`: the body
     /// ended as the upstream meant it to.
     fn ending(&self, complete: bool) -> Ending {
+        if let Some(output) = self.cut_at {
+            return Ending::StreamWithoutUsage { output_seen: output };
+        }
         match &self.tap {
             Tap::Failed(status) => Ending::UpstreamFailed { status: *status },
             Tap::Sse(tap) => match tap.usage() {
@@ -249,7 +348,20 @@ impl<S: CounterStore + Clone + Unpin> Body for Metered<S> {
                         Tap::Failed(_) => frame,
                         Tap::Sse(tap) => {
                             let mut out = BytesMut::with_capacity(frame.len());
-                            tap.push(&frame, &mut out);
+                            if let Some(cut) = &this.cut {
+                                if push_until(tap, &frame, &mut out, cut.output) {
+                                    // The reserved output has gone through:
+                                    // end here, cancelling the upstream
+                                    // request.
+                                    cut.write(cut.output, &mut out);
+                                    this.cut_at = Some(cut.output);
+                                    this.inner = None;
+                                    this.finish(true);
+                                    return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+                                }
+                            } else {
+                                tap.push(&frame, &mut out);
+                            }
                             if last {
                                 tap.finish(&mut out);
                             }

@@ -14,12 +14,13 @@ use sluice_core::policy::Model;
 use sluice_core::{Clock, Cost, CounterStore, Decision, Outcome, Plan, RequestEvent, Step, Usage};
 use sluice_llm::error::ApiError;
 use sluice_llm::headers::{HeaderOptions, insert_headers, is_rate_limit_header};
+use sluice_llm::request::EndpointKind;
 use sluice_llm::usage::SseUsageTap;
 use sluice_llm::{RewriteOptions, expected_output, force_include_usage};
 use sluice_served::edge::{BodyError, RequestBody};
 
 use crate::access_log::AccessRecord;
-use crate::body::{JsonFrames, Metered, ResponseBody, Tap, full};
+use crate::body::{JsonFrames, Metered, OutputCut, ResponseBody, Tap, full};
 use crate::hop;
 use crate::reservation::{Ending, FailureCost, Meter, Reservation, UsageNote};
 use crate::server::Gateway;
@@ -288,6 +289,10 @@ pub(crate) async fn proxy<'r, S: CounterStore + Clone + Unpin>(
     trace.model = model.id;
     let stream = facts.stream && kind.streams_usage();
     let client_asked_usage = facts.include_usage;
+    // What a hard limit needs: the output the client asked for, if it did,
+    // and how many choices share it.
+    let asked_output = facts.max_completion_tokens.or(facts.max_tokens);
+    let choices = facts.choices();
 
     // The output it may ask for; the plan, at the least input it can have.
     let tokens = &rt.settings.tokens;
@@ -418,6 +423,21 @@ pub(crate) async fn proxy<'r, S: CounterStore + Clone + Unpin>(
         return r;
     }
     gw.record(&event(tenant, model_info, Step::Admitted));
+    // Under a hard limit the output is cut at what was reserved: the
+    // upstream is told (a request that named no maximum gets the one it
+    // was reserved at), and a stream is ended there should it go on.
+    let hard = kind.has_output()
+        && decision
+            .statuses
+            .iter()
+            .any(|s| !s.shadow && rt.policy.limit(s.limit).is_some_and(|l| l.hard));
+    let add_max = match (hard, asked_output, kind) {
+        (true, None, EndpointKind::ChatCompletions | EndpointKind::Completions) => {
+            Some(("max_tokens", output / choices.max(1)))
+        }
+        (true, None, EndpointKind::Other) => Some(("max_output_tokens", output)),
+        _ => None,
+    };
     let reserved = Usage::tokens(input, output);
     let failure = FailureCost::new(rt.settings.upstream_failure, &rt.settings.refund_statuses);
     let mut reservation =
@@ -441,7 +461,15 @@ pub(crate) async fn proxy<'r, S: CounterStore + Clone + Unpin>(
     // Forward (to this gateway's client: a runtime built by another
     // connector has none, and is answered as an upstream without a URI).
     let upstream = crate::upstream::client(&*rt.upstreams[route.upstream]);
-    let upstream_body = match upstream_body(body, stream, route) {
+    let cut = (hard && stream).then(|| OutputCut {
+        output,
+        choices,
+        model: model_name.to_string(),
+        id: request_id.to_str().unwrap_or("req").to_owned(),
+        input,
+        usage: client_asked_usage,
+    });
+    let upstream_body = match upstream_body(body, stream, route, add_max) {
         Ok(b) => b,
         Err(e) => {
             reservation.answered(e.status);
@@ -508,7 +536,10 @@ pub(crate) async fn proxy<'r, S: CounterStore + Clone + Unpin>(
     } else {
         Tap::Json(JsonFrames::default())
     };
-    let body = Metered::new(upstream_body, tap, reservation, gw.background.clone());
+    let mut body = Metered::new(upstream_body, tap, reservation, gw.background.clone());
+    if let Some(cut) = cut {
+        body.cut_at(cut);
+    }
     let mut r = Response::new(body.boxed());
     *r.status_mut() = head.status;
     // The upstream's headers, less those of this hop and its own rate limits.
@@ -630,8 +661,18 @@ fn drain(mut body: RequestBody, limit: usize) {
 }
 
 /// The body sent upstream: streams ask for usage; a renamed model is renamed.
-fn upstream_body(body: Bytes, stream: bool, route: &Route) -> Result<Bytes, ApiError> {
+fn upstream_body(
+    body: Bytes,
+    stream: bool,
+    route: &Route,
+    add_max: Option<(&str, u64)>,
+) -> Result<Bytes, ApiError> {
     let mut out = body;
+    if let Some((name, n)) = add_max {
+        out = sluice_llm::rewrite::with_member(&out, name, &n.to_string())
+            .map(Bytes::from)
+            .map_err(|e| ApiError::bad_request(e.to_string(), None))?;
+    }
     if let Some(name) = &route.upstream_model {
         let mut v: serde_json::Value = serde_json::from_slice(&out)
             .map_err(|_| ApiError::bad_request("The request body is not valid JSON.", None))?;

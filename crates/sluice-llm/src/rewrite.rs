@@ -105,6 +105,29 @@ pub fn force_include_usage(body: &[u8], opts: RewriteOptions) -> Result<Rewrite<
     Ok(Rewrite { body: Cow::Owned(out), client_asked })
 }
 
+/// `body`, a JSON object with at least one member (a parsed request: it has
+/// its `model`), with `"name":value` added as its last member, changing
+/// nothing else. The caller knows the member is not there yet.
+pub fn with_member(body: &[u8], name: &str, value: &str) -> Result<Vec<u8>, RewriteError> {
+    let close = body
+        .iter()
+        .rposition(|&b| b == b'}')
+        .ok_or_else(|| RewriteError::NotAnObject("no closing brace".into()))?;
+    let at = body[..close]
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .map_or(close, |i| i + 1);
+    let mut out = Vec::with_capacity(body.len() + name.len() + value.len() + 4);
+    out.extend_from_slice(&body[..at]);
+    out.push(b',');
+    out.push(b'"');
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(&body[at..]);
+    Ok(out)
+}
+
 /// Writes a `stream_options` object: the client's members except the ones we
 /// set, then ours.
 fn write_options(out: &mut Vec<u8>, members: &[(Cow<'_, str>, &RawValue)], opts: RewriteOptions) {

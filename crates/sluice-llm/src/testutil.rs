@@ -12,6 +12,7 @@ use sluice_core::{
 pub fn limit(name: &str, metric: Metric, amount: u64, window: Option<Window>) -> LimitSpec {
     LimitSpec {
         max_wait: None,
+        hard: false,
         name: name.into(),
         scope: Scope::Global,
         metric,

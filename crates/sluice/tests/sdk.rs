@@ -62,6 +62,7 @@ async fn run_sdk_script(program: PathBuf, script: PathBuf) -> String {
         ("abort", "sk-sdk-abort"),
         ("budget", "sk-sdk-budget"),
         ("wait", "sk-sdk-wait"),
+        ("hard", "sk-sdk-hard"),
     ];
     let mut policy = format!(
         r#"
@@ -73,6 +74,7 @@ families = ["requests", "requests-day", "output-tokens-day", "cost-day"]
 
 [models."budget-model"]
 price = {{ input = 0, output = 10_000 }}
+[models."hard-model"]
 [models."wait-model"]
 [models."day-model"]
 [models."short-model"]
@@ -90,6 +92,14 @@ max_wait = "2s"
 [tiers.waiting.models]
 "wait-model" = {{ rps = 1 }}
 
+[tiers.hardcapped]
+[[tiers.hardcapped.limits]]
+name = "output-budget"
+metric = "output_tokens"
+amount = 1_000
+window = "1d"
+hard = true
+
 [tiers.budgeted]
 [[tiers.budgeted.limits]]
 name = "daily-budget"
@@ -105,6 +115,7 @@ window = "1d"
             match name {
                 "budget" => "budgeted",
                 "wait" => "waiting",
+                "hard" => "hardcapped",
                 _ => "default",
             },
             key_hash(secret)
@@ -122,6 +133,7 @@ window = "1d"
             .env("SLUICE_ABORT_KEY", keys[3].1)
             .env("SLUICE_BUDGET_KEY", keys[4].1)
             .env("SLUICE_WAIT_KEY", keys[5].1)
+            .env("SLUICE_HARD_KEY", keys[6].1)
             .output()
             .expect("run the SDK script")
     })
@@ -139,7 +151,7 @@ async fn the_official_openai_python_sdk_behaves() {
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/sdk/test_openai_sdk.py");
     let stdout = run_sdk_script(python(), script).await;
-    assert!(stdout.contains("6 SDK tests passed"), "{stdout}");
+    assert!(stdout.contains("7 SDK tests passed"), "{stdout}");
 }
 
 /// The Node SDK does not cap `retry-after`: without `x-should-retry: false`

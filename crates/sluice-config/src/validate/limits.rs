@@ -94,6 +94,7 @@ impl Validator<'_> {
                         counter: None,
                         origin: Some(self.origin(&value.span())),
                         max_wait: None,
+                        hard: false,
                     },
                 ));
             }
@@ -245,11 +246,18 @@ impl Validator<'_> {
             }
         };
         let max_wait = self.max_wait(r.max_wait.as_ref(), &format!("{field}.max_wait"));
+        let hard = r.hard.as_ref().is_some_and(|h| *h.get_ref());
+        if let (Some(h), Some(m)) = (r.hard.as_ref().filter(|h| *h.get_ref()), metric)
+            && !matches!(m, Metric::Tokens | Metric::OutputTokens | Metric::Cost)
+        {
+            self.err(span(h), &format!("{field}.hard"), format!("only a limit that counts output can be hard (`tokens`, `output_tokens` or `cost`: a request's output is what is cut); a `{m}` limit is charged in full when a request is admitted, so there is nothing to cut"));
+        }
         if self.errors.len() > before {
             return None;
         }
         Some(LimitSpec {
             max_wait,
+            hard,
             name,
             scope,
             metric: metric?,

@@ -147,6 +147,9 @@ pub struct Limit {
     pub origin: Option<String>,
     /// How long a request it refuses may wait for room (`None`: the tier's).
     pub max_wait: Option<std::time::Duration>,
+    /// Hard: a request it applies to never produces more output than it
+    /// reserved.
+    pub hard: bool,
     /// The `when` condition, as written.
     pub when_spec: ConditionSpec,
     /// The `unless` conditions, as written.

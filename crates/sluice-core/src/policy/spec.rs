@@ -149,6 +149,9 @@ pub struct LimitSpec {
     /// How long a request it refuses may wait for room instead of a 429
     /// (`None`: its tier's `max_wait`, else no wait).
     pub max_wait: Option<std::time::Duration>,
+    /// Hard: a request it applies to never produces more output than it
+    /// reserved (a stream is ended there), so the limit is never passed.
+    pub hard: bool,
 }
 
 /// A policy-wide exemption, as written.

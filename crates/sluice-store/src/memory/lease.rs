@@ -100,7 +100,7 @@ impl Shard {
             || lease.charges.iter().any(|c| c.key.group.tenant_bits() != bits)
         {
             for c in &lease.charges {
-                self.apply(c, usage.amount(c.metric, &lease.price), now);
+                self.apply(c, c.settled(&usage, &lease.price), now);
             }
             return;
         }
@@ -116,7 +116,7 @@ impl Shard {
                     Some(state),
                     c.how,
                     c.charged,
-                    usage.amount(c.metric, &lease.price),
+                    c.settled(&usage, &lease.price),
                     now,
                 ) {
                     Some(s) if !s.is_idle(now) => b.put(p, &s),
@@ -130,7 +130,7 @@ impl Shard {
         }
         for (i, c) in lease.charges.iter().enumerate() {
             if done & (1 << i) == 0 {
-                self.apply(c, usage.amount(c.metric, &lease.price), now);
+                self.apply(c, c.settled(&usage, &lease.price), now);
             }
         }
     }

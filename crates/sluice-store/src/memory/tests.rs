@@ -20,6 +20,7 @@ fn charge(tenant: u64, counter: u64, amount: u64, cost: u64, now: Instant) -> Pl
         },
         cost,
         shadow: false,
+        hard: false,
     }
 }
 

@@ -77,11 +77,14 @@ impl RedisStore {
             args.push(if c.shadow { "s" } else { "-" }.to_owned());
             // A cost charge carries the price it is settled at
             // (settle.lua): `cost:<input>:<cached input>:<output>`.
+            // A hard limit's charge ends in `!` (settled at most at what
+            // was charged).
+            let hard = if c.hard { "!" } else { "" };
             args.push(if c.metric == Metric::Cost {
                 let p = plan.price;
-                format!("cost:{}:{}:{}", p.input, p.cached_input, p.output)
+                format!("cost:{}:{}:{}{hard}", p.input, p.cached_input, p.output)
             } else {
-                c.metric.as_str().to_owned()
+                format!("{}{hard}", c.metric.as_str())
             });
         }
         (keys, args)

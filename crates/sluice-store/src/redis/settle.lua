@@ -7,7 +7,8 @@
 --          period in ms (rolling) or the end of the slot charged (calendar),
 --          amount the limit's amount at admission, metric as admit.lua
 --          was given it (`cost:<input>:<cached>:<output>` carries the price
---          of a cost charge, in pico-units per token). Every
+--          of a cost charge, in pico-units per token; a trailing `!` marks
+--          a hard limit's charge, never settled above what it charged). Every
 --          key in it carries the same hash tag as the lease.
 --
 -- ARGV[1]  "s" for the server's TIME, or a client time in ms
@@ -79,12 +80,20 @@ end
 
 for line in string.gmatch(lease, "[^\n]+") do
   local key, field, kind, charged, extra, amount, metric =
-    string.match(line, "^([^|]+)|([^|]+)|(%a)|(%d+)|(%d+)|(%d+)|(%a[%w_:]*)$")
+    string.match(line, "^([^|]+)|([^|]+)|(%a)|(%d+)|(%d+)|(%d+)|(%a[%w_:]*!?)$")
   charged, extra, amount = tonumber(charged), tonumber(extra), tonumber(amount)
   if kind == "n" then
     redis.call("ZREM", key, lease_id)
   elseif key and not release then
-    local delta = actual(metric) - charged
+    local used
+    if string.sub(metric, -1) == "!" then
+      -- A hard limit: never settled above what was charged.
+      used = actual(string.sub(metric, 1, -2))
+      if used > charged then used = charged end
+    else
+      used = actual(metric)
+    end
+    local delta = used - charged
     local s = redis.call("HGET", key, field)
     if kind == "r" then
       local period = extra

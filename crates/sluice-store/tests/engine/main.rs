@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod faults;
+mod hard;
 mod harness;
 mod money;
 mod scenarios;
@@ -45,7 +46,8 @@ macro_rules! engine_tests {
             waiting::a_refused_request_waits_for_room_and_is_admitted,
             waiting::a_wait_longer_than_max_wait_is_refused_at_once,
             waiting::one_tenants_line_does_not_hold_up_another,
-            waiting::waiting_lines_are_bounded
+            waiting::waiting_lines_are_bounded,
+            hard::a_hard_limit_is_never_passed
         );
     };
     (@each $factory:expr; $($module:ident :: $name:ident),* $(,)?) => {
