@@ -87,7 +87,12 @@ async fn issue_key<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
     {
         return Err(ApiError::bad(format!("`expires_at` is not a date or time: `{e}`")));
     }
-    let spec = KeySpec { id: id.clone(), labels: n.labels.clone(), exempt: n.exempt.clone() };
+    let spec = KeySpec {
+        id: id.clone(),
+        labels: n.labels.clone(),
+        exempt: n.exempt.clone(),
+        overrides: Vec::new(),
+    };
     st.control.served.runtime().policy.key(&spec).map_err(|e| ApiError::bad(e.to_string()))?;
     let secret = format!("sk-sluice-{}", random_hex(24)?);
     let k = KeyRecord {
@@ -96,6 +101,7 @@ async fn issue_key<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
         hash: hash_text(&secret),
         labels: n.labels,
         exempt: n.exempt,
+        overrides: BTreeMap::new(),
         expires_at: n.expires_at,
         revoked_at: None,
         created_at: now_text(),

@@ -5,6 +5,7 @@
 
 mod faults;
 mod harness;
+mod keys;
 mod money;
 mod scenarios;
 mod suite;
@@ -40,7 +41,10 @@ macro_rules! engine_tests {
             scenarios::provider_documents_replay,
             money::money_is_charged_to_the_micro_unit,
             money::a_month_of_spend_adds_up_exactly,
-            money::a_budget_denies_until_its_window_turns
+            money::a_budget_denies_until_its_window_turns,
+            keys::a_keys_grant_is_its_own_amount_within_the_tenants,
+            keys::a_request_larger_than_a_keys_whole_budget_is_too_large,
+            keys::a_keys_grant_ends_with_its_until
         );
     };
     (@each $factory:expr; $($module:ident :: $name:ident),* $(,)?) => {
