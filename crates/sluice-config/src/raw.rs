@@ -471,6 +471,10 @@ pub struct RawKey {
     /// Limit names it is exempt from.
     #[serde(default)]
     pub exempt: Vec<Spanned<String>>,
+    /// Its own amounts of limits split by key: `"<limit>" = 20` or
+    /// `{ amount = 20, until = "2026-12-31" }`.
+    #[serde(default)]
+    pub overrides: IndexMap<String, Spanned<RawOverride>>,
 }
 
 macro_rules! raw_limits {

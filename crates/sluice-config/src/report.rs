@@ -341,17 +341,25 @@ pub fn effective_limits(config: &Config) -> String {
                 let _ = write!(line, ", groups {}", t.spec.groups.join(", "));
             }
             let _ = write!(line, ", {} key(s)", t.keys.len());
-            for o in &t.spec.overrides {
+            let amount = |o: &sluice_core::OverrideSpec| {
                 let money = policy
                     .limits_named(&o.limit)
                     .iter()
                     .any(|&l| policy.limit(l).is_some_and(|l| l.metric.is_money()));
-                let amount = if money {
+                if money {
                     policy.format_amount(sluice_core::Metric::Cost, o.amount)
                 } else {
                     thousands(o.amount)
-                };
-                let _ = write!(line, ", {} raised to {amount}", o.limit);
+                }
+            };
+            for o in &t.spec.overrides {
+                let _ = write!(line, ", {} raised to {}", o.limit, amount(o));
+            }
+            // Key grants: each key's own amount of a limit split by key.
+            for k in &t.keys {
+                for o in &k.spec.overrides {
+                    let _ = write!(line, ", key {} granted {} {}", k.spec.id, o.limit, amount(o));
+                }
             }
             let _ = writeln!(out, "{line}");
         }

@@ -14,8 +14,8 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use sluice_core::money::micros_of;
 use sluice_core::{
-    ExemptionSpec, HeaderFamily, HeaderProfile, Metric, Period, PolicyBuilder, Price, ResetFormat,
-    Scope, TierSpec, WindowKind,
+    ExemptionSpec, Fact, HeaderFamily, HeaderProfile, Metric, Period, PolicyBuilder, Price,
+    ResetFormat, Scope, TierSpec, WindowKind,
 };
 use toml::Spanned;
 
@@ -54,6 +54,9 @@ pub(crate) struct Validator<'a> {
     money_limits: HashSet<String>,
     /// Where the first `cost` limit is written.
     first_money_limit: Option<(Option<Range<usize>>, String)>,
+    /// Names of limits not split by key (somewhere): no key grants them
+    /// an amount of its own.
+    not_by_key: HashSet<String>,
 }
 
 fn span<T>(s: &Spanned<T>) -> Option<Range<usize>> {
@@ -80,6 +83,7 @@ impl<'a> Validator<'a> {
             key_hashes: HashSet::new(),
             money_limits: HashSet::new(),
             first_money_limit: None,
+            not_by_key: HashSet::new(),
         }
     }
 
@@ -365,6 +369,9 @@ impl<'a> Validator<'a> {
             if !taken.insert(spec.name.clone()) {
                 self.err(sp, &field, format!("limit `{}` is defined twice in {}; names must be unique within a tier, a group, or the top level", spec.name, spec.scope));
                 continue;
+            }
+            if !spec.by.contains(&Fact::Key) {
+                self.not_by_key.insert(spec.name.clone());
             }
             if spec.metric == Metric::Cost && self.first_money_limit.is_none() {
                 self.first_money_limit = Some((sp.clone(), field.clone()));

@@ -1900,3 +1900,87 @@ fn money_errors() {
         },
     ]);
 }
+
+// ---------------------------------------------------------------------------
+// Key grants: a key's own amount of a limit split by key.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn key_grant_errors() {
+    run(&[Case {
+        name: "a key grant on a tenant-wide limit, an unknown limit, a zero amount",
+        text: concat!(
+            "[[limits]]\n",            // 1
+            "name = \"rpm\"\n",        // 2
+            "metric = \"requests\"\n", // 3
+            "amount = 10\n",           // 4
+            "window = \"1m\"\n",       // 5
+            "[[limits]]\n",            // 6
+            "name = \"key-rpm\"\n",    // 7
+            "metric = \"requests\"\n", // 8
+            "amount = 3\n",            // 9
+            "window = \"1m\"\n",       // 10
+            "by = [\"key\"]\n",        // 11
+            "[tenants.acme]\n",        // 12
+            "[[tenants.acme.keys]]\n", // 13
+            "id = \"k1\"\n",           // 14
+            "hash = \"sha256:0000000000000000000000000000000000000000000000000000000000000000\"\n", // 15
+            "overrides = { \"rpm\" = 5, \"nope\" = 5, \"key-rpm\" = 0 }\n", // 16: columns 23, 35, 50
+        ),
+        errors: &[
+            Want {
+                line: 16,
+                column: 23,
+                field: "tenants.acme.keys[0].overrides.rpm",
+                message: &[
+                    "limit `rpm`: a key can be granted its own amount only of a limit split by key",
+                    "add `by = [\"key\"]`",
+                ],
+            },
+            Want {
+                line: 16,
+                column: 35,
+                field: "tenants.acme.keys[0].overrides.nope",
+                message: &["limit `nope` is not defined", "defined: `key-rpm`, `rpm`"],
+            },
+            Want {
+                line: 16,
+                column: 50,
+                field: "tenants.acme.keys[0].overrides.key-rpm",
+                message: &["must be a positive whole number (at least 1), got 0"],
+            },
+        ],
+    }]);
+}
+
+/// A key's grants as read: a count, or money for a `cost` limit, with its end.
+#[test]
+fn key_grants_are_read_as_counts_and_money() {
+    let text = concat!(
+        "[policy]\n",
+        "default_price = { input = 1, output = 1 }\n",
+        "[[limits]]\n",
+        "name = \"key-rpm\"\n",
+        "metric = \"requests\"\n",
+        "amount = 3\n",
+        "window = \"1m\"\n",
+        "by = [\"key\"]\n",
+        "[[limits]]\n",
+        "name = \"key-budget\"\n",
+        "metric = \"cost\"\n",
+        "amount = 100\n",
+        "window = \"1mo\"\n",
+        "by = [\"key\"]\n",
+        "[tenants.acme]\n",
+        "[[tenants.acme.keys]]\n",
+        "id = \"k1\"\n",
+        "hash = \"sha256:0000000000000000000000000000000000000000000000000000000000000000\"\n",
+        "overrides = { \"key-rpm\" = 20, \"key-budget\" = { amount = 12.50, until = \"2026-12-31\" } }\n",
+    );
+    let config = sluice_config::parse(text, FILE).unwrap_or_else(|e| panic!("{e}"));
+    let grants = &config.tenants[0].keys[0].spec.overrides;
+    let got: Vec<(&str, u64, Option<u64>)> =
+        grants.iter().map(|o| (o.limit.as_str(), o.amount, o.until.map(|u| u.0))).collect();
+    let end = sluice_core::Instant::parse("2027-01-01T00:00:00Z").unwrap().0;
+    assert_eq!(got, [("key-rpm", 20, None), ("key-budget", 12_500_000, Some(end))]);
+}

@@ -14,7 +14,7 @@ use smallvec::SmallVec;
 
 use crate::compile::limit_set;
 use crate::policy::{
-    EndpointId, LimitId, LimitSet, ModelId, Policy, PolicyError, Sym, TierId, hint, name_hash,
+    EndpointId, Fact, LimitId, LimitSet, ModelId, Policy, PolicyError, Sym, TierId, hint, name_hash,
 };
 use crate::time::{Instant, duration_nanos};
 use crate::window::Zone;
@@ -60,6 +60,9 @@ pub struct KeySpec {
     pub labels: BTreeMap<String, String>,
     /// Limit names it is exempt from (`*` for all).
     pub exempt: Vec<String>,
+    /// Its own amounts for limits split by key (`by` contains `key`): they
+    /// win over the tenant's grant of the same limit.
+    pub overrides: Vec<OverrideSpec>,
 }
 
 /// A tenant resolved against a policy.
@@ -73,7 +76,7 @@ pub struct TenantFacts {
     pub(crate) groups: SmallVec<[Sym; 4]>,
     pub(crate) labels: SmallVec<[(Sym, Sym); 4]>,
     pub(crate) zone: Option<Zone>,
-    pub(crate) overrides: SmallVec<[(LimitId, u64, u64); 2]>,
+    pub(crate) overrides: Grants,
     pub(crate) exempt: LimitSet,
 }
 
@@ -105,10 +108,7 @@ impl TenantFacts {
 
     /// The amount granted for `limit` at `now`, if any.
     pub fn override_for(&self, limit: LimitId, now: Instant) -> Option<u64> {
-        self.overrides
-            .iter()
-            .find(|(l, _, until)| *l == limit && now.0 < *until)
-            .map(|&(_, amount, _)| amount)
+        override_in(&self.overrides, limit, now)
     }
 }
 
@@ -120,6 +120,7 @@ pub struct KeyFacts {
     /// (label key, value symbol, value hash)
     pub(crate) labels: SmallVec<[(Sym, Sym, u64); 2]>,
     pub(crate) exempt: LimitSet,
+    pub(crate) overrides: Grants,
 }
 
 impl KeyFacts {
@@ -127,6 +128,24 @@ impl KeyFacts {
     pub fn hash(&self) -> u64 {
         self.hash
     }
+
+    /// The amount granted to this key for `limit` at `now`, if any.
+    pub fn override_for(&self, limit: LimitId, now: Instant) -> Option<u64> {
+        override_in(&self.overrides, limit, now)
+    }
+}
+
+/// Grants resolved: (limit, amount, end in ns since the epoch; `u64::MAX`
+/// for good).
+pub(crate) type Grants = SmallVec<[(LimitId, u64, u64); 2]>;
+
+/// The amount of a grant of `limit` in force at `now`.
+#[inline]
+fn override_in(overrides: &[(LimitId, u64, u64)], limit: LimitId, now: Instant) -> Option<u64> {
+    overrides
+        .iter()
+        .find(|(l, _, until)| *l == limit && now.0 < *until)
+        .map(|&(_, amount, _)| amount)
 }
 
 /// A tenant or key that does not fit the policy.
@@ -161,24 +180,7 @@ impl Policy {
             None => self.default_tier.ok_or_else(|| FactsError::NoTier(spec.id.clone()))?,
         };
         let zone = spec.time_zone.as_deref().map(Zone::get).transpose()?;
-        let mut overrides = SmallVec::new();
-        for o in &spec.overrides {
-            if o.amount == 0 {
-                return Err(PolicyError::BadLimit {
-                    limit: o.limit.clone(),
-                    reason:
-                        "an override amount must be at least 1; to stop a tenant, revoke its keys"
-                            .into(),
-                }
-                .into());
-            }
-            let ids = self.limits_named(&o.limit);
-            if ids.is_empty() {
-                return Err(unknown_limit(self, &o.limit).into());
-            }
-            let until = o.until.map_or(u64::MAX, |t| t.0);
-            overrides.extend(ids.iter().map(|&id| (id, o.amount, until)));
-        }
+        let overrides = self.grants(&spec.overrides, false)?;
         Ok(TenantFacts {
             id: spec.id.as_str().into(),
             hash: name_hash(&spec.id),
@@ -216,7 +218,46 @@ impl Policy {
                 .filter(|(k, _, _)| *k != Sym::NONE)
                 .collect(),
             exempt: self.exempt_set(&spec.exempt)?,
+            overrides: self.grants(&spec.overrides, true)?,
         })
+    }
+
+    /// Grants resolved to the limits they name: each amount at least 1, each
+    /// limit defined; a key's (`of_key`) only on limits split by key, whose
+    /// counter is the key's own (a key's amount on a counter every key of
+    /// the tenant shares would mean nothing sensible).
+    fn grants(&self, grants: &[OverrideSpec], of_key: bool) -> Result<Grants, PolicyError> {
+        let mut resolved = SmallVec::new();
+        for o in grants {
+            if o.amount == 0 {
+                let reason = if of_key {
+                    "an override amount must be at least 1; to stop a key, revoke it"
+                } else {
+                    "an override amount must be at least 1; to stop a tenant, revoke its keys"
+                };
+                return Err(PolicyError::BadLimit {
+                    limit: o.limit.clone(),
+                    reason: reason.into(),
+                });
+            }
+            let ids = self.limits_named(&o.limit);
+            if ids.is_empty() {
+                return Err(unknown_limit(self, &o.limit));
+            }
+            if of_key
+                && ids.iter().any(|&id| {
+                    self.limits.get(id.index()).is_none_or(|l| !l.by.contains(&Fact::Key))
+                })
+            {
+                return Err(PolicyError::BadLimit {
+                    limit: o.limit.clone(),
+                    reason: NOT_BY_KEY.into(),
+                });
+            }
+            let until = o.until.map_or(u64::MAX, |t| t.0);
+            resolved.extend(ids.iter().map(|&id| (id, o.amount, until)));
+        }
+        Ok(resolved)
     }
 
     fn exempt_set(&self, names: &[String]) -> Result<LimitSet, PolicyError> {
@@ -231,6 +272,10 @@ impl Policy {
         }
     }
 }
+
+/// Why a key cannot have its own amount of a limit that is not split by
+/// key (after "limit `<name>`: ").
+pub const NOT_BY_KEY: &str = "a key can be granted its own amount only of a limit split by key; this one counts the whole tenant, shared by all its keys: add `by = [\"key\"]` to the limit to give each key its own count";
 
 fn unknown_limit(p: &Policy, name: &str) -> PolicyError {
     PolicyError::Unknown {
@@ -307,3 +352,6 @@ pub(crate) fn lease_end(policy: &Policy, now: Instant) -> Instant {
 pub fn deadline(now: Instant, lease: Duration) -> Instant {
     Instant(now.0.saturating_add(duration_nanos(lease)))
 }
+
+#[cfg(test)]
+mod tests;

@@ -67,6 +67,7 @@ pub mod window;
 pub use compile::{DEFAULT_LEASE, DEFAULT_TIER, MAX_PARTITION_FACTS};
 pub use counter::{ChargedAs, CounterState, Rule, Verdict};
 pub use event::{EventSink, RequestEvent, Step};
+pub use facts::NOT_BY_KEY;
 pub use facts::{
     Ask, Cost, FactsError, KeyFacts, KeySpec, ModelRef, OverrideSpec, TenantFacts, TenantSpec,
 };

@@ -248,7 +248,13 @@ impl Policy {
             {
                 continue;
             }
-            let amount = tenant.override_for(id, now).unwrap_or(limit.amount);
+            // The key's grant wins over the tenant's (only limits split by
+            // key carry key grants).
+            let amount = req
+                .key
+                .and_then(|k| k.override_for(id, now))
+                .or_else(|| tenant.override_for(id, now))
+                .unwrap_or(limit.amount);
             let rule = match limit.window {
                 None => Rule::Concurrent { amount },
                 Some(w) if w.kind == WindowKind::Rolling => Rule::Rolling {

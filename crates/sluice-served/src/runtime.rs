@@ -11,6 +11,7 @@
 
 use hashbrown::HashMap;
 use std::any::Any;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -21,7 +22,7 @@ use sluice_core::{
     EndpointId, Instant, KeyFacts, KeySpec, ModelId, OverrideSpec, Policy, TenantFacts, TenantSpec,
 };
 use sluice_llm::{Encoding, EndpointKind};
-use sluice_store::{TenantRecord, TenantSnapshot};
+use sluice_store::{KeyRecord, OverrideRecord, TenantRecord, TenantSnapshot};
 
 use crate::auth::{KeyTable, parse_hash};
 pub use crate::tenants::{ShardedMap, TenantList};
@@ -314,12 +315,8 @@ impl Runtime {
                 ));
                 continue;
             };
-            let spec = KeySpec {
-                id: record.id.clone(),
-                labels: record.labels.clone(),
-                exempt: record.exempt.clone(),
-            };
-            let (Ok(facts), Some(hash)) = (policy.key(&spec), parse_hash(&record.hash)) else {
+            let (Ok(facts), Some(hash)) = (policy.key(&key_spec(record)), parse_hash(&record.hash))
+            else {
                 warnings.push(format!("key `{id}` does not fit the policy"));
                 continue;
             };
@@ -398,15 +395,29 @@ pub fn tenant_spec(r: &TenantRecord) -> TenantSpec {
         groups: r.groups.clone(),
         labels: r.labels.clone(),
         time_zone: r.time_zone.clone(),
-        overrides: r
-            .overrides
-            .iter()
-            .map(|(limit, o)| OverrideSpec {
-                limit: limit.clone(),
-                amount: o.amount,
-                until: o.until.as_deref().and_then(Instant::parse),
-            })
-            .collect(),
+        overrides: override_specs(&r.overrides),
         exempt: r.exempt.clone(),
     }
+}
+
+/// The spec of a stored key.
+pub fn key_spec(r: &KeyRecord) -> KeySpec {
+    KeySpec {
+        id: r.id.clone(),
+        labels: r.labels.clone(),
+        exempt: r.exempt.clone(),
+        overrides: override_specs(&r.overrides),
+    }
+}
+
+/// Stored grants as specs.
+fn override_specs(grants: &BTreeMap<String, OverrideRecord>) -> Vec<OverrideSpec> {
+    grants
+        .iter()
+        .map(|(limit, o)| OverrideSpec {
+            limit: limit.clone(),
+            amount: o.amount,
+            until: o.until.as_deref().and_then(Instant::parse),
+        })
+        .collect()
 }

@@ -13,11 +13,11 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
 use hashbrown::{DefaultHashBuilder, HashMap};
-use sluice_core::{Instant, KeySpec};
+use sluice_core::Instant;
 use sluice_store::{KeyRecord, TenantRecord};
 
 use crate::auth::{KeyHash, parse_hash};
-use crate::runtime::{KeyEntry, Runtime, Tenant, tenant_spec};
+use crate::runtime::{KeyEntry, Runtime, Tenant, key_spec, tenant_spec};
 
 /// Shards of a [`ShardedMap`].
 const SHARDS: usize = 256;
@@ -284,12 +284,7 @@ impl Runtime {
             );
             return (rt, Some(w));
         };
-        let spec = KeySpec {
-            id: record.id.clone(),
-            labels: record.labels.clone(),
-            exempt: record.exempt.clone(),
-        };
-        let Ok(facts) = rt.policy.key(&spec) else {
+        let Ok(facts) = rt.policy.key(&key_spec(record)) else {
             return (rt, Some(format!("key `{}` does not fit the policy", record.id)));
         };
         let expires = record.expires_at.as_deref().and_then(Instant::parse);

@@ -1,5 +1,5 @@
 //! The CLI side of the admin API: `sluice tenants`, `sluice keys
-//! create|list|revoke|rotate`, `sluice usage`, `sluice policy`. Each command
+//! create|list|revoke|rotate|grant|ungrant`, `sluice usage`, `sluice policy`. Each command
 //! is one HTTP call; answers print as tables, or as the API's JSON with
 //! `--json`.
 
@@ -136,6 +136,7 @@ fn keys_table(keys: &[Value]) -> String {
             vec![
                 s(&k["id"]),
                 s(&k["labels"]),
+                grants(&k["overrides"]),
                 s(&k["created_at"]),
                 s(&k["expires_at"]),
                 if k["revoked_at"].is_null() {
@@ -146,7 +147,21 @@ fn keys_table(keys: &[Value]) -> String {
             ]
         })
         .collect();
-    table(&["key", "labels", "created", "expires", "state"], &rows)
+    table(&["key", "labels", "grants", "created", "expires", "state"], &rows)
+}
+
+/// A key's grants: `limit=amount`, with `until …` if it ends.
+fn grants(o: &Value) -> String {
+    let Some(o) = o.as_object().filter(|o| !o.is_empty()) else {
+        return "-".into();
+    };
+    o.iter()
+        .map(|(limit, g)| match g["until"].as_str() {
+            Some(u) => format!("{limit}={} until {u}", s(&g["amount"])),
+            None => format!("{limit}={}", s(&g["amount"])),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn tenants(args: &AdminArgs, cmd: TenantsCommand) -> anyhow::Result<ExitCode> {
@@ -284,6 +299,25 @@ pub fn keys(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                     s(&v["secret"])
                 )
             })
+        }
+        KeysCommand::Grant { admin, tenant, key, limit, amount, until } => {
+            let a = Admin::new(&admin)?;
+            let v = a.call(
+                Method::PUT,
+                &format!("/tenants/{tenant}/keys/{key}/overrides/{}", encode(&limit)),
+                Some(json!({ "amount": amount, "until": until })),
+            )?;
+            a.print(&v, |v| keys_table(std::slice::from_ref(v)))
+        }
+        KeysCommand::Ungrant { admin, tenant, key, limit } => {
+            let a = Admin::new(&admin)?;
+            a.call(
+                Method::DELETE,
+                &format!("/tenants/{tenant}/keys/{key}/overrides/{}", encode(&limit)),
+                None,
+            )?;
+            println!("grant of {limit} removed from key {key} of {tenant}");
+            Ok(ExitCode::SUCCESS)
         }
         KeysCommand::Generate { .. } | KeysCommand::Hash => {
             anyhow::bail!("handled locally")

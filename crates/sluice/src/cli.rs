@@ -251,7 +251,8 @@ pub enum KeysCommand {
         /// The key id.
         key: String,
     },
-    /// Replace a key by a new one and revoke it (admin API).
+    /// Replace a key by a new one and revoke it (admin API); the new key
+    /// keeps the old one's grants.
     Rotate {
         /// Where the admin API is.
         #[command(flatten)]
@@ -260,5 +261,36 @@ pub enum KeysCommand {
         tenant: String,
         /// The key id.
         key: String,
+    },
+    /// Grant a key its own amount of a limit split by key (admin API): it
+    /// wins over the tenant's grant of the limit.
+    Grant {
+        /// Where the admin API is.
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The tenant.
+        tenant: String,
+        /// The key id.
+        key: String,
+        /// The limit's name (a limit with `by = ["key"]`; see `sluice check-config`).
+        limit: String,
+        /// The amount granted: a whole number, or for a `cost` limit money in
+        /// the policy's currency (`100`, `12.50`).
+        amount: serde_json::Number,
+        /// When the grant ends (2026-12-31 or an RFC 3339 time).
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Remove a key's grant (admin API).
+    Ungrant {
+        /// Where the admin API is.
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The tenant.
+        tenant: String,
+        /// The key id.
+        key: String,
+        /// The limit's name.
+        limit: String,
     },
 }

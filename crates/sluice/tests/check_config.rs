@@ -345,3 +345,51 @@ fn limit_names_are_printed_for_each_tier() {
         assert!(names.split(", ").any(|n| n == name), "{name} missing from {names}");
     }
 }
+
+/// A tenant's line lists its grants and its keys' grants (a budget's in
+/// money).
+#[test]
+fn a_tenants_line_lists_its_keys_grants() {
+    let file = TempFile::new(
+        "key-grants.toml",
+        r#"
+[policy]
+default_price = { input = 1, output = 1 }
+
+[[limits]]
+name = "key-rpm"
+metric = "requests"
+amount = 3
+window = "1m"
+by = ["key"]
+
+[[limits]]
+name = "key-budget"
+metric = "cost"
+amount = 100
+window = "1mo"
+by = ["key"]
+
+[tenants.acme]
+overrides = { "key-rpm" = 4 }
+
+[[tenants.acme.keys]]
+id = "ci"
+hash = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+overrides = { "key-rpm" = 2000, "key-budget" = { amount = 12.5, until = "2026-12-31" } }
+"#,
+    );
+    let out = check_config(&file.0);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    let line = block(&stdout, "tenants")
+        .into_iter()
+        .find(|l| l.trim_start().starts_with("acme:"))
+        .unwrap_or_else(|| panic!("no line for acme in\n{stdout}"));
+    assert!(
+        line.ends_with(
+            "1 key(s), key-rpm raised to 4, key ci granted key-rpm 2,000, key ci granted key-budget $12.50"
+        ),
+        "{line}"
+    );
+}

@@ -6,8 +6,8 @@
 //! takes as long with a hundred thousand tenants as with ten. A secret key is returned once, when it is created, and never
 //! again: the store keeps its hash.
 //!
-//! The routes by group: [`tenants`] (and their overrides), [`keys`],
-//! [`usage`], [`policy`] (and `/metrics`).
+//! The routes by group: [`tenants`] (and their overrides), [`keys`] (and
+//! theirs), [`usage`], [`policy`] (and `/metrics`).
 
 mod keys;
 #[cfg(test)]
@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 use sluice_core::{Clock, CounterStore, SystemClock};
 use sluice_served::auth::{bearer, hash_secret, same};
 use sluice_served::edge::Throttle;
-use sluice_served::runtime::tenant_spec;
+use sluice_served::runtime::{key_spec, tenant_spec};
 use sluice_store::{KeyRecord, TenantRecord, TenantStore};
 
 use crate::audit::Audit;
@@ -313,6 +313,17 @@ impl<S: CounterStore + Clone + Unpin, T: TenantStore + Clone> AdminState<S, T> {
             .runtime()
             .policy
             .tenant(&tenant_spec(t))
+            .map(|_| ())
+            .map_err(|e| ApiError::bad(e.to_string()))
+    }
+
+    /// Checks a key against the policy in force (its grants too).
+    fn check_key(&self, k: &KeyRecord) -> Result<(), ApiError> {
+        self.control
+            .served
+            .runtime()
+            .policy
+            .key(&key_spec(k))
             .map(|_| ())
             .map_err(|e| ApiError::bad(e.to_string()))
     }

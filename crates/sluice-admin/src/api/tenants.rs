@@ -212,24 +212,27 @@ async fn delete_tenant<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// A grant as the API takes it (of a tenant or of a key).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Grant {
+pub(super) struct Grant {
     /// A whole number, or for a `cost` limit money in the policy's currency
     /// (stored in micro-units).
     amount: serde_json::Number,
     until: Option<String>,
 }
 
-async fn put_override<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
-    State(st): State<Arc<AdminState<S, T>>>,
-    ApiPath((id, limit)): ApiPath<(String, String)>,
-    b: Result<Json<Grant>, JsonRejection>,
-) -> ApiResult {
-    let g = body(b)?;
-    let (mut t, _) = st.stored(&id).await?;
+/// A grant of `limit` checked against the policy in force, as stored: the
+/// limit exists, the amount is at least 1 (money for a `cost` limit), and
+/// its end is a time still to come. (Whether a key may have it is the
+/// policy's to say when the key is checked.)
+pub(super) fn grant<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
+    st: &AdminState<S, T>,
+    limit: &str,
+    g: Grant,
+) -> Result<OverrideRecord, ApiError> {
     let rt = st.control.served.runtime();
-    let named = rt.policy.limits_named(&limit);
+    let named = rt.policy.limits_named(limit);
     if named.is_empty() {
         return Err(ApiError::bad(format!("the policy has no limit named `{limit}`")));
     }
@@ -260,7 +263,18 @@ async fn put_override<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
             return Err(ApiError::bad(format!("`until` is in the past: `{u}`")));
         }
     }
-    t.overrides.insert(limit, OverrideRecord { amount, until: g.until });
+    Ok(OverrideRecord { amount, until: g.until })
+}
+
+async fn put_override<S: CounterStore + Clone + Unpin, T: TenantStore + Clone>(
+    State(st): State<Arc<AdminState<S, T>>>,
+    ApiPath((id, limit)): ApiPath<(String, String)>,
+    b: Result<Json<Grant>, JsonRejection>,
+) -> ApiResult {
+    let g = body(b)?;
+    let (mut t, _) = st.stored(&id).await?;
+    let granted = grant(&st, &limit, g)?;
+    t.overrides.insert(limit, granted);
     t.updated_at = now_text();
     st.check(&t)?;
     st.save(&t).await?;

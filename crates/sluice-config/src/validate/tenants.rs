@@ -1,9 +1,11 @@
 //! Tenants written in the file (`[tenants.<id>]`): their tier, time zone,
-//! exemptions, overrides and keys, checked against the names of the file;
-//! key ids and key hashes must be unique across tenants.
+//! exemptions, overrides and keys (with their own overrides of limits split
+//! by key), checked against the names of the file; key ids and key hashes
+//! must be unique across tenants.
 
 use std::collections::BTreeSet;
 
+use indexmap::IndexMap;
 use sluice_core::{KeySpec, OverrideSpec, TenantSpec};
 use toml::Spanned;
 
@@ -58,42 +60,7 @@ impl Validator<'_> {
                     .collect()
             };
         let exempt = check_names(self, &r.exempt, &format!("{f}.exempt"));
-        let mut overrides = Vec::new();
-        for (limit, o) in &r.overrides {
-            let of = format!("{f}.overrides.{limit}");
-            if !limit_names.contains(limit) {
-                self.err(
-                    span(o),
-                    &of,
-                    format!(
-                        "limit `{limit}` is not defined; {}",
-                        list(limit_names.iter().take(40))
-                    ),
-                );
-                continue;
-            }
-            let (amount, until) = match o.get_ref() {
-                RawOverride::Amount(a) => (*a, None),
-                RawOverride::Full { amount, until } => (*amount, until.clone()),
-            };
-            let money = self.money_limits.contains(limit);
-            let Some(amount) = self.number(amount, span(o), &of, money) else {
-                continue;
-            };
-            let until = match until.as_deref().map(parse_instant) {
-                None => None,
-                Some(Some(t)) => Some(t),
-                Some(None) => {
-                    self.err(
-                        span(o),
-                        &format!("{of}.until"),
-                        "not a date or time; write `2026-12-31` or `2026-12-31T23:59:59Z`",
-                    );
-                    continue;
-                }
-            };
-            overrides.push(OverrideSpec { limit: limit.clone(), amount, until });
-        }
+        let overrides = self.grants(&r.overrides, &f, limit_names, false);
         let mut keys = Vec::new();
         for (i, k) in r.keys.iter().enumerate() {
             let kf = format!("{f}.keys[{i}]");
@@ -106,6 +73,7 @@ impl Validator<'_> {
                 self.err(span(&kr.hash), &format!("{kf}.hash"), "a key hash is `sha256:` and 64 hex digits, as `sluice keys generate` prints it (the secret itself never goes in the file)");
             }
             let exempt = check_names(self, &kr.exempt, &format!("{kf}.exempt"));
+            let overrides = self.grants(&kr.overrides, &kf, limit_names, true);
             if ok && !self.key_hashes.insert(hash.clone()) {
                 self.err(
                     span(&kr.hash),
@@ -131,6 +99,7 @@ impl Validator<'_> {
                     id: key_id,
                     labels: kr.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                     exempt,
+                    overrides,
                 },
                 hash,
             });
@@ -152,6 +121,60 @@ impl Validator<'_> {
             name: r.name.clone(),
             keys,
         })
+    }
+
+    /// The `overrides` of a tenant or (`of_key`) of one of its keys, under
+    /// `field`: each names a defined limit (a key's, a limit split by key)
+    /// and grants it an amount (money for a `cost` limit), until a date or
+    /// for good.
+    fn grants(
+        &mut self,
+        raw: &IndexMap<String, Spanned<RawOverride>>,
+        field: &str,
+        limit_names: &BTreeSet<String>,
+        of_key: bool,
+    ) -> Vec<OverrideSpec> {
+        let mut overrides = Vec::new();
+        for (limit, o) in raw {
+            let of = format!("{field}.overrides.{limit}");
+            if !limit_names.contains(limit) {
+                self.err(
+                    span(o),
+                    &of,
+                    format!(
+                        "limit `{limit}` is not defined; {}",
+                        list(limit_names.iter().take(40))
+                    ),
+                );
+                continue;
+            }
+            if of_key && self.not_by_key.contains(limit) {
+                self.err(span(o), &of, format!("limit `{limit}`: {}", sluice_core::NOT_BY_KEY));
+                continue;
+            }
+            let (amount, until) = match o.get_ref() {
+                RawOverride::Amount(a) => (*a, None),
+                RawOverride::Full { amount, until } => (*amount, until.clone()),
+            };
+            let money = self.money_limits.contains(limit);
+            let Some(amount) = self.number(amount, span(o), &of, money) else {
+                continue;
+            };
+            let until = match until.as_deref().map(parse_instant) {
+                None => None,
+                Some(Some(t)) => Some(t),
+                Some(None) => {
+                    self.err(
+                        span(o),
+                        &format!("{of}.until"),
+                        "not a date or time; write `2026-12-31` or `2026-12-31T23:59:59Z`",
+                    );
+                    continue;
+                }
+            };
+            overrides.push(OverrideSpec { limit: limit.clone(), amount, until });
+        }
+        overrides
     }
 }
 

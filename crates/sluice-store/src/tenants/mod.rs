@@ -90,6 +90,10 @@ pub struct KeyRecord {
     /// Limit names it is exempt from.
     #[serde(default)]
     pub exempt: Vec<String>,
+    /// Its own amounts of limits split by key, by limit name (absent from
+    /// records written before keys had them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub overrides: BTreeMap<String, OverrideRecord>,
     /// When it stops working (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
@@ -178,4 +182,26 @@ fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, TenantStoreError> {
 
 fn from_json<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, TenantStoreError> {
     serde_json::from_slice(b).map_err(|e| TenantStoreError::Corrupt(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key written before keys had grants still loads; one with grants
+    /// keeps them; one without writes no `overrides` at all.
+    #[test]
+    fn key_records_with_and_without_grants() {
+        let old = br#"{"id":"k1","tenant":"acme","hash":"sha256:00","labels":{},"exempt":[],"created_at":"2026-01-01T00:00:00Z"}"#;
+        let k: KeyRecord = from_json(old).unwrap();
+        assert!(k.overrides.is_empty());
+        assert!(!String::from_utf8(to_json(&k).unwrap()).unwrap().contains("overrides"));
+        let mut granted = k;
+        granted.overrides.insert(
+            "key-rpm".into(),
+            OverrideRecord { amount: 5, until: Some("2026-12-31T00:00:00Z".into()) },
+        );
+        let back: KeyRecord = from_json(&to_json(&granted).unwrap()).unwrap();
+        assert_eq!(back, granted);
+    }
 }

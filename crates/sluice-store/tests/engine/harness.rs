@@ -74,6 +74,7 @@ impl<S: CounterStore + Clone> Harness<S> {
             id: id.into(),
             labels: labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
             exempt: vec![],
+            overrides: vec![],
         };
         self.policy.key(&spec).unwrap_or_else(|e| panic!("key {id}: {e}"))
     }

@@ -6,6 +6,7 @@
 mod faults;
 mod hard;
 mod harness;
+mod keys;
 mod money;
 mod scenarios;
 mod suite;
@@ -47,7 +48,10 @@ macro_rules! engine_tests {
             waiting::a_wait_longer_than_max_wait_is_refused_at_once,
             waiting::one_tenants_line_does_not_hold_up_another,
             waiting::waiting_lines_are_bounded,
-            hard::a_hard_limit_is_never_passed
+            hard::a_hard_limit_is_never_passed,
+            keys::a_keys_grant_is_its_own_amount_within_the_tenants,
+            keys::a_request_larger_than_a_keys_whole_budget_is_too_large,
+            keys::a_keys_grant_ends_with_its_until
         );
     };
     (@each $factory:expr; $($module:ident :: $name:ident),* $(,)?) => {

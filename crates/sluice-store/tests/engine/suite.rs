@@ -534,6 +534,7 @@ when = { "key.caller" = "internal" }
             id: "ops".into(),
             labels: Default::default(),
             exempt: vec!["*".into()],
+            overrides: vec![],
         })
         .expect("key");
     for _ in 0..3 {
