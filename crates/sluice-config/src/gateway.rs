@@ -50,6 +50,8 @@ pub struct TokenSettings {
     /// tokenizer; longer prompts are estimated from samples of as many bytes
     /// in all (the CPU an estimate may take is bounded).
     pub exact_prompt_bytes: usize,
+    /// How cached and reasoning tokens count toward token limits.
+    pub counting: crate::counting::TokenCounting,
 }
 
 impl Default for TokenSettings {
@@ -59,6 +61,7 @@ impl Default for TokenSettings {
             max_output: 32_768,
             bytes_per_token: 4.0,
             exact_prompt_bytes: 64 * 1024,
+            counting: crate::counting::TokenCounting::default(),
         }
     }
 }
@@ -366,6 +369,7 @@ pub(crate) fn gateway(raw: &RawFile, problems: &mut Problems) -> GatewayConfig {
     }
     if let Some(t) = &raw.tokens {
         let t = t.get_ref();
+        g.tokens.counting = crate::counting::token_counting(t, problems);
         if let Some(v) = &t.default_output
             && let Some(n) = positive(v, "tokens.default_output", problems)
         {

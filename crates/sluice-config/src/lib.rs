@@ -21,6 +21,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod counting;
 pub mod decisions;
 mod error;
 /// The `policy` fuzz target's body (`fuzz/`), which a test also runs on the

@@ -36,7 +36,8 @@ pub struct RawFile {
     pub tenants: IndexMap<String, Spanned<RawTenant>>,
     /// `[server]`: the gateway's listener and request handling.
     pub server: Option<Spanned<RawServer>>,
-    /// `[tokens]`: how token costs are estimated before a request runs.
+    /// `[tokens]`: how token costs are estimated before a request runs, and
+    /// which reported tokens count when it settles.
     pub tokens: Option<Spanned<RawTokens>>,
     /// `[upstreams.<name>]`: where requests go.
     #[serde(default)]
@@ -162,6 +163,12 @@ pub struct RawTokens {
     pub bytes_per_token: Option<Spanned<f64>>,
     /// Prompt text counted exactly up to this many bytes; beyond, sampled.
     pub exact_prompt_bytes: Option<Spanned<i64>>,
+    /// Whether input tokens read from the upstream's cache count toward
+    /// token limits: `count` (the default) or `exclude`.
+    pub cached_input: Option<Spanned<String>>,
+    /// Whether reasoning tokens count toward token limits: `count` (the
+    /// default) or `exclude`.
+    pub reasoning: Option<Spanned<String>>,
 }
 
 /// `[upstreams.<name>]`

@@ -41,6 +41,12 @@ pub struct AccessRecord {
     pub settled_input_tokens: Option<u64>,
     /// Output tokens charged at settlement.
     pub settled_output_tokens: Option<u64>,
+    /// Of the input tokens the upstream reported, those read from its
+    /// cache (whether charged or not: `[tokens] cached_input`).
+    pub cached_tokens: Option<u64>,
+    /// Of the output tokens the upstream reported, those spent reasoning
+    /// (whether charged or not: `[tokens] reasoning`).
+    pub reasoning_tokens: Option<u64>,
     /// The limit that refused it (a 429).
     pub denied_by: Option<String>,
     /// How it ended: `refused` (a limit), `rejected` (before admission:

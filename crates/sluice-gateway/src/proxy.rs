@@ -440,8 +440,14 @@ pub(crate) async fn proxy<'r, S: CounterStore + Clone + Unpin>(
     };
     let reserved = Usage::tokens(input, output);
     let failure = FailureCost::new(rt.settings.upstream_failure, &rt.settings.refund_statuses);
-    let mut reservation =
-        Reservation::new(gw.store.clone(), decision.reservation(), input, reserved, failure);
+    let mut reservation = Reservation::new(
+        gw.store.clone(),
+        decision.reservation(),
+        input,
+        reserved,
+        failure,
+        tokens.counting,
+    );
     if slot_lease.is_some() {
         reservation.keep_slots();
     }

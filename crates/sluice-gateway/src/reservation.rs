@@ -10,7 +10,7 @@
 //!
 //! | how the request ends | [`Ending`] | charged |
 //! | --- | --- | --- |
-//! | success, the response reports `usage` | `Complete { reported: Some(u) }` | 1 request, `u`'s input and output tokens |
+//! | success, the response reports `usage` | `Complete { reported: Some(u) }` | 1 request, `u`'s input and output tokens, less its cached input and reasoning tokens if `[tokens]` excludes them (`sluice_served::settle::settled_usage`) |
 //! | success, a JSON body without `usage` | `Complete { reported: None }` | what was reserved |
 //! | a stream without its usage chunk (it ended, the client went away, the upstream broke off, or shutdown cut it) | `StreamWithoutUsage { output_seen }` | 1 request, the prompt as estimated, and the output tokens of the text that went through |
 //! | the client went away after the head of a JSON response | the body is read on in the background (`body.rs`), then as above | the reported usage; the reservation if none came within the bound |
@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
+use sluice_config::counting::TokenCounting;
 use sluice_config::gateway::UpstreamFailure;
 use sluice_core::policy::Model;
 use sluice_core::{
@@ -125,6 +126,8 @@ pub struct Reservation<S: CounterStore> {
     /// What was reserved.
     reserved: Usage,
     failure: FailureCost,
+    /// Which reported tokens count (`[tokens] cached_input`, `reasoning`).
+    counting: TokenCounting,
     /// The task renewing the request's concurrency slots.
     heartbeat: Option<tokio::task::AbortHandle>,
     /// Who is told what the request was charged (once).
@@ -145,13 +148,14 @@ impl<S: CounterStore> std::fmt::Debug for Reservation<S> {
 impl<S: CounterStore + Clone> Reservation<S> {
     /// The reservation `id` (none: nothing to settle) of a request whose
     /// prompt was estimated at `input_estimate` tokens, for which `reserved`
-    /// was reserved.
+    /// was reserved; reported usage is counted as `counting` says.
     pub fn new(
         store: S,
         id: Option<ReservationId>,
         input_estimate: u64,
         reserved: Usage,
         failure: FailureCost,
+        counting: TokenCounting,
     ) -> Self {
         Self {
             store,
@@ -159,6 +163,7 @@ impl<S: CounterStore + Clone> Reservation<S> {
             input_estimate,
             reserved,
             failure,
+            counting,
             heartbeat: None,
             note: None,
             meter: None,
@@ -246,7 +251,9 @@ impl<S: CounterStore + Clone> Reservation<S> {
     /// What the request is charged if it ends so (the module's table).
     pub fn charge(&self, ending: Ending) -> Usage {
         match ending {
-            Ending::Complete { reported: Some(u) } => Usage::tokens(u.input, u.output),
+            Ending::Complete { reported: Some(u) } => {
+                sluice_served::settle::settled_usage(u, self.counting)
+            }
             Ending::Complete { reported: None } | Ending::Unknown => self.reserved,
             Ending::StreamWithoutUsage { output_seen } => {
                 Usage::tokens(self.input_estimate, output_seen)
@@ -271,7 +278,7 @@ impl<S: CounterStore + Clone> Reservation<S> {
         }
         if let Some(m) = self.meter.take() {
             let reported = match ending {
-                Ending::Complete { reported: Some(u) } => Some(u.input),
+                Ending::Complete { reported } => reported,
                 _ => None,
             };
             m.settled(usage, reported, self.input_estimate, ending.name());
@@ -334,20 +341,26 @@ impl Meter {
         self.arrived = Some(arrived);
     }
 
+    /// The request settled, charged `usage`; `reported` is the usage its
+    /// upstream reported, if any.
     fn settled(
         self,
         usage: Usage,
-        reported_input: Option<u64>,
+        reported: Option<sluice_llm::usage::Usage>,
         estimated_input: u64,
         ending: &'static str,
     ) {
-        self.meters.settled(self.model, &self.tenant, usage.input_tokens, usage.output_tokens);
-        if let Some(reported) = reported_input {
-            self.meters.estimate(self.model, estimated_input, reported);
+        let parts = reported.map_or((0, 0), |u| (u.cached_input, u.reasoning));
+        let tokens = [usage.input_tokens, usage.output_tokens, parts.0, parts.1];
+        self.meters.settled(self.model, &self.tenant, tokens);
+        if let Some(reported) = reported {
+            self.meters.estimate(self.model, estimated_input, reported.input);
         }
         if let (Some(mut r), Some(log)) = (self.access, self.meters.metrics().access_log()) {
             r.settled_input_tokens = Some(usage.input_tokens);
             r.settled_output_tokens = Some(usage.output_tokens);
+            r.cached_tokens = reported.map(|u| u.cached_input);
+            r.reasoning_tokens = reported.map(|u| u.reasoning);
             r.ending = ending;
             r.duration_ms = self.arrived.map_or(0.0, |a| ms(a.elapsed()));
             r.upstream_ms = self.head.map(ms);

@@ -12,6 +12,7 @@ use crate::scan::reference::{
     by_serde, by_walker, chunk_struct_as_array, response_as_array, response_by_serde,
     response_by_walker,
 };
+use crate::usage::Usage;
 use crate::{Encoding, EndpointKind, Estimator, SseUsageTap, expected_output};
 
 /// `request`: the request parser (chat, completions, embeddings, other):
@@ -90,7 +91,7 @@ pub fn sse(data: &[u8]) {
 
 /// What the tap passes on, the usage it reads and the tokens it counts,
 /// with `stream` pushed in pieces cut at `cuts`.
-fn tap(stream: &[u8], cuts: &[usize], strip: bool) -> (Vec<u8>, Option<(u64, u64)>, u64) {
+fn tap(stream: &[u8], cuts: &[usize], strip: bool) -> (Vec<u8>, Option<Usage>, u64) {
     let mut tap = SseUsageTap::new(strip);
     let mut out = BytesMut::new();
     let mut at = 0;
@@ -101,8 +102,7 @@ fn tap(stream: &[u8], cuts: &[usize], strip: bool) -> (Vec<u8>, Option<(u64, u64
     }
     tap.push(&stream[at..], &mut out);
     tap.finish(&mut out);
-    let usage = tap.usage().map(|u| (u.input, u.output));
-    (out.to_vec(), usage, tap.estimated_output_tokens())
+    (out.to_vec(), tap.usage(), tap.estimated_output_tokens())
 }
 
 #[cfg(test)]

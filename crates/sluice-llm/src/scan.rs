@@ -15,18 +15,20 @@
 //! or a document that does not parse gives nothing, as the derived
 //! deserializers would. It is more lenient only in what it skips: a
 //! malformed number, a stray bracket or invalid UTF-8 inside a value it does
-//! not read goes unnoticed (the fields of `usage` other than its counts, such
-//! as `prompt_tokens_details`, included). And it reads structs from JSON
-//! objects only, the response and the chunk themselves included (serde would
-//! also take the array form, `[field1, field2]`, which no server sends; a
-//! `usage` in that form goes to serde).
+//! not read goes unnoticed (the fields of `usage` other than its counts and
+//! details objects, and those objects' fields other than `cached_tokens`
+//! and `reasoning_tokens`, such as `audio_tokens`, included). And it reads
+//! structs from JSON objects only, the response and the chunk themselves
+//! included (serde would also take the array form, `[field1, field2]`,
+//! which no server sends; a `usage` or a details object in that form goes
+//! to serde).
 //! The tests compare it with serde readers on generated documents.
 
 use std::borrow::Cow;
 
 use smallvec::SmallVec;
 
-use crate::usage::{UsageJson, count_from_json};
+use crate::usage::{InputDetails, OutputDetails, UsageFields, UsageJson, count_from_json};
 
 /// serde_json's nesting limit.
 const MAX_DEPTH: usize = 128;
@@ -275,8 +277,9 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// A `usage` value: an object whose token counts are read as serde
-    /// reads [`UsageJson`]'s fields.
+    /// A `usage` value: an object whose token counts, and the cached and
+    /// reasoning counts of its details objects, are read as serde reads
+    /// [`UsageJson`]'s fields.
     fn usage(&mut self) -> Option<UsageJson> {
         if self.peek()? == b'[' {
             // The array form of a struct, which serde takes: let it.
@@ -284,20 +287,63 @@ impl<'a> Cursor<'a> {
             self.skip_value()?;
             return serde_json::from_slice(&self.b[start..self.i]).ok();
         }
-        let mut counts = [None; 5];
+        let mut f = UsageFields::default();
         let names = |key: &[u8]| match key {
             b"prompt_tokens" => Some(0),
             b"completion_tokens" => Some(1),
             b"total_tokens" => Some(2),
             b"input_tokens" => Some(3),
             b"output_tokens" => Some(4),
+            b"prompt_tokens_details" => Some(5),
+            b"completion_tokens_details" => Some(6),
+            b"input_tokens_details" => Some(7),
+            b"output_tokens_details" => Some(8),
             _ => None,
         };
-        self.fields::<5>(names, |c, field| {
-            counts[field] = c.nullable(Cursor::count)?;
+        self.fields::<9>(names, |c, field| {
+            let count = match field {
+                0 => &mut f.prompt,
+                1 => &mut f.completion,
+                2 => &mut f.total,
+                3 => &mut f.input,
+                4 => &mut f.output,
+                5 => &mut f.prompt_cached,
+                6 => &mut f.completion_reasoning,
+                7 => &mut f.input_cached,
+                _ => &mut f.output_reasoning,
+            };
+            *count = match field {
+                0..=4 => c.nullable(Cursor::count)?,
+                5 | 7 => c.nullable(|c| c.details::<InputDetails>(b"cached_tokens"))?.flatten(),
+                _ => c.nullable(|c| c.details::<OutputDetails>(b"reasoning_tokens"))?.flatten(),
+            };
             Some(())
         })?;
-        Some(UsageJson::from_fields(counts))
+        Some(UsageJson::from_fields(f))
+    }
+
+    /// A details object of `usage` (`prompt_tokens_details`, …): the one
+    /// count `name` in it, read as serde reads `D` (`None` when absent or
+    /// `null`); other fields are skipped.
+    fn details<D>(&mut self, name: &[u8]) -> Option<Option<u64>>
+    where
+        D: serde::de::DeserializeOwned + Into<Option<u64>>,
+    {
+        if self.peek()? == b'[' {
+            // The array form of a struct, which serde takes: let it.
+            let start = self.i;
+            self.skip_value()?;
+            return serde_json::from_slice::<D>(&self.b[start..self.i]).ok().map(Into::into);
+        }
+        let mut count = None;
+        self.fields::<1>(
+            |key| (key == name).then_some(0),
+            |c, _| {
+                count = c.nullable(Cursor::count)?;
+                Some(())
+            },
+        )?;
+        Some(count)
     }
 
     /// A token count. Plain integers (the usual case) are read here; any

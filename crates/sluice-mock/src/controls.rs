@@ -22,6 +22,16 @@ pub mod headers {
     pub const COMPLETION_TOKENS: &str = "x-mock-completion-tokens";
     /// The reported `prompt_tokens`, replacing the byte rule.
     pub const PROMPT_TOKENS: &str = "x-mock-prompt-tokens";
+    /// Prompt tokens read from cache: the usage's
+    /// `prompt_tokens_details.cached_tokens` (chat and completions; 0
+    /// without it), a part of `prompt_tokens` (not bounded by it: an
+    /// upstream that says more was cached than was sent).
+    pub const CACHED_TOKENS: &str = "x-mock-cached-tokens";
+    /// Reasoning tokens: the usage's
+    /// `completion_tokens_details.reasoning_tokens` (chat and completions;
+    /// 0 without it), added to `completion_tokens` with no text standing
+    /// for them, as a reasoning model's hidden reasoning.
+    pub const REASONING_TOKENS: &str = "x-mock-reasoning-tokens";
     /// In a stream, after this many content chunks (or at the end of the
     /// content, if sooner) the body ends with an error: the connection is
     /// closed without the final chunk, `[DONE]` or usage, as when an upstream
@@ -40,6 +50,8 @@ pub(crate) struct Controls {
     pub(crate) chunk_delay: Option<Duration>,
     pub(crate) completion_tokens: Option<u64>,
     pub(crate) prompt_tokens: Option<u64>,
+    pub(crate) cached_tokens: Option<u64>,
+    pub(crate) reasoning_tokens: Option<u64>,
     pub(crate) abort_after_chunks: Option<u64>,
     pub(crate) hang: bool,
 }
@@ -82,6 +94,12 @@ impl Controls {
                 }
                 headers::PROMPT_TOKENS => {
                     c.prompt_tokens = Some(count(value, headers::PROMPT_TOKENS)?);
+                }
+                headers::CACHED_TOKENS => {
+                    c.cached_tokens = Some(count(value, headers::CACHED_TOKENS)?);
+                }
+                headers::REASONING_TOKENS => {
+                    c.reasoning_tokens = Some(count(value, headers::REASONING_TOKENS)?);
                 }
                 headers::ABORT_AFTER_CHUNKS => {
                     c.abort_after_chunks = Some(count(value, headers::ABORT_AFTER_CHUNKS)?);
@@ -139,6 +157,8 @@ mod tests {
             ("x-mock-chunk-delay-ms", "2"),
             ("x-mock-completion-tokens", "7"),
             ("x-mock-prompt-tokens", "9"),
+            ("x-mock-cached-tokens", "8"),
+            ("x-mock-reasoning-tokens", "5"),
             ("x-mock-abort-after-chunks", "3"),
             ("x-mock-hang", "true"),
             ("x-mock-unknown", "whatever"),
@@ -153,6 +173,8 @@ mod tests {
                 chunk_delay: Some(Duration::from_millis(2)),
                 completion_tokens: Some(7),
                 prompt_tokens: Some(9),
+                cached_tokens: Some(8),
+                reasoning_tokens: Some(5),
                 abort_after_chunks: Some(3),
                 hang: true,
             }
@@ -169,6 +191,8 @@ mod tests {
             ("x-mock-status", "99"),
             ("x-mock-latency-ms", "-1"),
             ("x-mock-completion-tokens", "1.5"),
+            ("x-mock-cached-tokens", "x"),
+            ("x-mock-reasoning-tokens", "-2"),
             ("x-mock-hang", "yes"),
         ] {
             let e = parse(&[(k, v)]).unwrap_err();

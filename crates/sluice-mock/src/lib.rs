@@ -58,6 +58,11 @@
 //! - **`finish_reason`**: `"length"` when the request set a token limit and
 //!   the choice reached it, else `"stop"`.
 //! - **`total_tokens`** = prompt + completion.
+//! - **Details** (chat and completions): `prompt_tokens_details` with
+//!   `cached_tokens` and `completion_tokens_details` with
+//!   `reasoning_tokens`, both 0 (and the other fields OpenAI sends, 0)
+//!   unless [`headers::CACHED_TOKENS`] or [`headers::REASONING_TOKENS`] say
+//!   otherwise; reasoning tokens are part of `completion_tokens`.
 //!
 //! # Streams
 //!
@@ -75,8 +80,8 @@
 //! # Control headers
 //!
 //! See [`headers`]: each lets a request (sent through the proxy) choose the
-//! mock's status, latency, chunk delay, token counts, a mid-stream death, or
-//! a hang. A malformed control header value gets 400.
+//! mock's status, latency, chunk delay, token counts (cached and reasoning
+//! tokens included), a mid-stream death, or a hang. A malformed control header value gets 400.
 
 #![forbid(unsafe_code)]
 

@@ -10,10 +10,15 @@ use http::{Response, StatusCode};
 use crate::body::MockBody;
 
 /// Token usage of one response.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Usage {
     pub(crate) prompt: u64,
+    /// Reasoning tokens included.
     pub(crate) completion: u64,
+    /// Of `prompt`, read from cache.
+    pub(crate) cached: u64,
+    /// Of `completion`, spent reasoning.
+    pub(crate) reasoning: u64,
 }
 
 /// Appends `s` as a JSON string literal.
@@ -48,7 +53,6 @@ pub(crate) fn push(out: &mut String, v: impl Display) {
     let _ = write!(out, "{v}");
 }
 
-/// Appends `"usage":{...}`.
 /// The start of a completion object or stream chunk, up to and including
 /// `"choices":[`: id, object, created, model (and, for chat, the
 /// `system_fingerprint` OpenAI sends).
@@ -74,6 +78,8 @@ pub(crate) fn push_head(
     out.push_str(",\"choices\":[");
 }
 
+/// Appends `"usage":{...}`, with its details objects as OpenAI sends them
+/// (zeros but for the cached and reasoning tokens).
 pub(crate) fn push_usage(out: &mut String, u: Usage) {
     out.push_str("\"usage\":{\"prompt_tokens\":");
     push(out, u.prompt);
@@ -81,7 +87,13 @@ pub(crate) fn push_usage(out: &mut String, u: Usage) {
     push(out, u.completion);
     out.push_str(",\"total_tokens\":");
     push(out, u.prompt.saturating_add(u.completion));
-    out.push('}');
+    out.push_str(",\"prompt_tokens_details\":{\"cached_tokens\":");
+    push(out, u.cached);
+    out.push_str(",\"audio_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":");
+    push(out, u.reasoning);
+    out.push_str(
+        ",\"audio_tokens\":0,\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}}",
+    );
 }
 
 /// Appends `"tok tok … tok"` (`words` words) as a JSON string.
@@ -110,7 +122,7 @@ pub(crate) fn completion_json(c: &Completion<'_>) -> String {
     let text_len = usize::try_from(c.tokens_per_choice.saturating_mul(4)).unwrap_or(usize::MAX);
     let n = usize::try_from(c.n).unwrap_or(1);
     let mut out = String::with_capacity(
-        (text_len.saturating_add(120)).saturating_mul(n).saturating_add(200 + c.model.len()),
+        (text_len.saturating_add(120)).saturating_mul(n).saturating_add(400 + c.model.len()),
     );
     let object = if c.chat { "chat.completion" } else { "text_completion" };
     push_head(&mut out, c.id, object, c.created, c.model, c.chat);
@@ -312,7 +324,7 @@ mod tests {
             n: 2,
             tokens_per_choice: 3,
             finish_reason: "length",
-            usage: Usage { prompt: 4, completion: 6 },
+            usage: Usage { prompt: 4, completion: 6, cached: 2, reasoning: 3 },
         };
         let v: serde_json::Value = serde_json::from_str(&completion_json(&c)).unwrap();
         assert_eq!(v["model"], "m\"x");
@@ -320,6 +332,8 @@ mod tests {
         assert_eq!(v["choices"][1]["message"]["content"], "tok tok tok");
         assert_eq!(v["choices"][0]["finish_reason"], "length");
         assert_eq!(v["usage"]["total_tokens"], 10);
+        assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 2);
+        assert_eq!(v["usage"]["completion_tokens_details"]["reasoning_tokens"], 3);
         let c = Completion { chat: false, tokens_per_choice: 0, n: 1, ..c };
         let v: serde_json::Value = serde_json::from_str(&completion_json(&c)).unwrap();
         assert_eq!(v["object"], "text_completion");

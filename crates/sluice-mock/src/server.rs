@@ -289,9 +289,12 @@ fn generate(
     }
     let per_choice =
         g.tokens_per_choice(shared.config.default_completion_tokens, controls.completion_tokens);
+    let reasoning = controls.reasoning_tokens.unwrap_or(0);
     let usage = Usage {
         prompt: controls.prompt_tokens.unwrap_or(g.prompt_tokens),
-        completion: per_choice.saturating_mul(g.n),
+        completion: per_choice.saturating_mul(g.n).saturating_add(reasoning),
+        cached: controls.cached_tokens.unwrap_or(0),
+        reasoning,
     };
     let finish_reason = g.finish_reason(per_choice);
     let id = format!("{}{seq}", if chat { "chatcmpl-mock" } else { "cmpl-mock" });

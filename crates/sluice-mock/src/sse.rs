@@ -268,7 +268,9 @@ fn render(plan: &StreamPlan<'_>, n: u64) -> Vec<Bytes> {
 
     let count = if plan.chat { 3 * n } else { 2 * n } + u64::from(plan.usage.is_some());
     let count = usize::try_from(count).unwrap_or(0);
-    let mut all = String::with_capacity(count * (head.len() + tail.len() + 90));
+    // The usage chunk, with its details objects, is the longest event.
+    let usage_len = if plan.usage.is_some() { 256 } else { 0 };
+    let mut all = String::with_capacity(count * (head.len() + tail.len() + 90) + usage_len);
     let mut ends = Vec::with_capacity(count);
     let mut event = |all: &mut String, choice: &dyn Fn(&mut String)| {
         all.push_str(&head);
@@ -350,7 +352,7 @@ mod tests {
             n: 2,
             tokens_per_choice: 2,
             finish_reason: "length",
-            usage: usage.then_some(Usage { prompt: 5, completion: 4 }),
+            usage: usage.then_some(Usage { prompt: 5, completion: 4, ..Usage::default() }),
             chunk_delay: Duration::ZERO,
             abort_after: None,
         }

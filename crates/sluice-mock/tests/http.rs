@@ -129,7 +129,8 @@ async fn chat_json_usage_follows_the_rules() {
     assert_eq!(v["choices"][0]["finish_reason"], "length");
     assert_eq!(
         v["usage"],
-        json!({"prompt_tokens": 15, "completion_tokens": 5, "total_tokens": 20})
+        json!({"prompt_tokens": 15, "completion_tokens": 5, "total_tokens": 20,
+               "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}})
     );
 
     // No limit: the configured default, finish "stop".
@@ -195,7 +196,8 @@ async fn stream_with_include_usage_ends_with_a_usage_chunk() {
     assert_eq!(usage_chunk["choices"], json!([]));
     assert_eq!(
         usage_chunk["usage"],
-        json!({"prompt_tokens": 15, "completion_tokens": 16, "total_tokens": 31})
+        json!({"prompt_tokens": 15, "completion_tokens": 16, "total_tokens": 31,
+               "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}})
     );
     for c in rest {
         assert_eq!(c["usage"], Value::Null);
@@ -227,7 +229,8 @@ async fn token_overrides_replace_the_rules() {
     let (_, v) = json_of(c.post("/v1/chat/completions", &h, &body).await).await;
     assert_eq!(
         v["usage"],
-        json!({"prompt_tokens": 100, "completion_tokens": 7, "total_tokens": 107})
+        json!({"prompt_tokens": 100, "completion_tokens": 7, "total_tokens": 107,
+               "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}})
     );
     // Over the limit, as a misbehaving upstream would.
     assert_eq!(v["choices"][0]["finish_reason"], "length");
@@ -247,8 +250,47 @@ async fn token_overrides_replace_the_rules() {
     assert_eq!(v["choices"][1]["text"].as_str().unwrap().split(' ').count(), 16);
     assert_eq!(
         v["usage"],
-        json!({"prompt_tokens": 4, "completion_tokens": 32, "total_tokens": 36})
+        json!({"prompt_tokens": 4, "completion_tokens": 32, "total_tokens": 36,
+               "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}})
     );
+}
+
+#[tokio::test]
+async fn cached_and_reasoning_tokens_are_reported_as_openai_does() {
+    let (_server, mut c) = mock().await;
+    let h = [(headers::CACHED_TOKENS, "12"), (headers::REASONING_TOKENS, "20")];
+    let body = chat_body(json!({"max_tokens": 3}));
+    let (_, v) = json_of(c.post("/v1/chat/completions", &h, &body).await).await;
+    // Reasoning tokens are completion tokens no text stands for.
+    assert_eq!(v["choices"][0]["message"]["content"], "tok tok tok");
+    assert_eq!(
+        v["usage"],
+        json!({"prompt_tokens": 15, "completion_tokens": 23, "total_tokens": 38,
+               "prompt_tokens_details": {"cached_tokens": 12, "audio_tokens": 0},
+               "completion_tokens_details": {"reasoning_tokens": 20, "audio_tokens": 0,
+                                             "accepted_prediction_tokens": 0,
+                                             "rejected_prediction_tokens": 0}})
+    );
+
+    // The stream's usage chunk says the same.
+    let body = chat_body(json!({"max_tokens": 3, "stream": true,
+                                "stream_options": {"include_usage": true}}));
+    let (_, body) = text(c.post("/v1/chat/completions", &h, &body).await).await;
+    let ch = chunks(&events(&body));
+    let content = ch.iter().filter(|c| c["choices"][0]["delta"]["content"] == "tok ").count();
+    assert_eq!(content, 3);
+    assert_eq!(ch.last().unwrap()["usage"], v["usage"]);
+
+    // Legacy completions too.
+    let body = json!({"model": "m", "prompt": "abcdefgh", "max_tokens": 1});
+    let (_, v) = json_of(c.post("/v1/completions", &h, &body).await).await;
+    assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 12);
+    assert_eq!(v["usage"]["completion_tokens"], 21);
+
+    let h = [(headers::CACHED_TOKENS, "many")];
+    let (status, v) =
+        json_of(c.post("/v1/chat/completions", &h, &chat_body(json!({}))).await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
 }
 
 #[tokio::test]

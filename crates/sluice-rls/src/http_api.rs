@@ -31,7 +31,10 @@
 //! "input_tokens": 98, "output_tokens": 310}` (and `"requests": 0` to refund
 //! the request itself, e.g. when the upstream failed) answers
 //! `{"settled": true}`, or `{"settled": false}` when the reservation was
-//! already settled, has expired (its charge stays), or never existed.
+//! already settled, has expired (its charge stays), or never existed. The
+//! upstream's `cached_tokens` (of `input_tokens`, read from its cache) and
+//! `reasoning_tokens` (of `output_tokens`) may be given too (default 0):
+//! `[tokens] cached_input` and `reasoning` say whether they are charged.
 //!
 //! With `decisions.token_env`, both need `Authorization: Bearer <token>`
 //! (401 otherwise). Bad input gets 400 (404 for an unknown model), in the
@@ -186,14 +189,28 @@ async fn settle_call<S: CounterStore + Clone + Unpin>(
                 });
             }
         };
-        let usage = Usage {
-            requests,
-            ..Usage::tokens(count(&obj, "input_tokens")?, count(&obj, "output_tokens")?)
+        let reported = sluice_llm::Usage {
+            input: count(&obj, "input_tokens")?,
+            output: count(&obj, "output_tokens")?,
+            cached_input: count(&obj, "cached_tokens")?,
+            reasoning: count(&obj, "reasoning_tokens")?,
         };
+        for (part, of, name, total) in [
+            (reported.cached_input, reported.input, "cached_tokens", "input_tokens"),
+            (reported.reasoning, reported.output, "reasoning_tokens", "output_tokens"),
+        ] {
+            if part > of {
+                return Err(DecisionError::BadCost(format!(
+                    "`{name}` ({part}) is a part of `{total}` ({of}): it cannot be more"
+                )));
+            }
+        }
         crate::engine::check_cost(
-            Cost::tokens(usage.input_tokens, usage.output_tokens),
+            Cost::tokens(reported.input, reported.output),
             svc.config().max_cost,
         )?;
+        let counting = svc.served().runtime().settings.tokens.counting;
+        let usage = Usage { requests, ..sluice_served::settle::settled_usage(reported, counting) };
         Ok((id, usage))
     })();
     let (id, usage) = match parsed {
@@ -227,7 +244,14 @@ fn reservation_id(obj: &Map<String, Value>) -> Result<ReservationId, DecisionErr
 
 const CHECK_FIELDS: &[&str] =
     &["domain", "tenant", "api_key", "model", "endpoint", "input_tokens", "output_tokens"];
-const SETTLE_FIELDS: &[&str] = &["reservation_id", "input_tokens", "output_tokens", "requests"];
+const SETTLE_FIELDS: &[&str] = &[
+    "reservation_id",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "requests",
+];
 
 fn malformed(message: impl Into<String>, param: Option<&'static str>) -> DecisionError {
     DecisionError::Malformed { message: message.into(), param }

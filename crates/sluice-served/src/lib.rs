@@ -12,6 +12,8 @@
 //!   caps and body memory budget (docs/SECURITY.md);
 //! - [`metrics`]: the registry every metric joins, the store's health and
 //!   the listeners' gauges, and the token-guarded `/metrics` listener;
+//! - [`settle`]: what a request that ran is charged, from the usage its
+//!   upstream reported ([`settle::settled_usage`]);
 //! - [`usage`]: what a tenant has used (its counters read by a dry run, and
 //!   its usage history as JSON).
 #![forbid(unsafe_code)]
@@ -22,6 +24,7 @@ pub mod edge;
 pub mod metrics;
 pub mod runtime;
 mod served;
+pub mod settle;
 pub mod tenants;
 pub mod usage;
 

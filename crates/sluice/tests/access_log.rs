@@ -16,7 +16,7 @@ const ACME: &str = "sk-acme-access-log-test-0000000000001";
 const UPSTREAM_KEY: &str = "sk-upstream-secret-for-access-log-test";
 
 /// Every field a line has (docs/OBSERVABILITY.md#the-access-log).
-const FIELDS: [&str; 18] = [
+const FIELDS: [&str; 20] = [
     "time",
     "request_id",
     "tenant",
@@ -29,6 +29,8 @@ const FIELDS: [&str; 18] = [
     "estimated_output_tokens",
     "settled_input_tokens",
     "settled_output_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
     "denied_by",
     "duration_ms",
     "admission_ms",
@@ -86,7 +88,14 @@ async fn one_line_per_request_with_its_fields_and_no_secret() {
         r.bytes().await.unwrap();
         status
     };
-    assert_eq!(send(&chat("m1", 7), ACME, &tokens).await, 200);
+    // 5 completion tokens, 2 of them reasoning; 4 of the prompt's cached.
+    let details = [
+        ("x-mock-prompt-tokens", "11"),
+        ("x-mock-completion-tokens", "3"),
+        ("x-mock-reasoning-tokens", "2"),
+        ("x-mock-cached-tokens", "4"),
+    ];
+    assert_eq!(send(&chat("m1", 7), ACME, &details).await, 200);
     let mut stream = chat("m1", 7);
     stream["stream"] = json!(true);
     assert_eq!(send(&stream, ACME, &tokens).await, 200);
@@ -136,6 +145,7 @@ async fn one_line_per_request_with_its_fields_and_no_secret() {
     assert_eq!(ok["model"], "m1");
     assert_eq!(ok["settled_input_tokens"], 11);
     assert_eq!(ok["settled_output_tokens"], 5);
+    assert_eq!((ok["cached_tokens"].as_u64(), ok["reasoning_tokens"].as_u64()), (Some(4), Some(2)));
     assert_eq!(ok["estimated_output_tokens"], 7);
     assert!(ok["estimated_input_tokens"].as_u64().unwrap() >= 1);
     assert!(ok["denied_by"].is_null());
@@ -147,12 +157,15 @@ async fn one_line_per_request_with_its_fields_and_no_secret() {
     assert_eq!(streamed["status"], 200);
     assert_eq!(streamed["settled_input_tokens"], 11);
     assert_eq!(streamed["settled_output_tokens"], 5);
+    assert_eq!(streamed["cached_tokens"], 0);
+    assert_eq!(streamed["reasoning_tokens"], 0);
 
     let failed = by_id(&ids[2]);
     assert_eq!(failed["status"], 500);
     assert_eq!(failed["upstream_status"], 500);
     assert_eq!(failed["settled_input_tokens"], 0);
     assert_eq!(failed["ending"], "upstream_failed");
+    assert!(failed["cached_tokens"].is_null() && failed["reasoning_tokens"].is_null());
 
     let denied = by_id(&ids[3]);
     assert_eq!(denied["status"], 429);

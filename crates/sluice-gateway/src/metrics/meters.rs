@@ -52,7 +52,10 @@ pub fn status_label(status: u16) -> &'static str {
     status_index(status).map_or(OTHER, |i| STATUSES[i])
 }
 
-const KINDS: [&str; 2] = ["input", "output"];
+/// The `kind` label's values: tokens charged (input, output), and the
+/// parts of the reported usage read from cache and spent reasoning (counted
+/// only when there are some: an upstream that reports none adds no series).
+const KINDS: [&str; 4] = ["input", "output", "cached_input", "reasoning"];
 const SLOTS: usize = STATUSES.len() + 1;
 
 fn slots<T>(n: usize) -> Box<[OnceLock<T>]> {
@@ -183,10 +186,15 @@ impl Meters {
         }
     }
 
-    /// Counts the tokens a request to `model` was charged.
-    pub fn settled(&self, model: ModelId, tenant: &Arc<str>, input: u64, output: u64) {
+    /// Counts the tokens a request to `model` was charged, and the cached
+    /// and reasoning tokens its upstream reported: `tokens` are input,
+    /// output, cached input and reasoning.
+    pub fn settled(&self, model: ModelId, tenant: &Arc<str>, tokens: [u64; KINDS.len()]) {
         let m = self.model_index(Some(model));
-        for (k, n) in [input, output].into_iter().enumerate() {
+        for (k, n) in tokens.into_iter().enumerate() {
+            if k >= 2 && n == 0 {
+                continue;
+            }
             let Some(slot) = self.tokens.get(m * KINDS.len() + k) else { continue };
             slot.get_or_init(|| {
                 self.metrics.tokens.get_or_create_owned(&TokenLabels {

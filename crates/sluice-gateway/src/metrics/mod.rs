@@ -129,7 +129,7 @@ impl ProxyMetrics {
         let tokens = Family::<TokenLabels, Counter>::default();
         r.register(
             "sluice_tokens",
-            "Tokens charged at settlement, by model and kind (input, output)",
+            "Tokens charged at settlement, by model and kind (input, output); and cached_input and reasoning: the parts of the upstream's reported input and output read from its cache and spent reasoning, charged or not as [tokens] says",
             tokens.clone(),
         );
         let estimate_error: Histograms<ModelLabels> = Family::new_with_constructor(error_histogram);

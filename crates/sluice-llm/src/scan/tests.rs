@@ -42,7 +42,12 @@ fn reads_usage_and_errors() {
     let data = br#"{"choices":[],"usage":{"prompt_tokens":19,"completion_tokens":5,"total_tokens":24,"prompt_tokens_details":{"cached_tokens":0}}}"#;
     assert_eq!(
         by_walker(data),
-        Some((Some((0, vec![])), Some(Usage { input: 19, output: 5 }), true, false))
+        Some((
+            Some((0, vec![])),
+            Some(Usage { input: 19, output: 5, ..Usage::default() }),
+            true,
+            false
+        ))
     );
     let data = br#"{"error":{"message":"overloaded","type":"server_error"}}"#;
     assert_eq!(by_walker(data), Some((None, None, false, true)));
@@ -73,17 +78,55 @@ fn refuses_what_serde_refuses() {
 #[test]
 fn escaped_keys_are_matched_unescaped() {
     let data = br#"{"us\u0061ge":{"prompt_tokens":3,"completion_tokens":4}}"#;
-    assert_eq!(response_by_walker(data), Some(Some(Usage { input: 3, output: 4 })));
+    assert_eq!(
+        response_by_walker(data),
+        Some(Some(Usage { input: 3, output: 4, ..Usage::default() }))
+    );
     assert_eq!(response_by_walker(data), response_by_serde(data));
 }
 
 #[test]
 fn a_response_usage() {
     let body = br#"{"id":"chatcmpl-1","choices":[{"index":0,"message":{"role":"assistant","content":"Hi","usage":{"prompt_tokens":1}}}],"usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29},"service_tier":"default"}"#;
-    assert_eq!(response_by_walker(body), Some(Some(Usage { input: 19, output: 10 })));
+    assert_eq!(
+        response_by_walker(body),
+        Some(Some(Usage { input: 19, output: 10, ..Usage::default() }))
+    );
     assert_eq!(response_by_walker(br#"{"usage":null}"#), Some(None));
     assert_eq!(response_by_walker(br#"{"choices":[]}"#), Some(None));
     assert_eq!(response_by_walker(b"not json"), None);
+}
+
+#[test]
+fn details_read_as_serde_reads_them() {
+    for (body, want) in [
+        (
+            r#"{"usage":{"prompt_tokens":9,"completion_tokens":5,"prompt_tokens_details":{"audio_tokens":0,"cached_tokens":8},"completion_tokens_details":{"reasoning_tokens":3,"x":[{}]}}}"#,
+            Some(Some(Usage { input: 9, output: 5, cached_input: 8, reasoning: 3 })),
+        ),
+        // A details object written as an array: serde's form of a struct.
+        (
+            r#"{"usage":{"prompt_tokens":9,"prompt_tokens_details":[4],"completion_tokens_details":[]}}"#,
+            Some(Some(Usage { input: 9, output: 0, cached_input: 4, reasoning: 0 })),
+        ),
+        (r#"{"usage":{"prompt_tokens":9,"prompt_tokens_details":[4,5]}}"#, None),
+        (r#"{"usage":{"prompt_tokens":9,"prompt_tokens_details":"x"}}"#, None),
+        (
+            r#"{"usage":{"prompt_tokens":9,"prompt_tokens_details":{},"prompt_tokens_details":{}}}"#,
+            None,
+        ),
+        (
+            r#"{"usage":{"prompt_tokens":9,"prompt_tokens_details":{"cached_tokens":1,"cached_tokens":1}}}"#,
+            None,
+        ),
+        (
+            r#"{"usage":{"output_tokens":9,"output_tokens_details":{"reasoning_tokens":12.4,"reasoning_token":1}}}"#,
+            Some(Some(Usage { input: 0, output: 9, cached_input: 0, reasoning: 9 })),
+        ),
+    ] {
+        assert_eq!(response_by_walker(body.as_bytes()), want, "{body}");
+        assert_eq!(response_by_serde(body.as_bytes()), want, "{body} (serde)");
+    }
 }
 
 /// Found by the `usage_json` fuzz target (it failed CI): a body that is an
@@ -102,7 +145,10 @@ fn a_struct_written_as_an_array_is_refused() {
     // With a usage as its first element: serde would bill it, the walker
     // reads none.
     let data = br#" [{"prompt_tokens":5,"completion_tokens":3}]"#;
-    assert_eq!(response_by_serde(data), Some(Some(Usage { input: 5, output: 3 })));
+    assert_eq!(
+        response_by_serde(data),
+        Some(Some(Usage { input: 5, output: 3, ..Usage::default() }))
+    );
     assert_eq!(crate::usage_from_json(data), None);
     assert!(response_as_array(data));
     // A choice, a delta, a tool call, a function.
@@ -123,7 +169,12 @@ fn a_struct_written_as_an_array_is_refused() {
     let data = br#"{"choices":[{"delta":{}}],"usage":[1,2]}"#;
     assert_eq!(
         by_walker(data),
-        Some((Some((1, vec![])), Some(Usage { input: 1, output: 2 }), true, false))
+        Some((
+            Some((1, vec![])),
+            Some(Usage { input: 1, output: 2, ..Usage::default() }),
+            true,
+            false
+        ))
     );
     assert_eq!(by_walker(data), by_serde(data));
     assert!(!chunk_struct_as_array(data));
@@ -296,13 +347,24 @@ fn object(fields: &[(&'static str, BoxedStrategy<J>)]) -> BoxedStrategy<J> {
 fn usage_value() -> BoxedStrategy<J> {
     let count =
         || prop_oneof![4 => number(), 1 => Just(J::Null), 1 => text().prop_map(J::Str)].boxed();
+    // A details object: mostly an object with its count and others, at
+    // times null, an array (serde's form of a struct, which the walker
+    // hands to serde) or any other value.
+    let details = |name: &'static str| {
+        let obj = object(&[(name, count()), ("audio_tokens", count())]);
+        let arr = prop::collection::vec(count(), 0..3).prop_map(J::Arr);
+        prop_oneof![6 => obj, 1 => Just(J::Null), 1 => arr, 1 => any_value()].boxed()
+    };
     let obj = object(&[
         ("prompt_tokens", count()),
         ("completion_tokens", count()),
         ("total_tokens", count()),
         ("input_tokens", count()),
         ("output_tokens", count()),
-        ("prompt_tokens_details", any_value().boxed()),
+        ("prompt_tokens_details", details("cached_tokens")),
+        ("completion_tokens_details", details("reasoning_tokens")),
+        ("input_tokens_details", details("cached_tokens")),
+        ("output_tokens_details", details("reasoning_tokens")),
     ]);
     prop_oneof![5 => obj, 1 => Just(J::Null), 1 => any_value()].boxed()
 }
@@ -422,23 +484,23 @@ fn token_counts_read_as_serde_reads_them() {
     for (body, want) in [
         (
             r#"{"usage":{"prompt_tokens":0,"completion_tokens":7}}"#,
-            Some(Some(Usage { input: 0, output: 7 })),
+            Some(Some(Usage { input: 0, output: 7, ..Usage::default() })),
         ),
         (
             r#"{"usage":{"prompt_tokens":9999999999999999999,"completion_tokens":1}}"#,
-            Some(Some(Usage { input: 9_999_999_999_999_999_999, output: 1 })),
+            Some(Some(Usage { input: 9_999_999_999_999_999_999, output: 1, ..Usage::default() })),
         ),
         (
             r#"{"usage":{"prompt_tokens":99999999999999999999,"completion_tokens":1}}"#,
-            Some(Some(Usage { input: u64::MAX, output: 1 })),
+            Some(Some(Usage { input: u64::MAX, output: 1, ..Usage::default() })),
         ),
         (
             r#"{"usage":{"prompt_tokens":12.6,"completion_tokens":1e2}}"#,
-            Some(Some(Usage { input: 13, output: 100 })),
+            Some(Some(Usage { input: 13, output: 100, ..Usage::default() })),
         ),
         (
             r#"{"usage":{"prompt_tokens":-4,"completion_tokens":3}}"#,
-            Some(Some(Usage { input: 0, output: 3 })),
+            Some(Some(Usage { input: 0, output: 3, ..Usage::default() })),
         ),
         (r#"{"usage":{"prompt_tokens":01}}"#, None),
         (r#"{"usage":{"prompt_tokens":5,"prompt_tokens":6}}"#, None),

@@ -36,7 +36,7 @@ pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
 /// tap.push(b"ta: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":1}}\n\n", &mut out);
 /// tap.push(b"data: [DONE]\n\n", &mut out);
 /// tap.finish(&mut out);
-/// assert_eq!(tap.usage(), Some(Usage { input: 9, output: 1 }));
+/// assert_eq!(tap.usage(), Some(Usage { input: 9, output: 1, ..Usage::default() }));
 /// assert!(tap.saw_done());
 /// // The usage chunk was removed; everything else went through as it came.
 /// assert_eq!(

@@ -113,6 +113,36 @@ async fn settle_with_more_is_debt() {
     assert!(v["headers"]["retry-after"].is_string());
 }
 
+/// Cached and reasoning tokens are charged unless `[tokens]` excludes
+/// them; a part larger than its total is refused.
+#[tokio::test]
+async fn settle_with_cached_and_reasoning_tokens() {
+    for (tokens, used) in [
+        ("", 600),
+        ("[tokens]\ncached_input = \"exclude\"\n", 520),
+        ("[tokens]\nreasoning = \"exclude\"\n", 570),
+        ("[tokens]\ncached_input = \"exclude\"\nreasoning = \"exclude\"\n", 490),
+    ] {
+        let h = harness_with(&format!("{}{tokens}", policy()), None);
+        let v = check(&h, acme(100, 500)).await;
+        let id = v["reservation_id"].as_str().unwrap().to_owned();
+        let (status, e) = send(
+            &h,
+            Method::POST,
+            "/v1/decisions/settle",
+            &json!({"reservation_id": id, "input_tokens": 100, "cached_tokens": 101}).to_string(),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+        assert!(e["error"]["message"].as_str().unwrap().contains("cached_tokens"), "{e}");
+        let body = json!({"reservation_id": id, "input_tokens": 100, "cached_tokens": 80,
+                          "output_tokens": 500, "reasoning_tokens": 30});
+        assert!(settle(&h, body).await);
+        assert_eq!(tpd_used(&h).await, used, "{tokens}");
+    }
+}
+
 #[tokio::test]
 async fn settle_twice_has_no_effect() {
     let h = harness();

@@ -68,7 +68,7 @@ fn strips_the_usage_chunk_and_nothing_else() {
     let s = seen(true, &[OPENAI_STREAM.as_bytes()]);
     let expected = OPENAI_STREAM.replace(usage_event(), "");
     assert_eq!(String::from_utf8(s.out).unwrap(), expected);
-    assert_eq!(s.usage, Some(Usage { input: 19, output: 5 }));
+    assert_eq!(s.usage, Some(Usage { input: 19, output: 5, ..Usage::default() }));
     assert!(s.done && s.stripped && !s.error);
     assert_eq!(s.events, 6);
     // "Hello" + " there\n\"friend\"" decoded.
@@ -80,7 +80,7 @@ fn strips_the_usage_chunk_and_nothing_else() {
 fn forwards_everything_when_not_stripping() {
     let s = seen(false, &[OPENAI_STREAM.as_bytes()]);
     assert_eq!(s.out, OPENAI_STREAM.as_bytes());
-    assert_eq!(s.usage, Some(Usage { input: 19, output: 5 }));
+    assert_eq!(s.usage, Some(Usage { input: 19, output: 5, ..Usage::default() }));
     assert!(s.done && !s.stripped);
 }
 
@@ -108,14 +108,39 @@ fn crlf_streams() {
     let s = seen(true, &[stream.as_bytes()]);
     let expected = stream.replace(&usage_event().replace('\n', "\r\n"), "");
     assert_eq!(String::from_utf8(s.out).unwrap(), expected);
-    assert_eq!(s.usage, Some(Usage { input: 19, output: 5 }));
+    assert_eq!(s.usage, Some(Usage { input: 19, output: 5, ..Usage::default() }));
+}
+
+/// A reasoning model's stream: the final usage chunk carries the cached
+/// prompt tokens and the reasoning tokens, and the tap keeps them.
+#[test]
+fn the_usage_chunk_carries_cached_and_reasoning_tokens() {
+    let usage = "{\"prompt_tokens\":2006,\"completion_tokens\":300,\"total_tokens\":2306,\"prompt_tokens_details\":{\"cached_tokens\":1920,\"audio_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":192,\"audio_tokens\":0,\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}}";
+    let old = "{\"prompt_tokens\":19,\"completion_tokens\":5,\"total_tokens\":24,\"prompt_tokens_details\":{\"cached_tokens\":0,\"audio_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":0,\"audio_tokens\":0,\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}}";
+    assert!(OPENAI_STREAM.contains(old));
+    let stream = OPENAI_STREAM.replace(old, usage);
+    let want = Usage { input: 2006, output: 300, cached_input: 1920, reasoning: 192 };
+    for strip in [true, false] {
+        let s = seen(strip, &[stream.as_bytes()]);
+        assert_eq!(s.usage, Some(want));
+        assert_eq!(s.stripped, strip);
+        // Cut anywhere, the same.
+        let bytewise: Vec<&[u8]> = stream.as_bytes().chunks(7).collect();
+        assert_eq!(seen(strip, &bytewise), s);
+    }
+    // The Responses API's names, on a chunk of their own.
+    let s = seen(
+        true,
+        &[b"data: {\"choices\":[],\"usage\":{\"input_tokens\":40,\"input_tokens_details\":{\"cached_tokens\":32},\"output_tokens\":9,\"output_tokens_details\":{\"reasoning_tokens\":4}}}\n\n"],
+    );
+    assert_eq!(s.usage, Some(Usage { input: 40, output: 9, cached_input: 32, reasoning: 4 }));
 }
 
 #[test]
 fn continuous_usage_keeps_the_latest_and_strips_nothing() {
     let s = seen(true, &[VLLM_STREAM.as_bytes()]);
     assert_eq!(s.out, VLLM_STREAM.as_bytes());
-    assert_eq!(s.usage, Some(Usage { input: 12, output: 2 }));
+    assert_eq!(s.usage, Some(Usage { input: 12, output: 2, ..Usage::default() }));
     assert!(!s.stripped && !s.done);
     // A stream cut here still has its usage so far.
     assert_eq!(s.text, 7);
@@ -143,7 +168,7 @@ fn comments_fields_and_multiline_data() {
         "data: [DONE]\n\n",
     );
     assert_eq!(String::from_utf8(s.out).unwrap(), expected);
-    assert_eq!(s.usage, Some(Usage { input: 3, output: 1 }));
+    assert_eq!(s.usage, Some(Usage { input: 3, output: 1, ..Usage::default() }));
     assert_eq!(s.deltas, 1);
     assert!(s.done);
 }
@@ -161,7 +186,7 @@ fn chunks_without_usage_are_never_stripped() {
     );
     let s = seen(true, &[stream.as_bytes()]);
     assert_eq!(s.out, stream.as_bytes());
-    assert_eq!(s.usage, Some(Usage { input: 1, output: 1 }));
+    assert_eq!(s.usage, Some(Usage { input: 1, output: 1, ..Usage::default() }));
     assert!(!s.stripped);
 }
 
@@ -194,7 +219,7 @@ fn unterminated_last_event_is_still_read() {
     let without_done = OPENAI_STREAM.strip_suffix("data: [DONE]\n\n").unwrap();
     let cut = without_done.strip_suffix("\n\n").unwrap();
     let s = seen(true, &[cut.as_bytes()]);
-    assert_eq!(s.usage, Some(Usage { input: 19, output: 5 }));
+    assert_eq!(s.usage, Some(Usage { input: 19, output: 5, ..Usage::default() }));
     assert!(s.stripped);
     let usage_start = OPENAI_STREAM.find(usage_event()).unwrap();
     assert_eq!(s.out, &OPENAI_STREAM.as_bytes()[..usage_start]);
@@ -225,7 +250,7 @@ fn oversized_events_pass_through_unparsed() {
         // The big one went through; the small usage chunk after it was stripped.
         let first_end = big.find("\n\n").unwrap() + 2;
         assert_eq!(out, bytes[..first_end], "chunk size {chunk}");
-        assert_eq!(tap.usage(), Some(Usage { input: 2, output: 0 }));
+        assert_eq!(tap.usage(), Some(Usage { input: 2, output: 0, ..Usage::default() }));
         assert_eq!(tap.events(), 2);
     }
 }
