@@ -35,6 +35,7 @@ pub fn policy(data: &[u8]) {
                     endpoint,
                     model: policy.model_ref(&m.name),
                     cost: Cost::tokens(10, 10),
+                    end_user: sluice_core::EndUser::NONE,
                 };
                 let plan = policy.plan(&req, now);
                 let early = policy.plan_before_body(&Ask { model: ModelRef::NONE, ..req }, now);

@@ -41,6 +41,7 @@
 //!     endpoint: policy.endpoint("chat").unwrap(),
 //!     model: policy.model_ref("small-model"),
 //!     cost: Cost::REQUEST,
+//!     end_user: EndUser::NONE,
 //! };
 //! let plan = policy.plan(&req, Instant::from_secs(1_000));
 //! // No counter has been charged yet: the request fits.
@@ -65,7 +66,8 @@ pub use compile::{DEFAULT_LEASE, DEFAULT_TIER, MAX_PARTITION_FACTS};
 pub use counter::{ChargedAs, CounterState, Rule, Verdict};
 pub use event::{EventSink, RequestEvent, Step};
 pub use facts::{
-    Ask, Cost, FactsError, KeyFacts, KeySpec, ModelRef, OverrideSpec, TenantFacts, TenantSpec,
+    Ask, Cost, EndUser, FactsError, KeyFacts, KeySpec, ModelRef, OverrideSpec, TenantFacts,
+    TenantSpec,
 };
 pub use metric::Metric;
 pub use plan::{

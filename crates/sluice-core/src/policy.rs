@@ -114,6 +114,8 @@ pub struct Policy {
     pub(crate) label_values: Interner,
     pub(crate) headers: HeaderProfile,
     pub(crate) lease: Duration,
+    /// Whether a limit or an exemption looks at the end user.
+    pub(crate) end_users: bool,
 }
 
 impl Policy {
@@ -218,6 +220,13 @@ impl Policy {
     /// How long a reservation may stay unsettled.
     pub fn lease(&self) -> Duration {
         self.lease
+    }
+
+    /// Whether any limit or exemption splits by or tests the end user
+    /// ([`Fact::User`]): a caller need not work out a request's end user
+    /// otherwise.
+    pub fn looks_at_end_users(&self) -> bool {
+        self.end_users
     }
 }
 

@@ -259,6 +259,7 @@ pub(crate) async fn proxy<'r, S: CounterStore + Clone + Unpin>(
             endpoint: endpoint.id,
             model: sluice_core::ModelRef::NONE,
             cost: Cost::tokens(1, 0),
+            end_user: sluice_core::EndUser::NONE,
         };
         let plan = rt.policy.plan_before_body(&head, now);
         if let Some(refused) =
@@ -302,6 +303,7 @@ pub(crate) async fn proxy<'r, S: CounterStore + Clone + Unpin>(
         endpoint: endpoint.id,
         model,
         cost: Cost::tokens(1, output),
+        end_user: sluice_core::EndUser::NONE,
     };
     let mut now = gw.clock.now();
     let mut plan = rt.policy.plan(&request, now);
@@ -309,7 +311,7 @@ pub(crate) async fn proxy<'r, S: CounterStore + Clone + Unpin>(
     // (its own requests per minute or day)? Then not a token is counted.
     if facts.text_bytes() > EXPENSIVE_BODY_BYTES
         && tenant.recently_refused(now)
-        && plan.charges.iter().any(|c| rt.policy.limit(c.limit).is_some_and(|l| l.needs_model()))
+        && plan.charges.iter().any(|c| rt.policy.limit(c.limit).is_some_and(|l| l.needs_body()))
         && let Some(refused) = refuse_early(
             gw,
             rt,

@@ -444,6 +444,7 @@ pub(crate) async fn admit<S: CounterStore>(
             endpoint: r.endpoint,
             model: r.model,
             cost,
+            end_user: sluice_core::EndUser::NONE,
         },
         now,
     );

@@ -57,6 +57,7 @@ pub fn counters_of(rt: &Runtime, index: usize, now: Instant) -> Option<(u64, Vec
                     endpoint,
                     model: *model,
                     cost: Cost::REQUEST,
+                    end_user: sluice_core::EndUser::NONE,
                 };
                 for c in policy.plan(&req, now).charges {
                     if seen.insert(c.key) {

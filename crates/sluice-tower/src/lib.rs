@@ -128,6 +128,7 @@ impl Admission {
             endpoint: self.endpoint,
             model: self.model,
             cost: self.cost,
+            end_user: sluice_core::EndUser::NONE,
         }
     }
 }

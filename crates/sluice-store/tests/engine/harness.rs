@@ -99,6 +99,7 @@ impl<S: CounterStore + Clone> Harness<S> {
                 .unwrap_or_else(|| panic!("no endpoint {endpoint}")),
             model: self.policy.model_ref(model),
             cost,
+            end_user: sluice_core::EndUser::NONE,
         }
     }
 
