@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod decisions;
+pub mod end_users;
 mod error;
 /// The `policy` fuzz target's body (`fuzz/`), which a test also runs on the
 /// seeds (feature `fuzzing` or tests only; not an API).
