@@ -279,6 +279,20 @@ pub(crate) async fn proxy<'r, S: CounterStore + Clone + Unpin>(
         Ok(f) => f,
         Err(e) => return error_response(&ApiError::from(&e)),
     };
+    // The end user inside the tenant: a hash of the header's value or the
+    // body's `user`, never kept, logged or made a metric label.
+    let end_users = &rt.settings.end_users;
+    let named = match &end_users.header {
+        Some(h) => parts.headers.get(h.as_str()).map(HeaderValue::as_bytes),
+        None => facts.user.as_deref().map(str::as_bytes),
+    };
+    let end_user = match end_users.end_user(named) {
+        Ok(u) => u,
+        Err(e) => {
+            let message = e.message(&end_users.source());
+            return error_response(&ApiError::bad_request(message, Some("user".into())));
+        }
+    };
     let model = rt.policy.model_ref(&facts.model);
     let route = match model.id.and_then(|m| rt.routes.get(&m)) {
         Some(r) if rt.policy.model_allowed(tenant.facts.tier(), model) => r,
@@ -303,7 +317,7 @@ pub(crate) async fn proxy<'r, S: CounterStore + Clone + Unpin>(
         endpoint: endpoint.id,
         model,
         cost: Cost::tokens(1, output),
-        end_user: sluice_core::EndUser::NONE,
+        end_user,
     };
     let mut now = gw.clock.now();
     let mut plan = rt.policy.plan(&request, now);
