@@ -101,6 +101,27 @@ async fn each_end_user_named_in_the_body_has_its_own_budget() {
     assert_eq!(status, 400, "{v}");
     assert_eq!(v["error"]["param"], "user");
     assert_eq!(mock.stats.requests(), 5, "only what was admitted reached the upstream");
+    // `/v1/usage` shows the budget of the requests that name no end user:
+    // end users are not kept, so theirs cannot be listed.
+    let usage: Value = client()
+        .get(format!("{}/v1/usage", s.url))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rows: Vec<&Value> = usage["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["limit"] == "end-user-rpm")
+        .collect();
+    assert_eq!(rows.len(), 1, "{usage}");
+    assert_eq!(rows[0]["partition"], json!({"user": ""}));
+    assert_eq!(rows[0]["used"], 2);
+    assert!(!usage.to_string().contains("alice"), "{usage}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
