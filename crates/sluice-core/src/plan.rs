@@ -177,10 +177,11 @@ impl Policy {
     /// Plans what can be known of `req` before its body is read: the limits
     /// that apply and the counters they charge whatever the model and the
     /// end user ([`Limit::needs_body`](crate::Limit::needs_body) is false),
-    /// at `req.cost`. `req.model` and `req.end_user` are not looked at. Every charge of this plan is
-    /// also a charge of the full plan of the same request (same counter, same
-    /// rule), so a denial here is a denial there: the gateway refuses such a
-    /// request before it reads, parses or tokenizes anything.
+    /// at `req.cost`. `req.model` and `req.end_user` are not looked at.
+    /// Every charge of this plan is also a charge of the full plan of the
+    /// same request (same counter, same rule), so a denial here is a denial
+    /// there: the gateway refuses such a request before it reads, parses or
+    /// tokenizes anything.
     pub fn plan_before_body(&self, req: &Ask<'_>, now: Instant) -> Plan {
         let lease_until = lease_end(self, now);
         let mut plan = Plan {
