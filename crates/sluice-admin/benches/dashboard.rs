@@ -72,6 +72,7 @@ fn bench(c: &mut Criterion) {
                 endpoint: chat,
                 model,
                 cost: Cost::tokens(300, 200),
+                end_user: sluice_core::EndUser::NONE,
             };
             let plan = rt_now.policy.plan(&req, clock.now());
             let d = rt.block_on(served.store.admit(&plan)).expect("bench setup");

@@ -16,6 +16,7 @@
 //! api_key = "api_key"
 //! model = "model"
 //! endpoint = "endpoint"
+//! user = "user"
 //! ```
 
 use std::net::SocketAddr;
@@ -75,6 +76,8 @@ pub struct RawDescriptorKeys {
     pub model: Option<Spanned<String>>,
     /// The key whose value is an endpoint name or path.
     pub endpoint: Option<Spanned<String>>,
+    /// The key whose value is the end user inside the tenant.
+    pub user: Option<Spanned<String>>,
 }
 
 /// What an Envoy `hits_addend` counts (requests are always one per call).
@@ -111,6 +114,8 @@ pub struct DescriptorKeys {
     pub model: String,
     /// Endpoint name or request path (default `endpoint`).
     pub endpoint: String,
+    /// The end user inside the tenant (default `user`).
+    pub user: String,
 }
 
 impl Default for DescriptorKeys {
@@ -120,6 +125,7 @@ impl Default for DescriptorKeys {
             api_key: "api_key".into(),
             model: "model".into(),
             endpoint: "endpoint".into(),
+            user: "user".into(),
         }
     }
 }
@@ -265,6 +271,7 @@ pub(crate) fn decisions(
             ("api_key", &d.api_key, &mut descriptors.api_key),
             ("model", &d.model, &mut descriptors.model),
             ("endpoint", &d.endpoint, &mut descriptors.endpoint),
+            ("user", &d.user, &mut descriptors.user),
         ] {
             let Some(v) = value else { continue };
             let key = v.get_ref().trim();
@@ -284,6 +291,7 @@ pub(crate) fn decisions(
             ("api_key", &d.api_key, &descriptors.api_key),
             ("model", &d.model, &descriptors.model),
             ("endpoint", &d.endpoint, &descriptors.endpoint),
+            ("user", &d.user, &descriptors.user),
         ];
         for (i, (field, value, key)) in all.iter().enumerate() {
             if let Some((other, _, _)) = all[..i].iter().find(|(_, _, k)| k == key) {
@@ -397,6 +405,7 @@ tenant = "org"
 api_key = "authorization"
 model = "x-model"
 endpoint = ":path"
+user = "x-end-user"
 "#,
         )
         .unwrap()
@@ -408,6 +417,7 @@ endpoint = ":path"
         assert_eq!(d.max_cost, 5000);
         assert_eq!(d.descriptors.api_key, "authorization");
         assert_eq!(d.descriptors.endpoint, ":path");
+        assert_eq!(d.descriptors.user, "x-end-user");
     }
 
     #[test]

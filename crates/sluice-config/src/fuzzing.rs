@@ -5,12 +5,12 @@
 //! seed is a regression test of `cargo test`. Compiled for tests and with
 //! the feature `fuzzing` (the fuzz crate's), never in a release.
 
-use sluice_core::{Ask, Cost, Instant, ModelRef};
+use sluice_core::{Ask, Cost, EndUser, Instant, ModelRef};
 
 /// `policy`: any text gives a policy or errors with a place, never a panic;
 /// a policy that loads reports its effective limits and plans a request for
-/// each of its tenants, and what is checked before the body is part of the
-/// plan.
+/// each of its tenants (without an end user and with one), and what is
+/// checked before the body is part of the plan.
 pub fn policy(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let config = match crate::parse(text, "fuzz.toml") {
@@ -29,18 +29,23 @@ pub fn policy(data: &[u8]) {
         for (_, m) in policy.models().take(4) {
             for (name, _) in config.endpoint_paths.iter().take(2) {
                 let Some(endpoint) = policy.endpoint(name) else { continue };
-                let req = Ask {
-                    tenant: &facts,
-                    key: None,
-                    endpoint,
-                    model: policy.model_ref(&m.name),
-                    cost: Cost::tokens(10, 10),
-                };
-                let plan = policy.plan(&req, now);
-                let early = policy.plan_before_body(&Ask { model: ModelRef::NONE, ..req }, now);
-                // What is checked before the body is a part of the plan.
-                for c in &early.charges {
-                    assert!(plan.charges.iter().any(|p| p.key == c.key), "{c:?} not in the plan");
+                for end_user in [EndUser::NONE, EndUser::of("alice")] {
+                    let req = Ask {
+                        tenant: &facts,
+                        key: None,
+                        endpoint,
+                        model: policy.model_ref(&m.name),
+                        cost: Cost::tokens(10, 10),
+                        end_user,
+                    };
+                    let plan = policy.plan(&req, now);
+                    let head = Ask { model: ModelRef::NONE, end_user: EndUser::NONE, ..req };
+                    let early = policy.plan_before_body(&head, now);
+                    // What is checked before the body is a part of the plan.
+                    for c in &early.charges {
+                        let found = plan.charges.iter().any(|p| p.key == c.key);
+                        assert!(found, "{c:?} not in the plan");
+                    }
                 }
             }
         }

@@ -158,6 +158,8 @@ pub struct GatewayConfig {
     pub metrics: crate::observe::MetricsConfig,
     /// The access log (`[access_log]`).
     pub access_log: crate::observe::AccessLogConfig,
+    /// Where a request's end user is read from (`[end_users]`).
+    pub end_users: crate::end_users::EndUsersConfig,
 }
 
 /// `[admin]`, validated.
@@ -196,6 +198,7 @@ impl Default for GatewayConfig {
             history: crate::history::HistoryConfig::default(),
             metrics: crate::observe::MetricsConfig::default(),
             access_log: crate::observe::AccessLogConfig::default(),
+            end_users: crate::end_users::EndUsersConfig::default(),
         }
     }
 }
@@ -240,6 +243,7 @@ pub(crate) fn gateway(raw: &RawFile, problems: &mut Problems) -> GatewayConfig {
         history: crate::history::history(raw, problems),
         metrics: crate::observe::metrics(raw, problems),
         access_log: crate::observe::access_log(raw, problems),
+        end_users: crate::end_users::end_users(raw, problems),
         ..GatewayConfig::default()
     };
     if let Some(a) = &raw.admin {

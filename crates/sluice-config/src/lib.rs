@@ -23,6 +23,7 @@
 
 pub mod counting;
 pub mod decisions;
+pub mod end_users;
 mod error;
 /// The `policy` fuzz target's body (`fuzz/`), which a test also runs on the
 /// seeds (feature `fuzzing` or tests only; not an API).

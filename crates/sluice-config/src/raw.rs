@@ -56,6 +56,8 @@ pub struct RawFile {
     pub metrics: Option<Spanned<crate::observe::RawMetrics>>,
     /// `[access_log]`: one JSON line per request.
     pub access_log: Option<Spanned<crate::observe::RawAccessLog>>,
+    /// `[end_users]`: where a request's end user is read from.
+    pub end_users: Option<Spanned<crate::end_users::RawEndUsers>>,
 }
 
 /// `[admin]`

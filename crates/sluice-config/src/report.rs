@@ -51,7 +51,10 @@ pub fn describe(policy: &Policy, l: &Limit) -> String {
         let _ = write!(s, ", burst {}", thousands(b));
     }
     if !l.by.is_empty() {
-        let by: Vec<String> = l.by.iter().map(ToString::to_string).collect();
+        let by: Vec<String> =
+            l.by.iter()
+                .map(|f| if *f == Fact::User { "end user".to_owned() } else { f.to_string() })
+                .collect();
         let _ = write!(s, ", per {}", by.join(" and "));
     } else {
         s.push_str(", across everything the tenant does");
@@ -223,6 +226,10 @@ pub fn effective_limits(config: &Config) -> String {
         if h.ietf { "; IETF RateLimit fields" } else { "" }
     );
     let _ = writeln!(out, "  reservations expire after {}s unsettled", policy.lease().as_secs());
+    let end_users = &config.gateway.end_users;
+    if policy.looks_at_end_users() || *end_users != crate::end_users::EndUsersConfig::default() {
+        let _ = writeln!(out, "  {}", end_users.describe());
+    }
     if policy.limits().any(|(_, l)| l.metric.is_money()) {
         let _ = writeln!(
             out,
@@ -377,5 +384,20 @@ mod tests {
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1_000), "1,000");
         assert_eq!(thousands(20_000_000), "20,000,000");
+    }
+
+    /// A policy that looks at end users says where they are read from and
+    /// what happens without one; one that does not says nothing of them.
+    #[test]
+    fn end_users_are_reported_when_they_matter() {
+        let text = "[models.m]\n[[limits]]\nname = \"end-user-rpm\"\nmetric = \"requests\"\namount = 20\nwindow = \"1m\"\nby = [\"user\"]\n";
+        let report = effective_limits(&crate::parse(text, "p.toml").expect("a policy"));
+        assert!(
+            report.contains("  end users: from the body's `user`; requests that name none share one budget per tenant; at most 256 bytes\n"),
+            "{report}"
+        );
+        assert!(report.contains("20 requests per minute (rolling), per end user"), "{report}");
+        let plain = effective_limits(&crate::parse("[models.m]\n", "p.toml").expect("a policy"));
+        assert!(!plain.contains("end users"), "{plain}");
     }
 }

@@ -987,7 +987,7 @@ fn condition_errors() {
                 field: "limits[0].when.colour",
                 message: &[
                     "`colour` is not a fact a condition can test",
-                    "tier, environment, group, tenant, tenant.<label>, key, key.<label>, endpoint, model, model_class",
+                    "tier, environment, group, tenant, tenant.<label>, key, key.<label>, endpoint, model, model_class, user",
                 ],
             }],
         },
@@ -1174,7 +1174,7 @@ fn partition_errors() {
                 field: "limits[0].by",
                 message: &[
                     "`tier` is the same for every request of a tenant and cannot split its counter",
-                    "use model, endpoint, model_class, key or key.<label>",
+                    "use model, endpoint, model_class, key, key.<label> or user",
                 ],
             }],
         },
@@ -1211,7 +1211,7 @@ fn partition_errors() {
                 field: "limits[0].by",
                 message: &[
                     "`colour` is not a fact",
-                    "model, endpoint, model_class, key or key.<label>",
+                    "model, endpoint, model_class, key, key.<label> or user",
                 ],
             }],
         },

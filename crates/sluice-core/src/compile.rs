@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use smallvec::SmallVec;
 
+use crate::facts::EndUser;
 use crate::metric::Metric;
 use crate::money::Price;
 use crate::policy::{
@@ -49,6 +50,7 @@ pub(crate) fn compile(b: &PolicyBuilder) -> Result<Policy, PolicyError> {
         lease: b.lease.unwrap_or(DEFAULT_LEASE),
         default_price: b.default_price.unwrap_or(Price::ZERO),
         currency: b.currency.as_deref().unwrap_or("USD").into(),
+        end_users: false,
     };
 
     for (name, class) in &b.models {
@@ -111,7 +113,7 @@ pub(crate) fn compile(b: &PolicyBuilder) -> Result<Policy, PolicyError> {
         let when = compile_condition(&e.when, &mut p)?;
         p.exemptions.push(Exemption { name: e.name.clone(), limits, when });
     }
-    mark_model_dependence(&mut p);
+    mark_body_dependence(&mut p);
     Ok(p)
 }
 
@@ -247,9 +249,10 @@ fn compile_limit(spec: &crate::policy::LimitSpec, p: &mut Policy) -> Result<Limi
             Fact::Endpoint => Part::Endpoint,
             Fact::Model => Part::Model,
             Fact::ModelClass => Part::ModelClass,
+            Fact::User => Part::User,
             other => {
                 return Err(bad(format!(
-                    "`by` cannot split a tenant's counter by `{other}` (it is the same for every request of a tenant); use model, endpoint, model_class, key or key.<label>"
+                    "`by` cannot split a tenant's counter by `{other}` (it is the same for every request of a tenant); use model, endpoint, model_class, key, key.<label> or user"
                 )));
             }
         });
@@ -282,40 +285,51 @@ fn compile_limit(spec: &crate::policy::LimitSpec, p: &mut Policy) -> Result<Limi
         when,
         unless,
         parts,
-        // Set once the exemptions are known (`mark_model_dependence`).
-        needs_model: false,
+        // Set once the exemptions are known (`mark_body_dependence`).
+        needs_body: false,
     })
 }
 
-/// Whether a condition looks at the model.
-fn names_model(cond: &Condition) -> bool {
-    cond.iter().any(|c| matches!(c, Clause::Model(_) | Clause::ModelClass(_)))
+/// Whether a condition looks at the end user.
+fn names_user(cond: &Condition) -> bool {
+    cond.iter().any(|c| matches!(c, Clause::User(_)))
 }
 
-/// Marks the limits whose applicability or counter depends on the model:
-/// split by it, conditioned on it, or covered by an exemption that is.
-fn mark_model_dependence(p: &mut Policy) {
-    let exempted_by_model: Vec<&LimitSet> =
-        p.exemptions.iter().filter(|e| names_model(&e.when)).map(|e| &e.limits).collect();
+/// Whether a condition looks at what a request's body says: its model
+/// (or the model's class) or its end user.
+fn names_body(cond: &Condition) -> bool {
+    cond.iter().any(|c| matches!(c, Clause::Model(_) | Clause::ModelClass(_) | Clause::User(_)))
+}
+
+/// Marks the limits whose applicability or counter depends on the body
+/// (the model or the end user): split by it, conditioned on it, or covered
+/// by an exemption that is; and whether the policy looks at end users at
+/// all.
+fn mark_body_dependence(p: &mut Policy) {
+    let exempted_by_body: Vec<&LimitSet> =
+        p.exemptions.iter().filter(|e| names_body(&e.when)).map(|e| &e.limits).collect();
     let marks: Vec<bool> = p
         .limits
         .iter()
         .enumerate()
         .map(|(i, l)| {
             let id = LimitId(i as u32);
-            l.parts.iter().any(|part| matches!(part, Part::Model | Part::ModelClass))
-                || names_model(&l.when)
-                || l.unless.iter().any(names_model)
-                || exempted_by_model.iter().any(|s| s.contains(id))
+            l.parts.iter().any(|part| matches!(part, Part::Model | Part::ModelClass | Part::User))
+                || names_body(&l.when)
+                || l.unless.iter().any(names_body)
+                || exempted_by_body.iter().any(|s| s.contains(id))
         })
         .collect();
     // Limits that share a counter are planned as one charge (the stricter
-    // decides): if one of them needs the model, the counter's charge does.
+    // decides): if one of them needs the body, the counter's charge does.
     let shared: HashSet<u64> =
         p.limits.iter().zip(&marks).filter(|(_, m)| **m).map(|(l, _)| l.identity).collect();
     for (l, m) in p.limits.iter_mut().zip(marks) {
-        l.needs_model = m || shared.contains(&l.identity);
+        l.needs_body = m || shared.contains(&l.identity);
     }
+    p.end_users = p.limits.iter().any(|l| {
+        l.parts.contains(&Part::User) || names_user(&l.when) || l.unless.iter().any(names_user)
+    }) || p.exemptions.iter().any(|e| names_user(&e.when));
 }
 
 pub(crate) fn compile_condition(
@@ -374,6 +388,8 @@ fn compile_clause(c: &ClauseSpec, p: &mut Policy) -> Result<Clause, PolicyError>
                 })
                 .collect::<Result<_, _>>()?,
         ),
+        // Hashed, as requests carry them: end users are never interned.
+        Fact::User => Clause::User(v.iter().map(|u| EndUser::of(u).hash()).collect()),
         Fact::ModelClass => Clause::ModelClass(
             v.iter()
                 .map(|c| {

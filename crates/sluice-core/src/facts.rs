@@ -306,6 +306,46 @@ impl ModelRef {
     pub const NONE: ModelRef = ModelRef { id: None, hash: 0 };
 }
 
+/// The end user a request is made for, inside its tenant (OpenAI's `user`
+/// field, or a header the operator names), as the stable hash of its name.
+///
+/// End users are never interned, and a policy holds no list of them: anyone
+/// with a key can invent as many as they like, so the engine keeps only a
+/// 64-bit hash (xxh3, as [`name_hash`]) per request, and a counter split by
+/// end user exists only once a request of that end user was admitted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndUser(u64);
+
+impl EndUser {
+    /// No end user named (or an empty one): such requests share one
+    /// partition, the end user `""`.
+    pub const NONE: EndUser = EndUser(0);
+
+    /// The end user called `name` (empty: [`EndUser::NONE`]).
+    pub fn of(name: &str) -> Self {
+        Self::of_bytes(name.as_bytes())
+    }
+
+    /// The same, from raw bytes (a header value need not be UTF-8).
+    pub fn of_bytes(name: &[u8]) -> Self {
+        if name.is_empty() {
+            return Self::NONE;
+        }
+        // 0 stands for none; a name that hashes to it is kept apart.
+        Self(xxhash_rust::xxh3::xxh3_64(name).max(1))
+    }
+
+    /// Whether no end user was named.
+    pub const fn is_none(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The hash (0 for none): what partitions and conditions compare.
+    pub const fn hash(self) -> u64 {
+        self.0
+    }
+}
+
 /// What a request is expected to cost, before it runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Cost {
@@ -341,6 +381,9 @@ pub struct Ask<'a> {
     pub model: ModelRef,
     /// What it is expected to cost.
     pub cost: Cost,
+    /// The end user it is made for, inside the tenant ([`EndUser::NONE`]
+    /// if it names none).
+    pub end_user: EndUser,
 }
 
 /// Reservation lease end for a request admitted at `now` under `policy`.
@@ -353,5 +396,7 @@ pub fn deadline(now: Instant, lease: Duration) -> Instant {
     Instant(now.0.saturating_add(duration_nanos(lease)))
 }
 
+#[cfg(test)]
+mod key_grants;
 #[cfg(test)]
 mod tests;

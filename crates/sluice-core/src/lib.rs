@@ -43,6 +43,7 @@
 //!     endpoint: policy.endpoint("chat").unwrap(),
 //!     model: policy.model_ref("small-model"),
 //!     cost: Cost::REQUEST,
+//!     end_user: EndUser::NONE,
 //! };
 //! let plan = policy.plan(&req, Instant::from_secs(1_000));
 //! // No counter has been charged yet: the request fits.
@@ -69,7 +70,8 @@ pub use counter::{ChargedAs, CounterState, Rule, Verdict};
 pub use event::{EventSink, RequestEvent, Step};
 pub use facts::NOT_BY_KEY;
 pub use facts::{
-    Ask, Cost, FactsError, KeyFacts, KeySpec, ModelRef, OverrideSpec, TenantFacts, TenantSpec,
+    Ask, Cost, EndUser, FactsError, KeyFacts, KeySpec, ModelRef, OverrideSpec, TenantFacts,
+    TenantSpec,
 };
 pub use metric::Metric;
 pub use money::{Billed, Money, Price};

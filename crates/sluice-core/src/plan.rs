@@ -184,12 +184,13 @@ impl Policy {
     }
 
     /// Plans what can be known of `req` before its body is read: the limits
-    /// that apply and the counters they charge whatever the model
-    /// ([`Limit::needs_model`](crate::Limit::needs_model) is false), at
-    /// `req.cost`. `req.model` is not looked at. Every charge of this plan is
-    /// also a charge of the full plan of the same request (same counter, same
-    /// rule), so a denial here is a denial there: the gateway refuses such a
-    /// request before it reads, parses or tokenizes anything.
+    /// that apply and the counters they charge whatever the model and the
+    /// end user ([`Limit::needs_body`](crate::Limit::needs_body) is false),
+    /// at `req.cost`. `req.model` and `req.end_user` are not looked at.
+    /// Every charge of this plan is also a charge of the full plan of the
+    /// same request (same counter, same rule), so a denial here is a denial
+    /// there: the gateway refuses such a request before it reads, parses or
+    /// tokenizes anything.
     pub fn plan_before_body(&self, req: &Ask<'_>, now: Instant) -> Plan {
         let lease_until = lease_end(self, now);
         let mut plan = Plan {
@@ -200,13 +201,17 @@ impl Policy {
             charges: SmallVec::new(),
             price: Price::ZERO,
         };
-        let req = Ask { model: crate::facts::ModelRef::NONE, ..*req };
+        let req = Ask {
+            model: crate::facts::ModelRef::NONE,
+            end_user: crate::facts::EndUser::NONE,
+            ..*req
+        };
         self.plan_charges(&req, &mut plan, true);
         plan
     }
 
     /// The charges of `plan` (for `plan.now`), appended; `model_free`: only
-    /// the limits that do not need the model.
+    /// the limits that do not need the body (its model or end user).
     fn plan_charges(&self, req: &Ask<'_>, plan: &mut Plan, model_free: bool) {
         let tenant = req.tenant;
         let now = plan.now;
@@ -237,7 +242,7 @@ impl Policy {
         let mut group_memo: Option<(&[Part], GroupKey)> = None;
         for &(id, always) in &candidates.limits {
             let limit = &self.limits[id.index()];
-            if model_free && limit.needs_model {
+            if model_free && limit.needs_body {
                 continue;
             }
             if !(always
@@ -373,12 +378,15 @@ impl Policy {
                 .key
                 .and_then(|k| k.labels.iter().find(|(key, _, _)| key == l))
                 .map_or(0, |&(_, _, h)| h),
+            // No end user: 0, one partition for all such requests.
+            Part::User => req.end_user.hash(),
         };
         let tag = match part {
             Part::Model => 1,
             Part::Endpoint => 2,
             Part::ModelClass => 3,
             Part::Key => 4,
+            Part::User => 5,
             // The label's name, hashed: stable across policy reloads.
             Part::KeyLabel(_, name) => *name,
         };
@@ -405,6 +413,7 @@ impl Policy {
                 .id
                 .and_then(|m| self.models[m.index()].class)
                 .is_some_and(|c| v.contains(&c)),
+            Clause::User(v) => v.contains(&req.end_user.hash()),
         })
     }
 }

@@ -121,6 +121,8 @@ pub struct Policy {
     pub(crate) default_price: Price,
     /// The currency `cost` limits count in (micro-units of it).
     pub(crate) currency: Arc<str>,
+    /// Whether a limit or an exemption looks at the end user.
+    pub(crate) end_users: bool,
 }
 
 impl Policy {
@@ -254,6 +256,13 @@ impl Policy {
         } else {
             amount.to_string()
         }
+    }
+
+    /// Whether any limit or exemption splits by or tests the end user
+    /// ([`Fact::User`]): a caller need not work out a request's end user
+    /// otherwise.
+    pub fn looks_at_end_users(&self) -> bool {
+        self.end_users
     }
 }
 

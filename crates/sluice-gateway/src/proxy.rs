@@ -260,6 +260,7 @@ pub(crate) async fn proxy<'r, S: CounterStore + Clone + Unpin>(
             endpoint: endpoint.id,
             model: sluice_core::ModelRef::NONE,
             cost: Cost::tokens(1, 0),
+            end_user: sluice_core::EndUser::NONE,
         };
         let plan = rt.policy.plan_before_body(&head, now);
         if let Some(refused) =
@@ -278,6 +279,20 @@ pub(crate) async fn proxy<'r, S: CounterStore + Clone + Unpin>(
     let facts = match sluice_llm::request::parse(kind, &body) {
         Ok(f) => f,
         Err(e) => return error_response(&ApiError::from(&e)),
+    };
+    // The end user inside the tenant: a hash of the header's value or the
+    // body's `user`, never kept, logged or made a metric label.
+    let end_users = &rt.settings.end_users;
+    let named = match &end_users.header {
+        Some(h) => parts.headers.get(h.as_str()).map(HeaderValue::as_bytes),
+        None => facts.user.as_deref().map(str::as_bytes),
+    };
+    let end_user = match end_users.end_user(named) {
+        Ok(u) => u,
+        Err(e) => {
+            let message = e.message(&end_users.source());
+            return error_response(&ApiError::bad_request(message, Some("user".into())));
+        }
     };
     let model = rt.policy.model_ref(&facts.model);
     let route = match model.id.and_then(|m| rt.routes.get(&m)) {
@@ -307,6 +322,7 @@ pub(crate) async fn proxy<'r, S: CounterStore + Clone + Unpin>(
         endpoint: endpoint.id,
         model,
         cost: Cost::tokens(1, output),
+        end_user,
     };
     let mut now = gw.clock.now();
     let mut plan = rt.policy.plan(&request, now);
@@ -314,7 +330,7 @@ pub(crate) async fn proxy<'r, S: CounterStore + Clone + Unpin>(
     // (its own requests per minute or day)? Then not a token is counted.
     if facts.text_bytes() > EXPENSIVE_BODY_BYTES
         && tenant.recently_refused(now)
-        && plan.charges.iter().any(|c| rt.policy.limit(c.limit).is_some_and(|l| l.needs_model()))
+        && plan.charges.iter().any(|c| rt.policy.limit(c.limit).is_some_and(|l| l.needs_body()))
         && let Some(refused) = refuse_early(
             gw,
             rt,

@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use http::StatusCode;
 use serde::Serialize;
 use sluice_core::{
-    Decision, Instant, Limit, LimitStatus, Metric, Outcome, Policy, describe_period,
+    Decision, Fact, Instant, Limit, LimitStatus, Metric, Outcome, Policy, describe_period,
 };
 
 use crate::duration::{ceil_millis, go_duration};
@@ -272,6 +272,12 @@ pub fn limit_phrase(limit: &Limit) -> String {
     }
 }
 
+/// ` per end user` for a limit split by end user (the message names the
+/// end user's own budget, never the end user).
+fn per_end_user(limit: &Limit) -> &'static str {
+    if limit.by.contains(&Fact::User) { " per end user" } else { "" }
+}
+
 fn limited_message(
     policy: &Policy,
     s: &LimitStatus,
@@ -297,9 +303,10 @@ fn limited_message(
         } else {
             write!(
                 m,
-                "{reached} reached in organization {tenant} on {} ({}): Limit {}, Used {}. Please try again in {wait}.",
+                "{reached} reached in organization {tenant} on {} ({}){}: Limit {}, Used {}. Please try again in {wait}.",
                 limit_phrase(limit),
                 limit.shorthand(),
+                per_end_user(limit),
                 amount(s.amount),
                 amount(s.used)
             )
@@ -309,15 +316,18 @@ fn limited_message(
     let _ = if limit.metric == Metric::Concurrent {
         write!(
             m,
-            "Too many concurrent requests for {model} in organization {tenant}: Limit {}, In flight {}. Please try again in {wait}.",
-            s.amount, s.used
+            "Too many concurrent requests{} for {model} in organization {tenant}: Limit {}, In flight {}. Please try again in {wait}.",
+            per_end_user(limit),
+            s.amount,
+            s.used
         )
     } else {
         write!(
             m,
-            "{reached} reached for {model} in organization {tenant} on {} ({}): Limit {}, Used {}, Requested {}. Please try again in {wait}.",
+            "{reached} reached for {model} in organization {tenant} on {} ({}){}: Limit {}, Used {}, Requested {}. Please try again in {wait}.",
             limit_phrase(limit),
             limit.shorthand(),
+            per_end_user(limit),
             amount(s.amount),
             amount(s.used),
             amount(s.requested)
@@ -342,8 +352,9 @@ fn too_large_message(
     let shorthand = limit.shorthand();
     let short = if shorthand == "concurrent" { String::new() } else { format!(" ({shorthand})") };
     format!(
-        "Request too large for {model} in organization {tenant} on {}{short}: Limit {}, Requested {}. {advice}",
+        "Request too large for {model} in organization {tenant} on {}{short}{}: Limit {}, Requested {}. {advice}",
         limit_phrase(limit),
+        per_end_user(limit),
         policy.format_amount(s.metric, s.amount),
         policy.format_amount(s.metric, s.requested)
     )

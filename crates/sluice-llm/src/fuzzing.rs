@@ -17,7 +17,7 @@ use crate::{Encoding, EndpointKind, Estimator, SseUsageTap, expected_output};
 
 /// `request`: the request parser (chat, completions, embeddings, other):
 /// any bytes give facts or an error, never a panic; facts are consistent (a
-/// model, the same estimate borrowed or owned). The first byte picks the
+/// model, the same estimate and end user borrowed or owned). The first byte picks the
 /// endpoint.
 pub fn request(data: &[u8]) {
     let Some((&k, body)) = data.split_first() else { return };
@@ -36,8 +36,10 @@ pub fn request(data: &[u8]) {
     assert!(capped <= bytes.max(capped));
     let _ = expected_output(&facts, 1_024, 32_768);
     let text = facts.text_bytes();
+    let user = facts.user.as_deref().map(str::to_owned);
     let owned = facts.into_owned();
     assert_eq!(owned.text_bytes(), text);
+    assert_eq!(owned.user.as_deref(), user.as_deref(), "the end user, owned");
     assert_eq!(e.input_tokens(&owned, Encoding::DEFAULT_BYTES), bytes);
 }
 

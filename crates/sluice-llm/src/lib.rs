@@ -5,7 +5,8 @@
 //! runtime, so every rule here is unit-tested without a server:
 //!
 //! - [`request`]: the facts admission needs from a request body (model,
-//!   output asked for, streaming, the text to count), with OpenAI-style 400s.
+//!   end user, output asked for, streaming, the text to count), with
+//!   OpenAI-style 400s.
 //! - [`tokens`]: token estimates (`o200k_base`/`cl100k_base`, else bytes) and the
 //!   expected output to reserve.
 //! - [`rewrite`]: the upstream body of a stream, with

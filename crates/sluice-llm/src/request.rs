@@ -1,13 +1,14 @@
 //! Request facts: what admission needs to know about an OpenAI-style request
 //! body, and nothing more.
 //!
-//! Admission needs the model, the output the client may ask for
-//! (`max_completion_tokens`, `max_tokens`, `n`), whether it streams, and the
-//! text whose tokens it will be charged for. Everything else in the body is
-//! left alone: it is forwarded byte for byte, so there is no typed model of
-//! every OpenAI field here, and fields this module does not know are neither
-//! validated nor dropped. The fields it does read are type-checked, and a
-//! wrong type is reported as an OpenAI-style 400 naming the field (`param`).
+//! Admission needs the model, the end user (`user`), the output the client
+//! may ask for (`max_completion_tokens`, `max_tokens`, `n`), whether it
+//! streams, and the text whose tokens it will be charged for. Everything
+//! else in the body is left alone: it is forwarded byte for byte, so there
+//! is no typed model of every OpenAI field here, and fields this module
+//! does not know are neither validated nor dropped. The fields it does read
+//! are type-checked, and a wrong type is reported as an OpenAI-style 400
+//! naming the field (`param`).
 //!
 //! Strings are borrowed from the body where JSON allows it (no escapes), so
 //! parsing a large prompt does not copy it.
@@ -84,6 +85,8 @@ pub struct RequestFacts<'a> {
     pub kind: EndpointKind,
     /// The model asked for (never empty).
     pub model: Cow<'a, str>,
+    /// The end user the request is made for (OpenAI's `user`), if given.
+    pub user: Option<Cow<'a, str>>,
     /// `max_tokens`, if given.
     pub max_tokens: Option<u64>,
     /// `max_completion_tokens` (or `max_output_tokens` on other endpoints), if
@@ -126,6 +129,7 @@ impl RequestFacts<'_> {
         RequestFacts {
             kind: self.kind,
             model: Cow::Owned(self.model.into_owned()),
+            user: self.user.map(|u| Cow::Owned(u.into_owned())),
             max_tokens: self.max_tokens,
             max_completion_tokens: self.max_completion_tokens,
             n: self.n,

@@ -64,6 +64,7 @@ impl Store {
             endpoint: policy.endpoint("chat").unwrap(),
             model: policy.model_ref("gpt-4o"),
             cost,
+            end_user: sluice_core::EndUser::NONE,
         };
         let plan = policy.plan(&req, now);
         let states: Vec<Option<CounterState>> =

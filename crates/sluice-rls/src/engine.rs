@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use sluice_core::{
-    Cost, CounterStore, Decision, EndpointId, Fact, Instant, ModelId, ModelRef, Outcome,
+    Cost, CounterStore, Decision, EndUser, EndpointId, Fact, Instant, ModelId, ModelRef, Outcome,
     RequestEvent, Step,
 };
 use sluice_llm::error::ApiError;
@@ -33,6 +33,9 @@ pub struct Query<'a> {
     pub endpoint: Option<&'a str>,
     /// What the request is expected to cost (requests always count one).
     pub cost: Cost,
+    /// The end user inside the tenant (OpenAI's `user`), if any: hashed,
+    /// never kept.
+    pub user: Option<&'a str>,
 }
 
 /// Why a decision could not be made. None of these charges anything.
@@ -100,6 +103,10 @@ pub enum DecisionError {
     /// A cost above `decisions.max_cost`, negative, or not a whole number.
     #[error("{0}")]
     BadCost(String),
+    /// No end user and the policy requires one (`end_users.required`), or
+    /// one longer than `end_users.max_length` (never echoed).
+    #[error("{}", .0.message("`user`"))]
+    EndUser(sluice_config::end_users::EndUserError),
     /// Malformed input (the JSON API).
     #[error("{message}")]
     Malformed {
@@ -131,6 +138,7 @@ impl DecisionError {
                 ApiError::bad_request(message, Some("tenant".into()))
             }
             Self::UnknownEndpoint { .. } => ApiError::bad_request(message, Some("endpoint".into())),
+            Self::EndUser(_) => ApiError::bad_request(message, Some("user".into())),
             Self::Conflict { .. } | Self::BadCost(_) => ApiError::bad_request(message, None),
             Self::Malformed { param, .. } => {
                 ApiError::bad_request(message, param.map(str::to_owned))
@@ -152,6 +160,7 @@ impl DecisionError {
                 | Self::NoModel { .. }
                 | Self::UnknownModel(_)
                 | Self::UnknownEndpoint { .. }
+                | Self::EndUser(_)
         )
     }
 
@@ -186,6 +195,8 @@ pub(crate) mod needs {
     pub const ENDPOINT: u8 = 2;
     /// The API key (or a key label).
     pub const KEY: u8 = 4;
+    /// The end user.
+    pub const USER: u8 = 8;
 }
 
 /// What is derived once per runtime: what each limit looks at.
@@ -204,6 +215,7 @@ impl RuntimeIndex {
                     Fact::Model | Fact::ModelClass => needs::MODEL,
                     Fact::Endpoint => needs::ENDPOINT,
                     Fact::Key | Fact::KeyLabel(_) => needs::KEY,
+                    Fact::User => needs::USER,
                     _ => 0,
                 }
             });
@@ -334,6 +346,7 @@ pub(crate) struct Resolved<'r> {
     pub(crate) model: ModelRef,
     pub(crate) endpoint: EndpointId,
     pub(crate) subject: String,
+    pub(crate) end_user: EndUser,
 }
 
 pub(crate) fn resolve<'r>(
@@ -402,7 +415,12 @@ pub(crate) fn resolve<'r>(
             rt.policy.endpoint_info(endpoint).map_or_else(String::new, |e| e.name.to_string()),
         ),
     };
-    Ok(Resolved { tenant, key, model, endpoint, subject })
+    let end_user = rt
+        .settings
+        .end_users
+        .end_user(q.user.map(str::as_bytes))
+        .map_err(DecisionError::EndUser)?;
+    Ok(Resolved { tenant, key, model, endpoint, subject, end_user })
 }
 
 /// `Bearer <secret>` or the secret itself.
@@ -444,6 +462,7 @@ pub(crate) async fn admit<S: CounterStore>(
             endpoint: r.endpoint,
             model: r.model,
             cost,
+            end_user: r.end_user,
         },
         now,
     );

@@ -5,7 +5,7 @@
 //! `[decisions.descriptors]` gives a fact: the tenant id, an API key (the
 //! secret, or `Bearer <secret>` as Envoy copies it from `authorization`;
 //! looked up by its hash), the model, the endpoint (a name, or a request
-//! path such as `:path`). Other entries (`generic_key`, `remote_address`, …)
+//! path such as `:path`), the end user inside the tenant. Other entries (`generic_key`, `remote_address`, …)
 //! are ignored. The facts of all descriptors are united: two descriptors
 //! that name different tenants (or keys, models, endpoints) are refused,
 //! because one call decides one request.
@@ -25,7 +25,8 @@
 //! **`DescriptorStatus`, one per descriptor.** A limit is *relevant* to a
 //! descriptor when the descriptor carries every request fact the limit is
 //! split by or conditioned on (model or model class: the model entry;
-//! endpoint: the endpoint entry; key or key label: the API key entry);
+//! endpoint: the endpoint entry; key or key label: the API key entry; end
+//! user: the user entry);
 //! tenant-wide limits are relevant to every descriptor. Shadow limits are
 //! never shown. A descriptor is `OVER_LIMIT` when a relevant limit had no
 //! room, and then shows the limit that denied the request if it is relevant,
@@ -194,6 +195,7 @@ struct Facts<'a> {
     api_key: Option<&'a str>,
     model: Option<&'a str>,
     endpoint: Option<&'a str>,
+    user: Option<&'a str>,
     carried: Vec<Carried>,
     hits: u64,
 }
@@ -203,9 +205,14 @@ fn unite<'a>(
     value: &'a str,
     what: &'static str,
 ) -> Result<(), DecisionError> {
-    // API keys are secrets: never echoed.
-    let shown =
-        |s: &str| if what == "API key" { "(hidden)".to_owned() } else { crate::engine::echo(s) };
+    // API keys are secrets, end users personal data: never echoed.
+    let shown = |s: &str| {
+        if matches!(what, "API key" | "end user") {
+            "(hidden)".to_owned()
+        } else {
+            crate::engine::echo(s)
+        }
+    };
     match *slot {
         Some(v) if v != value => {
             Err(DecisionError::Conflict { what, first: shown(v), second: shown(value) })
@@ -243,6 +250,9 @@ fn facts<'a>(
             } else if k == keys.endpoint {
                 unite(&mut f.endpoint, &e.value, "endpoint")?;
                 carried |= needs::ENDPOINT;
+            } else if k == keys.user {
+                unite(&mut f.user, &e.value, "end user")?;
+                carried |= needs::USER;
             }
         }
         if let Some(h) = &d.hits_addend {
@@ -285,6 +295,7 @@ impl<S: CounterStore + Clone + Unpin> DecisionService<S> {
             model: f.model,
             endpoint: f.endpoint,
             cost,
+            user: f.user,
         };
         let answer = self.check(&req.domain, &q, Api::Grpc).await?;
         if let Some(id) = answer.decision.reservation() {

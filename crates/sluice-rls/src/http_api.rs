@@ -10,7 +10,10 @@
 //!
 //! Facts: `tenant` (an id) and/or `api_key` (a client's key, looked up by
 //! hash), `model`, `endpoint` (a name or a path; the configured default when
-//! absent), `domain` (the first configured domain when absent). Cost: the
+//! absent), `user` (the end user inside the tenant, OpenAI's `user`: limits
+//! split by it or conditioned on it; `[end_users]` says whether it is
+//! required and how long it may be), `domain` (the first configured domain
+//! when absent). Cost: the
 //! estimated `input_tokens` and `output_tokens` (whole numbers, default 0);
 //! the request itself always counts one. The answer is 200 whether the
 //! request is admitted or not:
@@ -158,6 +161,7 @@ async fn check_call<S: CounterStore + Clone + Unpin>(
                 model: string(&obj, "model")?,
                 endpoint: string(&obj, "endpoint")?,
                 cost: Cost::tokens(count(&obj, "input_tokens")?, count(&obj, "output_tokens")?),
+                user: string(&obj, "user")?,
             },
         ))
     })();
@@ -243,7 +247,7 @@ fn reservation_id(obj: &Map<String, Value>) -> Result<ReservationId, DecisionErr
 }
 
 const CHECK_FIELDS: &[&str] =
-    &["domain", "tenant", "api_key", "model", "endpoint", "input_tokens", "output_tokens"];
+    &["domain", "tenant", "api_key", "model", "endpoint", "user", "input_tokens", "output_tokens"];
 const SETTLE_FIELDS: &[&str] = &[
     "reservation_id",
     "input_tokens",

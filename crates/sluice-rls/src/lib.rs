@@ -10,9 +10,9 @@
 //! - **Envoy RLS v3** ([`serve_grpc`]): `envoy.service.ratelimit.v3.
 //!   RateLimitService/ShouldRateLimit`. The domain must be one of
 //!   `decisions.domains`; descriptor entries carry request facts (tenant id,
-//!   API key, model, endpoint: `[decisions.descriptors]`); `hits_addend` is
-//!   the token cost. One call is **one** all-or-nothing admission over the
-//!   union of its descriptors' facts. The response has one
+//!   API key, model, endpoint, end user: `[decisions.descriptors]`);
+//!   `hits_addend` is the token cost. One call is **one** all-or-nothing
+//!   admission over the union of its descriptors' facts. The response has one
 //!   `DescriptorStatus` per descriptor (the rule is in [`grpc`]), the wire
 //!   contract's `x-ratelimit-*` headers in `response_headers_to_add`, and on
 //!   a denial `OVER_LIMIT`, `retry-after` and the OpenAI-shaped 429 body

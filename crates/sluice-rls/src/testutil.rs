@@ -84,6 +84,25 @@ token_env = "SLUICE_TEST_DECISIONS_TOKEN"
     )
 }
 
+/// [`policy`] with each end user's own 2 requests a minute, and the
+/// `[end_users]` settings `end_users` (TOML lines).
+pub(crate) fn policy_with_end_users(end_users: &str) -> String {
+    format!(
+        r#"{}
+[[tiers.free.limits]]
+name = "end-user-rpm"
+metric = "requests"
+amount = 2
+window = "1m"
+by = ["user"]
+
+[end_users]
+{end_users}
+"#,
+        policy()
+    )
+}
+
 pub(crate) struct Harness<S> {
     pub(crate) svc: Arc<crate::DecisionService<S>>,
     pub(crate) clock: FakeClock,

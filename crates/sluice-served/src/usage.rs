@@ -30,8 +30,9 @@ pub struct Found {
 }
 
 /// Every counter the requests of tenant `index` can touch: each model its
-/// tier may use, on each endpoint, with each of its keys (and without).
-/// Returns the tenant's hash too.
+/// tier may use, on each endpoint, with each of its keys (and without),
+/// for requests that name no end user (end users are never kept, so their
+/// own counters cannot be listed). Returns the tenant's hash too.
 pub fn counters_of(rt: &Runtime, index: usize, now: Instant) -> Option<(u64, Vec<Found>)> {
     let tenant = rt.tenants.get(index)?;
     let policy = &rt.policy;
@@ -57,6 +58,7 @@ pub fn counters_of(rt: &Runtime, index: usize, now: Instant) -> Option<(u64, Vec
                     endpoint,
                     model: *model,
                     cost: Cost::REQUEST,
+                    end_user: sluice_core::EndUser::NONE,
                 };
                 for c in policy.plan(&req, now).charges {
                     if seen.insert(c.key) {
@@ -124,6 +126,11 @@ pub fn row_json(rt: &Runtime, row: &LimitRow) -> Option<Value> {
             }
             Fact::Endpoint => {
                 partition.insert("endpoint".into(), json!(&*f.endpoint));
+            }
+            // End users are never kept: the counter shown is that of the
+            // requests that name none, the end user "".
+            Fact::User => {
+                partition.insert("user".into(), json!(""));
             }
             _ => {
                 partition.insert(fact.to_string(), json!(f.key_id));

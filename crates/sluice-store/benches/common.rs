@@ -84,6 +84,7 @@ by = ["model"]
             endpoint: self.chat,
             model: self.models[(i / self.tenants.len() + i) % self.models.len()],
             cost: Cost::tokens(200, 300),
+            end_user: sluice_core::EndUser::NONE,
         }
     }
 }

@@ -72,7 +72,9 @@ pub use service::{OnStoreError, ResponseFuture, Sluice, SluiceLayer};
 
 pub use sluice_config;
 pub use sluice_core;
-pub use sluice_core::{Cost, CounterStore, EndpointId, KeyFacts, ModelRef, TenantFacts, Usage};
+pub use sluice_core::{
+    Cost, CounterStore, EndUser, EndpointId, KeyFacts, ModelRef, TenantFacts, Usage,
+};
 pub use sluice_llm::error::ApiError;
 pub use sluice_llm::headers::HeaderOptions;
 pub use sluice_store;
@@ -95,12 +97,22 @@ pub struct Admission {
     /// The tokens to reserve (input and output), settled when the request
     /// ends. [`Cost::REQUEST`]: none (request limits only).
     pub cost: Cost,
+    /// The end user inside the tenant ([`EndUser::of`] of OpenAI's `user`,
+    /// or of a header); [`EndUser::NONE`] for none.
+    pub end_user: EndUser,
 }
 
 impl Admission {
     /// `tenant` calling `endpoint`, with no model and no token cost.
     pub fn new(tenant: Arc<TenantFacts>, endpoint: EndpointId) -> Self {
-        Self { tenant, key: None, endpoint, model: ModelRef::NONE, cost: Cost::REQUEST }
+        Self {
+            tenant,
+            key: None,
+            endpoint,
+            model: ModelRef::NONE,
+            cost: Cost::REQUEST,
+            end_user: EndUser::NONE,
+        }
     }
 
     /// The same, for `model`.
@@ -121,6 +133,12 @@ impl Admission {
         self
     }
 
+    /// The same, for end user `end_user`.
+    pub fn end_user(mut self, end_user: EndUser) -> Self {
+        self.end_user = end_user;
+        self
+    }
+
     fn request(&self) -> sluice_core::Ask<'_> {
         sluice_core::Ask {
             tenant: &self.tenant,
@@ -128,6 +146,7 @@ impl Admission {
             endpoint: self.endpoint,
             model: self.model,
             cost: self.cost,
+            end_user: self.end_user,
         }
     }
 }

@@ -393,3 +393,38 @@ overrides = { "key-rpm" = 2000, "key-budget" = { amount = 12.5, until = "2026-12
         "{line}"
     );
 }
+
+/// The end-user example of docs/CONFIG.md (the first TOML block of its
+/// "End users" section), checked by the binary: it loads, and the report
+/// says where end users come from, what happens without one, and which
+/// limits are each end user's own.
+#[test]
+fn the_end_user_example_of_the_config_reference_checks() {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/CONFIG.md"))
+            .unwrap();
+    let section = doc.split("### End users: `[end_users]`").nth(1).expect("the End users section");
+    let example = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .expect("a TOML block in the End users section");
+    let file = TempFile::new("end-users.toml", example);
+    let out = check_config(&file.0);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{stderr}");
+    assert!(
+        stdout.contains(
+            "  end users: from the `x-end-user` header; requests that name none share one budget per tenant; at most 256 bytes\n"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("20 requests per minute (rolling), per end user, unless user = batch-jobs"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("per end user, when user in [trial-1, trial-2]  [trial-users-tpd]"),
+        "{stdout}"
+    );
+}

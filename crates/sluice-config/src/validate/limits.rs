@@ -12,7 +12,7 @@ use toml::Spanned;
 use super::{Names, Validator, list, name_span, span};
 use crate::raw::{RawCondition, RawLimit, RawTier, RawUnless};
 
-const FACTS_ALLOWED: &str = "tier, environment, group, tenant, tenant.<label>, key, key.<label>, endpoint, model, model_class";
+const FACTS_ALLOWED: &str = "tier, environment, group, tenant, tenant.<label>, key, key.<label>, endpoint, model, model_class, user";
 const CELLS_ALLOWED: &str = "rps, rpm, rph, rpd, rpw, rpmo (requests), tps, tpm, tph, tpd, tpw, tpmo (tokens), itpm, itpd, … (input tokens), otpm, otpd, … (output tokens), concurrent";
 
 /// `rpm` -> (requests, 1m); `concurrent` -> (concurrent, none).
@@ -216,8 +216,8 @@ impl Validator<'_> {
         for f in &r.by {
             match Fact::parse(f.get_ref()) {
                 Some(fact) if fact.can_partition() => by.push(fact),
-                Some(fact) => self.err(span(f), &format!("{field}.by"), format!("`{fact}` is the same for every request of a tenant and cannot split its counter; use model, endpoint, model_class, key or key.<label>")),
-                None => self.err(span(f), &format!("{field}.by"), format!("`{}` is not a fact; use model, endpoint, model_class, key or key.<label>", f.get_ref())),
+                Some(fact) => self.err(span(f), &format!("{field}.by"), format!("`{fact}` is the same for every request of a tenant and cannot split its counter; use model, endpoint, model_class, key, key.<label> or user")),
+                None => self.err(span(f), &format!("{field}.by"), format!("`{}` is not a fact; use model, endpoint, model_class, key, key.<label> or user", f.get_ref())),
             }
         }
         if by.len() > sluice_core::MAX_PARTITION_FACTS {

@@ -106,6 +106,8 @@ pub(crate) enum Clause {
     Endpoint(SmallVec<[EndpointId; 4]>),
     Model(SmallVec<[ModelId; 4]>),
     ModelClass(SmallVec<[Sym; 4]>),
+    /// End users, as hashes ([`crate::facts::EndUser`]): never interned.
+    User(SmallVec<[u64; 4]>),
 }
 
 /// A compiled conjunction of clauses.
@@ -120,6 +122,7 @@ pub(crate) enum Part {
     Endpoint,
     Model,
     ModelClass,
+    User,
 }
 
 /// A compiled limit.
@@ -158,19 +161,23 @@ pub struct Limit {
     pub(crate) when: Condition,
     pub(crate) unless: SmallVec<[Condition; 1]>,
     pub(crate) parts: SmallVec<[Part; 2]>,
-    /// Whether the model decides if this limit applies or which counter it
-    /// charges (its `by`, `when` or `unless` name the model or its class, or
-    /// an exemption that covers it does): such a limit cannot be checked
-    /// before a request's body is read.
-    pub(crate) needs_model: bool,
+    /// Whether what a request's body says (its model or its end user)
+    /// decides if this limit applies or which counter it charges (its `by`,
+    /// `when` or `unless` name the model, its class or the end user, or an
+    /// exemption that covers it does): such a limit cannot be checked
+    /// before the body is read.
+    pub(crate) needs_body: bool,
 }
 
 impl Limit {
-    /// Whether the model decides if this limit applies or which counter it
-    /// charges. Limits that do not can be checked from a request's head
-    /// alone ([`Policy::plan_before_body`](super::Policy::plan_before_body)).
-    pub fn needs_model(&self) -> bool {
-        self.needs_model
+    /// Whether the request's body (its model, or its end user) decides if
+    /// this limit applies or which counter it charges. Limits that do not
+    /// can be checked from a request's head alone
+    /// ([`Policy::plan_before_body`](super::Policy::plan_before_body)). (An
+    /// end user read from a header is known before the body, but is treated
+    /// the same: one rule.)
+    pub fn needs_body(&self) -> bool {
+        self.needs_body
     }
 
     /// A short human description: `requests per minute`, `tokens per day`.

@@ -30,12 +30,15 @@ pub enum Fact {
     Model,
     /// The model's class (production, preview, …).
     ModelClass,
+    /// The end user inside the tenant (OpenAI's `user` field, or a header
+    /// the operator names); requests that name none are the end user `""`.
+    User,
 }
 
 impl Fact {
     /// Parses the spelling used in policy files: `tier`, `environment`,
     /// `group`, `tenant`, `tenant.<label>`, `key`, `key.<label>`, `endpoint`,
-    /// `model`, `model_class`.
+    /// `model`, `model_class`, `user` (or `end_user`).
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "tenant" => Self::Tenant,
@@ -46,6 +49,7 @@ impl Fact {
             "endpoint" => Self::Endpoint,
             "model" => Self::Model,
             "model_class" | "class" => Self::ModelClass,
+            "user" | "end_user" => Self::User,
             _ => {
                 if let Some(l) = s.strip_prefix("tenant.").filter(|l| !l.is_empty()) {
                     Self::TenantLabel(l.to_owned())
@@ -63,7 +67,12 @@ impl Fact {
     pub const fn can_partition(&self) -> bool {
         matches!(
             self,
-            Self::Key | Self::KeyLabel(_) | Self::Endpoint | Self::Model | Self::ModelClass
+            Self::Key
+                | Self::KeyLabel(_)
+                | Self::Endpoint
+                | Self::Model
+                | Self::ModelClass
+                | Self::User
         )
     }
 }
@@ -81,6 +90,7 @@ impl fmt::Display for Fact {
             Self::Endpoint => f.write_str("endpoint"),
             Self::Model => f.write_str("model"),
             Self::ModelClass => f.write_str("model_class"),
+            Self::User => f.write_str("user"),
         }
     }
 }
@@ -183,10 +193,10 @@ pub struct TierSpec {
 
 /// The derived counter identity of a limit: what it counts (metric, window,
 /// partition), which requests it counts (its `when` clauses on facts of the
-/// request: endpoint, model, model class, key), whether it is a shadow, and a
-/// group prefix for group limits. Facts of the tenant (tier, environment,
-/// groups, labels) are left out on purpose: a tenant that changes tier or
-/// environment keeps its counts. An explicit `counter` name replaces it all.
+/// request: endpoint, model, model class, key, end user), whether it is a
+/// shadow, and a group prefix for group limits. Facts of the tenant (tier,
+/// environment, groups, labels) are left out on purpose: a tenant that
+/// changes tier or environment keeps its counts. An explicit `counter` name replaces it all.
 pub fn counter_identity(spec: &LimitSpec) -> String {
     if let Some(c) = &spec.counter {
         return format!("named:{c}");
@@ -218,7 +228,12 @@ pub fn counter_identity(spec: &LimitSpec) -> String {
         .filter(|c| {
             matches!(
                 c.fact,
-                Fact::Endpoint | Fact::Model | Fact::ModelClass | Fact::Key | Fact::KeyLabel(_)
+                Fact::Endpoint
+                    | Fact::Model
+                    | Fact::ModelClass
+                    | Fact::Key
+                    | Fact::KeyLabel(_)
+                    | Fact::User
             )
         })
         .map(|c| {

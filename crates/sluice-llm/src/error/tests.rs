@@ -172,6 +172,38 @@ fn too_large_messages() {
     );
 }
 
+/// A limit of each end user's own: the message says so (never naming the
+/// end user).
+#[test]
+fn per_end_user_messages() {
+    let mut rpm = limit("end-user-rpm", Metric::Requests, 2, rolling("1m"));
+    rpm.by = vec![Fact::User];
+    let p = policy(vec![rpm], HeaderProfile::default());
+    let now = ten_am();
+    let mut store = Store::default();
+    for _ in 0..2 {
+        assert!(store.admit(&p, Cost::REQUEST, now).is_admitted());
+    }
+    let d = store.admit(&p, Cost::REQUEST, now);
+    let e = ApiError::rate_limited(&d, &p, "gpt-4o", "org-acme", now).unwrap();
+    assert_eq!(
+        e.message,
+        "Rate limit reached for gpt-4o in organization org-acme on requests per min (RPM) per end user: Limit 2, Used 2, Requested 1. Please try again in 30s."
+    );
+    let mut conc = limit("end-user-concurrent", Metric::Concurrent, 1, None);
+    conc.by = vec![Fact::User];
+    let p = policy(vec![conc], HeaderProfile::default());
+    let mut store = Store::default();
+    assert!(store.admit(&p, Cost::REQUEST, now).is_admitted());
+    let d = store.admit(&p, Cost::REQUEST, now);
+    let e = ApiError::rate_limited(&d, &p, "gpt-4o", "org-acme", now).unwrap();
+    assert!(
+        e.message.starts_with("Too many concurrent requests per end user for gpt-4o in organization org-acme: Limit 1, In flight 1."),
+        "{}",
+        e.message
+    );
+}
+
 #[test]
 fn concurrency_messages() {
     let p = policy(vec![limit("conc", Metric::Concurrent, 1, None)], HeaderProfile::default());

@@ -30,6 +30,9 @@ struct StreamOptions {
 pub(super) struct ChatBody<'a> {
     #[serde(borrow, default)]
     model: Option<Str<'a>>,
+    /// The end user (OpenAI's `user`).
+    #[serde(borrow, default)]
+    user: Option<Str<'a>>,
     #[serde(borrow, default)]
     messages: Option<Messages<'a>>,
     #[serde(default)]
@@ -297,6 +300,9 @@ impl<'de> Deserialize<'de> for TokenId {
 pub(super) struct CompletionsBody<'a> {
     #[serde(borrow, default)]
     model: Option<Str<'a>>,
+    /// The end user (OpenAI's `user`).
+    #[serde(borrow, default)]
+    user: Option<Str<'a>>,
     #[serde(borrow, default)]
     prompt: Option<Inputs<'a>>,
     #[serde(borrow, default)]
@@ -317,6 +323,9 @@ pub(super) struct CompletionsBody<'a> {
 pub(super) struct EmbeddingsBody<'a> {
     #[serde(borrow, default)]
     model: Option<Str<'a>>,
+    /// The end user (OpenAI's `user`).
+    #[serde(borrow, default)]
+    user: Option<Str<'a>>,
     #[serde(borrow, default)]
     input: Option<Inputs<'a>>,
 }
@@ -325,6 +334,9 @@ pub(super) struct EmbeddingsBody<'a> {
 pub(super) struct OtherBody<'a> {
     #[serde(borrow, default)]
     model: Option<Str<'a>>,
+    /// The end user (OpenAI's `user`).
+    #[serde(borrow, default)]
+    user: Option<Str<'a>>,
     #[serde(default)]
     max_tokens: Option<u64>,
     #[serde(default)]
@@ -362,10 +374,11 @@ fn stream_flags(stream: Option<bool>, opts: Option<&StreamOptions>) -> (bool, bo
     (stream.unwrap_or(false), include, continuous)
 }
 
-fn base<'a>(kind: EndpointKind, model: Cow<'a, str>) -> RequestFacts<'a> {
+fn base<'a>(kind: EndpointKind, model: Cow<'a, str>, user: Option<Str<'a>>) -> RequestFacts<'a> {
     RequestFacts {
         kind,
         model,
+        user: cow(user),
         max_tokens: None,
         max_completion_tokens: None,
         n: 1,
@@ -380,7 +393,7 @@ fn base<'a>(kind: EndpointKind, model: Cow<'a, str>) -> RequestFacts<'a> {
 }
 
 pub(super) fn chat(b: ChatBody<'_>) -> Result<RequestFacts<'_>, RequestError> {
-    let mut f = base(EndpointKind::ChatCompletions, model(cow(b.model))?);
+    let mut f = base(EndpointKind::ChatCompletions, model(cow(b.model))?, b.user);
     let messages = b.messages.ok_or(RequestError::MissingField { param: "messages" })?;
     f.max_tokens = b.max_tokens;
     f.max_completion_tokens = b.max_completion_tokens;
@@ -401,7 +414,7 @@ pub(super) fn chat(b: ChatBody<'_>) -> Result<RequestFacts<'_>, RequestError> {
 }
 
 pub(super) fn completions(b: CompletionsBody<'_>) -> Result<RequestFacts<'_>, RequestError> {
-    let mut f = base(EndpointKind::Completions, model(cow(b.model))?);
+    let mut f = base(EndpointKind::Completions, model(cow(b.model))?, b.user);
     f.max_tokens = b.max_tokens;
     f.n = at_least_one("n", b.n)?.unwrap_or(1);
     f.best_of = at_least_one("best_of", b.best_of)?;
@@ -416,7 +429,7 @@ pub(super) fn completions(b: CompletionsBody<'_>) -> Result<RequestFacts<'_>, Re
 }
 
 pub(super) fn embeddings(b: EmbeddingsBody<'_>) -> Result<RequestFacts<'_>, RequestError> {
-    let mut f = base(EndpointKind::Embeddings, model(cow(b.model))?);
+    let mut f = base(EndpointKind::Embeddings, model(cow(b.model))?, b.user);
     let input = b.input.ok_or(RequestError::MissingField { param: "input" })?;
     f.texts = input.texts;
     f.fixed_tokens = input.tokens;
@@ -427,7 +440,7 @@ pub(super) fn other<'a>(
     b: OtherBody<'a>,
     body: &'a [u8],
 ) -> Result<RequestFacts<'a>, RequestError> {
-    let mut f = base(EndpointKind::Other, model(cow(b.model))?);
+    let mut f = base(EndpointKind::Other, model(cow(b.model))?, b.user);
     f.max_tokens = b.max_tokens;
     f.max_completion_tokens = b.max_completion_tokens.or(b.max_output_tokens);
     f.n = at_least_one("n", b.n)?.unwrap_or(1);

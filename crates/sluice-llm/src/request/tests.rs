@@ -268,3 +268,35 @@ fn unknown_fields_of_other_kinds_are_not_validated() {
     );
     assert!(!f.continuous_usage && !f.include_usage);
 }
+
+#[test]
+fn the_end_user_is_read_on_every_endpoint() {
+    let bodies = [
+        (EndpointKind::ChatCompletions, r#"{"model":"m","messages":[],"user":"alice"}"#),
+        (EndpointKind::Completions, r#"{"model":"m","prompt":"x","user":"alice"}"#),
+        (EndpointKind::Embeddings, r#"{"model":"m","input":"x","user":"alice"}"#),
+        (EndpointKind::Other, r#"{"model":"m","input":"x","user":"alice"}"#),
+    ];
+    for (kind, body) in bodies {
+        let f = parse(kind, body.as_bytes()).unwrap();
+        assert_eq!(f.user.as_deref(), Some("alice"), "{kind:?}");
+        // Borrowed from the body, not copied.
+        assert!(matches!(f.user, Some(Cow::Borrowed(_))), "{kind:?}");
+        assert_eq!(f.clone().into_owned().user.as_deref(), Some("alice"));
+        // Absent or null: none.
+        let without = body.replace(r#","user":"alice""#, "");
+        assert_eq!(parse(kind, without.as_bytes()).unwrap().user, None, "{kind:?}");
+        let null = body.replace(r#""alice""#, "null");
+        assert_eq!(parse(kind, null.as_bytes()).unwrap().user, None, "{kind:?}");
+        // Not a string: a 400 naming `user`.
+        let e = err(kind, &body.replace(r#""alice""#, r#"{"id":7}"#));
+        assert_eq!(e.param(), Some("user"), "{kind:?}");
+        assert!(e.to_string().starts_with("Invalid type for 'user': invalid type: map"), "{e}");
+    }
+    let f = chat_facts(r#"{"model":"m","messages":[],"user":"al\u00efce"}"#);
+    assert_eq!(f.user.as_deref(), Some("alïce"));
+    assert_eq!(
+        err(EndpointKind::ChatCompletions, r#"{"model":"m","messages":[],"user":7}"#).param(),
+        Some("user")
+    );
+}

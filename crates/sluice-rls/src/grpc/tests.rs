@@ -419,3 +419,43 @@ async fn over_grpc_callers_authenticate_and_unmappable_requests_are_denied() {
     drop(client);
     tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap().unwrap();
 }
+
+/// The `user` descriptor entry names the end user: its limits are relevant
+/// to the descriptors that carry it, each end user has its own budget, and
+/// two descriptors naming different end users are refused without echoing
+/// either.
+#[tokio::test]
+async fn the_user_entry_names_the_end_user() {
+    let h = harness_with(&policy_with_end_users(""), None);
+    let d = |user: &'static str| {
+        vec![desc(&[("tenant", "acme"), ("model", "n")]), desc(&[("user", user)])]
+    };
+    for left in [1, 0] {
+        let r = call(&h, req("sluice", d("alice"), 1)).await;
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        assert_eq!(limit_name(&r.statuses[1]), "end-user-rpm");
+        assert_eq!(r.statuses[1].limit_remaining, left);
+        // The descriptor without the end user does not show its limit.
+        assert_ne!(limit_name(&r.statuses[0]), "end-user-rpm");
+    }
+    let r = call(&h, req("sluice", d("alice"), 1)).await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    assert_eq!(r.statuses[0].code, Code::Ok as i32);
+    assert_eq!(r.statuses[1].code, Code::OverLimit as i32);
+    let body = String::from_utf8(r.raw_body).unwrap();
+    assert!(body.contains("per end user") && !body.contains("alice"), "{body}");
+    assert_eq!(call(&h, req("sluice", d("bob"), 1)).await.overall_code, Code::Ok as i32);
+    let e = refused(
+        &h,
+        req(
+            "sluice",
+            vec![
+                desc(&[("tenant", "acme"), ("model", "n"), ("user", "alice")]),
+                desc(&[("user", "bob")]),
+            ],
+            1,
+        ),
+    )
+    .await;
+    assert!(e.contains("disagree on the end user") && !e.contains("alice"), "{e}");
+}

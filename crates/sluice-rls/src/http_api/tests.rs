@@ -377,3 +377,55 @@ async fn decisions_are_in_the_usage_history() {
     assert_eq!((c.requests, c.limited, c.limited_by("m/rpm")), (3, 1, 1));
     assert_eq!(history.models("acme").iter().map(|m| &**m).collect::<Vec<_>>(), ["m"]);
 }
+
+/// `user` names the end user: each gets its own budget inside the
+/// tenant's, the 429 says it is the end user's, and an end user that is
+/// too long, of the wrong type, or missing when required is a 400 naming
+/// `user` that charges nothing.
+#[tokio::test]
+async fn end_users_have_budgets_of_their_own() {
+    let h = harness_with(&policy_with_end_users("max_length = 8"), None);
+    let as_user = |user: Value| json!({"tenant": "acme", "model": "n", "user": user});
+    for _ in 0..2 {
+        let v = check(&h, as_user(json!("alice"))).await;
+        assert_eq!(v["admitted"], true, "{v}");
+    }
+    let v = check(&h, as_user(json!("alice"))).await;
+    assert_eq!(v["admitted"], false, "{v}");
+    assert_eq!(limit(&v, "end-user-rpm")["fits"], false);
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("on requests per min (RPM) per end user: Limit 2"), "{message}");
+    assert!(!message.contains("alice"), "{message}");
+    let v = check(&h, as_user(json!("bob"))).await;
+    assert_eq!(v["admitted"], true, "{v}");
+    assert_eq!(remaining(&v, "end-user-rpm"), 1);
+    // No user: the end user "", one budget for all such requests.
+    let v = check(&h, json!({"tenant": "acme", "model": "n"})).await;
+    assert_eq!(remaining(&v, "end-user-rpm"), 1);
+
+    let body = |user: Value| as_user(user).to_string();
+    let (status, v) =
+        send(&h, Method::POST, "/v1/decisions/check", &body(json!("123456789")), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["param"], "user");
+    assert_eq!(v["error"]["message"], "The end user is too long: `user` may be at most 8 bytes.");
+    let (status, v) = send(&h, Method::POST, "/v1/decisions/check", &body(json!(7)), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["param"], "user");
+    // Bob's budget is as it was: the refusals charged nothing.
+    let v = check(&h, as_user(json!("bob"))).await;
+    assert_eq!(remaining(&v, "end-user-rpm"), 0);
+
+    let h = harness_with(&policy_with_end_users("required = true"), None);
+    for no_user in [json!({"tenant": "acme", "model": "n"}), as_user(json!(""))] {
+        let (status, v) =
+            send(&h, Method::POST, "/v1/decisions/check", &no_user.to_string(), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+        assert_eq!(v["error"]["param"], "user");
+        assert!(
+            v["error"]["message"].as_str().unwrap().starts_with("This API requires an end user"),
+            "{v}"
+        );
+    }
+    assert_eq!(check(&h, as_user(json!("carol"))).await["admitted"], true);
+}

@@ -298,6 +298,11 @@ impl RedisStore {
         self.inner.slots.as_ref().map_or(0, |s| s.node_of(tenant))
     }
 
+    /// The prefix of every key of this store (before `:{<tenant>}:`).
+    pub fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
     /// How many servers [`RedisStore::node_of`] tells apart.
     pub fn nodes(&self) -> usize {
         if self.inner.slots.is_some() { MAX_NODES } else { 1 }

@@ -130,6 +130,7 @@ async fn load(
             endpoint: policy.endpoint("chat").expect("chat"),
             model: policy.model_ref("m"),
             cost: Cost::tokens(10, 20),
+            end_user: sluice_core::EndUser::NONE,
         };
         let plan = policy.plan(&req, SystemClock.now());
         let started = std::time::Instant::now();
@@ -251,6 +252,7 @@ pub fn stopped_server_oracle(mut target: Target, on_failure: OnFailure) {
                     endpoint: policy.endpoint("chat").expect("chat"),
                     model: policy.model_ref("m"),
                     cost: Cost::REQUEST,
+                    end_user: sluice_core::EndUser::NONE,
                 };
                 let plan = policy.plan(&req, SystemClock.now());
                 let d = rt.block_on(redis.peek(&plan.at_zero_cost())).expect("peek");
@@ -347,6 +349,7 @@ pub fn settlements_wait_for_a_restarted_server() {
             endpoint: policy.endpoint("chat").expect("chat"),
             model: policy.model_ref("m"),
             cost: Cost::tokens(10, 100),
+            end_user: sluice_core::EndUser::NONE,
         };
         policy.plan(&req, SystemClock.now())
     };

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::{
-    Clock, Cost, CounterStore, Decision, FakeClock, KeyFacts, KeySpec, LimitStatus, Outcome,
-    Policy, ReservationId, Settlement, TenantFacts, TenantSpec, Usage,
+    Clock, Cost, CounterStore, Decision, EndUser, FakeClock, KeyFacts, KeySpec, LimitStatus,
+    Outcome, Policy, ReservationId, Settlement, TenantFacts, TenantSpec, Usage,
 };
 
 /// Makes a fresh, empty store that reads time from `clock` (or, for stores
@@ -16,6 +16,9 @@ use sluice_core::{
 pub trait StoreFactory: Sync {
     type Store: CounterStore + Clone;
     fn make(&self, clock: FakeClock, rt: &tokio::runtime::Runtime) -> Self::Store;
+    /// How many counters of the tenant whose hash is `tenant` the store
+    /// holds (through the store's own API: there is no generic one).
+    fn counters_of(&self, store: &Self::Store, tenant: u64, rt: &tokio::runtime::Runtime) -> usize;
 }
 
 /// A store, a policy, a fake clock and a runtime to drive the store: tests
@@ -100,6 +103,7 @@ impl<S: CounterStore + Clone> Harness<S> {
                 .unwrap_or_else(|| panic!("no endpoint {endpoint}")),
             model: self.policy.model_ref(model),
             cost,
+            end_user: sluice_core::EndUser::NONE,
         }
     }
 
@@ -122,6 +126,25 @@ impl<S: CounterStore + Clone> Harness<S> {
     /// Admits a chat request of `tenant` on `model`.
     pub fn admit(&self, tenant: &TenantFacts, model: &str, cost: Cost) -> Decision {
         self.admit_req(&self.request(tenant, None, "chat", model, cost))
+    }
+
+    /// Admits a chat request of `tenant` on `model` for end user `user`
+    /// (`None`: the request names none).
+    pub fn admit_as(
+        &self,
+        tenant: &TenantFacts,
+        user: Option<&str>,
+        model: &str,
+        cost: Cost,
+    ) -> Decision {
+        let mut req = self.request(tenant, None, "chat", model, cost);
+        req.end_user = user.map_or(EndUser::NONE, EndUser::of);
+        self.admit_req(&req)
+    }
+
+    /// How many counters of `tenant` the store holds.
+    pub fn counters_of<F: StoreFactory<Store = S>>(&self, f: &F, tenant: &TenantFacts) -> usize {
+        f.counters_of(&self.store, tenant.hash(), &self.rt)
     }
 
     pub fn peek(&self, tenant: &TenantFacts, model: &str) -> Decision {

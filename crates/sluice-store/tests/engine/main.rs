@@ -3,6 +3,7 @@
 //! module with its factory and one `engine_tests!` line.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod end_users;
 mod faults;
 mod hard;
 mod harness;
@@ -51,7 +52,13 @@ macro_rules! engine_tests {
             hard::a_hard_limit_is_never_passed,
             keys::a_keys_grant_is_its_own_amount_within_the_tenants,
             keys::a_request_larger_than_a_keys_whole_budget_is_too_large,
-            keys::a_keys_grant_ends_with_its_until
+            keys::a_keys_grant_ends_with_its_until,
+            end_users::end_users_are_split_inside_the_tenants_budget,
+            end_users::a_first_seen_end_user_is_held_to_its_budget_from_its_first_request,
+            end_users::requests_without_an_end_user_share_one_budget,
+            end_users::conditions_test_the_end_user,
+            end_users::invented_end_users_leave_counters_only_for_those_admitted,
+            end_users::an_application_with_per_end_user_limits
         );
     };
     (@each $factory:expr; $($module:ident :: $name:ident),* $(,)?) => {
@@ -114,6 +121,15 @@ mod memory {
         type Store = MemoryStore;
         fn make(&self, clock: FakeClock, _rt: &tokio::runtime::Runtime) -> MemoryStore {
             MemoryStore::with_shards(clock, 8)
+        }
+        fn counters_of(
+            &self,
+            store: &MemoryStore,
+            tenant: u64,
+            _rt: &tokio::runtime::Runtime,
+        ) -> usize {
+            let bits = (tenant >> 32) as u32;
+            store.snapshot().iter().filter(|(k, _)| k.group.tenant_bits() == bits).count()
         }
     }
 
@@ -179,6 +195,25 @@ fn redis_store(
         .unwrap_or_else(|e| panic!("connect to {topology:?}: {e}"))
 }
 
+/// How many counters of `tenant` a Redis store holds: the fields of its
+/// groups' hashes (`KEYS` goes to every master of a Cluster; every key of
+/// a tenant carries its hash tag).
+fn redis_counters(
+    store: &sluice_store::RedisStore,
+    tenant: u64,
+    rt: &tokio::runtime::Runtime,
+) -> usize {
+    let pattern = format!("{}:{{{tenant:016x}}}:g:*", store.namespace());
+    let keys = rt.block_on(store.command(&["KEYS".to_owned(), pattern])).expect("KEYS");
+    let keys: Vec<String> = ::redis::from_redis_value(keys).expect("a list of keys");
+    keys.iter()
+        .map(|k| {
+            let n = rt.block_on(store.command(&["HLEN".to_owned(), k.clone()])).expect("HLEN");
+            ::redis::from_redis_value::<usize>(n).expect("a count")
+        })
+        .sum()
+}
+
 mod redis {
     //! The same suite on a real `redis-server`.
     use std::sync::OnceLock;
@@ -198,6 +233,14 @@ mod redis {
         fn make(&self, clock: FakeClock, rt: &tokio::runtime::Runtime) -> RedisStore {
             let server = SERVER.get_or_init(RedisServer::start);
             crate::redis_store(&Topology::Standalone(server.url()), clock, rt)
+        }
+        fn counters_of(
+            &self,
+            store: &RedisStore,
+            tenant: u64,
+            rt: &tokio::runtime::Runtime,
+        ) -> usize {
+            crate::redis_counters(store, tenant, rt)
         }
     }
 
@@ -237,6 +280,14 @@ mod valkey {
             let server = SERVER.get_or_init(RedisServer::start_valkey);
             crate::redis_store(&Topology::Standalone(server.url()), clock, rt)
         }
+        fn counters_of(
+            &self,
+            store: &RedisStore,
+            tenant: u64,
+            rt: &tokio::runtime::Runtime,
+        ) -> usize {
+            crate::redis_counters(store, tenant, rt)
+        }
     }
 
     engine_tests!(Valkey);
@@ -264,6 +315,14 @@ mod redis_cluster {
         fn make(&self, clock: FakeClock, rt: &tokio::runtime::Runtime) -> RedisStore {
             let cluster = CLUSTER.get_or_init(RedisCluster::start);
             crate::redis_store(&Topology::Cluster(cluster.urls()), clock, rt)
+        }
+        fn counters_of(
+            &self,
+            store: &RedisStore,
+            tenant: u64,
+            rt: &tokio::runtime::Runtime,
+        ) -> usize {
+            crate::redis_counters(store, tenant, rt)
         }
     }
 

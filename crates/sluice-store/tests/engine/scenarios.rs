@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use sluice_core::{Cost, Outcome, TenantSpec};
+use sluice_core::{Cost, EndUser, Outcome, TenantSpec};
 
 use crate::harness::{Harness, StoreFactory, denied_by, preset, status};
 
 #[derive(Clone, Copy, Debug)]
-enum Expect {
+pub(crate) enum Expect {
     Admitted,
     DeniedBy(&'static str),
     TooLarge(&'static str),
@@ -20,11 +20,13 @@ enum Expect {
 }
 
 #[derive(Clone, Copy, Debug)]
-enum Step {
+pub(crate) enum Step {
     /// `times` requests, each expected to come out as `expect`.
     Admit {
         tenant: &'static str,
         key: Option<&'static str>,
+        /// The end user inside the tenant (`None`: the request names none).
+        user: Option<&'static str>,
         endpoint: &'static str,
         model: &'static str,
         tokens: u64,
@@ -37,28 +39,51 @@ enum Step {
     Retier(&'static str, &'static str),
     /// The tier may (or may not) use the model.
     Allowed(&'static str, &'static str, bool),
+    /// `users` end users never seen before (`end-user-1`, …) each send
+    /// `times` chat requests, each expected to come out as `expect`.
+    EndUsers { tenant: &'static str, model: &'static str, users: u32, times: u32, expect: Expect },
+}
+
+/// Where a scenario's policy comes from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Source {
+    /// A preset of `examples/`.
+    Preset(&'static str),
+    /// Policy text.
+    Text(&'static str),
 }
 
 /// id, tier, environment, groups
-type TenantRow =
+pub(crate) type TenantRow =
     (&'static str, Option<&'static str>, Option<&'static str>, &'static [&'static str]);
 
-struct Scenario {
-    name: &'static str,
-    preset: &'static str,
-    start: &'static str,
-    tenants: &'static [TenantRow],
+pub(crate) struct Scenario {
+    pub(crate) name: &'static str,
+    pub(crate) policy: Source,
+    pub(crate) start: &'static str,
+    pub(crate) tenants: &'static [TenantRow],
     /// key id, labels
-    keys: &'static [(&'static str, &'static [(&'static str, &'static str)])],
-    steps: &'static [Step],
+    pub(crate) keys: &'static [(&'static str, &'static [(&'static str, &'static str)])],
+    pub(crate) steps: &'static [Step],
 }
 
 const fn chat(tenant: &'static str, model: &'static str, times: u32, expect: Expect) -> Step {
-    Step::Admit { tenant, key: None, endpoint: "chat", model, tokens: 0, times, expect }
+    Step::Admit { tenant, key: None, user: None, endpoint: "chat", model, tokens: 0, times, expect }
+}
+
+/// `times` chat requests of `tenant` for end user `user` (`None`: none).
+pub(crate) const fn chat_as(
+    tenant: &'static str,
+    user: Option<&'static str>,
+    model: &'static str,
+    times: u32,
+    expect: Expect,
+) -> Step {
+    Step::Admit { tenant, key: None, user, endpoint: "chat", model, tokens: 0, times, expect }
 }
 
 const fn tokens(tenant: &'static str, model: &'static str, tokens: u64, expect: Expect) -> Step {
-    Step::Admit { tenant, key: None, endpoint: "chat", model, tokens, times: 1, expect }
+    Step::Admit { tenant, key: None, user: None, endpoint: "chat", model, tokens, times: 1, expect }
 }
 
 const fn call(
@@ -69,12 +94,13 @@ const fn call(
     times: u32,
     expect: Expect,
 ) -> Step {
-    Step::Admit { tenant, key: Some(key), endpoint, model, tokens: 0, times, expect }
+    Step::Admit { tenant, key: Some(key), user: None, endpoint, model, tokens: 0, times, expect }
 }
 
-const MIN: Duration = Duration::from_secs(60);
+pub(crate) const MIN: Duration = Duration::from_secs(60);
 
 use Expect::*;
+use Source::*;
 use Step::*;
 
 const FREE_V31: &str = "DeepSeek-V3.1";
@@ -83,7 +109,7 @@ const SF_MODEL: &str = "sfdc_ai__DefaultGPT4Omni";
 static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "SambaNova free tier: the 21st request of a day on one model is denied, another model still admits",
-        preset: "sambanova-cloud.toml",
+        policy: Preset("sambanova-cloud.toml"),
         start: "2026-05-01T08:00:00Z",
         tenants: &[("acct", Some("free"), None, &[])],
         keys: &[],
@@ -139,7 +165,7 @@ static SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "SambaNova free tier: 200,000 tokens per day per model",
-        preset: "sambanova-cloud.toml",
+        policy: Preset("sambanova-cloud.toml"),
         start: "2026-05-01T08:00:00Z",
         tenants: &[("acct", Some("free"), None, &[])],
         keys: &[],
@@ -152,7 +178,7 @@ static SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "SambaNova developer tier: tokens on one model reduce the 20M daily budget of every model",
-        preset: "sambanova-cloud.toml",
+        policy: Preset("sambanova-cloud.toml"),
         start: "2026-05-01T08:00:00Z",
         tenants: &[("acct", Some("developer"), None, &[])],
         keys: &[],
@@ -171,7 +197,7 @@ static SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "SambaNova: an upgrade from Free to Developer applies at once and keeps today's counts",
-        preset: "sambanova-cloud.toml",
+        policy: Preset("sambanova-cloud.toml"),
         start: "2026-05-01T08:00:00Z",
         tenants: &[("acct", Some("free"), None, &[])],
         keys: &[],
@@ -188,7 +214,7 @@ static SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "SambaNova 2025 page: RPM and RPD per model, whichever is reached first",
-        preset: "sambanova-cloud-2025.toml",
+        policy: Preset("sambanova-cloud-2025.toml"),
         start: "2026-05-01T08:00:00Z",
         tenants: &[("acct", Some("developer"), None, &[])],
         keys: &[],
@@ -206,7 +232,7 @@ static SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "Llama API: two keys of one team share 10 RPM; another team is untouched",
-        preset: "llama-api.toml",
+        policy: Preset("llama-api.toml"),
         start: "2026-05-01T08:00:00Z",
         tenants: &[("team-a", None, None, &[]), ("team-b", None, None, &[])],
         keys: &[("a1", &[]), ("a2", &[]), ("b1", &[])],
@@ -253,7 +279,7 @@ static SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "Llama API: 250,000 tokens per minute per team",
-        preset: "llama-api.toml",
+        policy: Preset("llama-api.toml"),
         start: "2026-05-01T08:00:00Z",
         tenants: &[("team-a", None, None, &[])],
         keys: &[],
@@ -282,7 +308,7 @@ static SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "Salesforce: a sandbox org's 201st Apex request in an hour is denied; its REST requests are not",
-        preset: "salesforce-models-api.toml",
+        policy: Preset("salesforce-models-api.toml"),
         start: "2026-05-01T08:00:00Z",
         tenants: &[("sandbox-org", None, Some("sandbox"), &[])],
         keys: &[("apex", &[("channel", "apex")]), ("rest", &[("channel", "rest")])],
@@ -310,7 +336,7 @@ static SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "Salesforce: demo and trial orgs get 150 Apex requests per hour",
-        preset: "salesforce-models-api.toml",
+        policy: Preset("salesforce-models-api.toml"),
         start: "2026-05-01T08:00:00Z",
         tenants: &[("demo-org", None, Some("demo"), &[]), ("trial-org", None, Some("trial"), &[])],
         keys: &[("apex", &[("channel", "apex")])],
@@ -323,7 +349,7 @@ static SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "Salesforce: embeddings have their own 1,000 RPM beside generation's 500, per endpoint",
-        preset: "salesforce-models-api.toml",
+        policy: Preset("salesforce-models-api.toml"),
         start: "2026-05-01T08:00:00Z",
         tenants: &[("prod-org", None, Some("production"), &[])],
         keys: &[("apex", &[("channel", "apex")])],
@@ -359,7 +385,7 @@ static SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "Salesforce: a model whose RPM differs; production Apex has no hourly limit",
-        preset: "salesforce-models-api.toml",
+        policy: Preset("salesforce-models-api.toml"),
         start: "2026-05-01T08:00:00Z",
         tenants: &[("prod-org", None, Some("production"), &[])],
         keys: &[("apex", &[("channel", "apex")])],
@@ -392,7 +418,7 @@ static SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "Salesforce: the Agentforce reasoning engine is not limited in a sandbox",
-        preset: "salesforce-models-api.toml",
+        policy: Preset("salesforce-models-api.toml"),
         start: "2026-05-01T08:00:00Z",
         tenants: &[
             ("sandbox-org", None, Some("sandbox"), &[]),
@@ -414,7 +440,7 @@ static SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "SambaStack: no limits until an administrator applies them to a user group",
-        preset: "sambastack.toml",
+        policy: Preset("sambastack.toml"),
         start: "2026-05-01T08:00:00Z",
         tenants: &[
             ("alice", None, None, &[]),
@@ -432,8 +458,12 @@ static SCENARIOS: &[Scenario] = &[
     },
 ];
 
-fn run_scenario<F: StoreFactory>(f: &F, s: &Scenario) {
-    let h = Harness::new(f, preset(s.preset), s.start);
+pub(crate) fn run_scenario<F: StoreFactory>(f: &F, s: &Scenario) {
+    let policy = match s.policy {
+        Preset(name) => preset(name),
+        Text(text) => crate::harness::policy(text),
+    };
+    let h = Harness::new(f, policy, s.start);
     let mut specs: HashMap<&str, TenantSpec> = HashMap::new();
     for &(id, tier, env, groups) in s.tenants {
         specs.insert(
@@ -462,33 +492,55 @@ fn run_scenario<F: StoreFactory>(f: &F, s: &Scenario) {
                 let tid = h.policy.tier(tier).unwrap_or_else(|| panic!("{at}: no tier"));
                 assert_eq!(h.policy.model_allowed(tid, h.policy.model_ref(model)), allowed, "{at}");
             }
-            Admit { tenant, key, endpoint, model, tokens, times, expect } => {
+            Admit { tenant, key, user, endpoint, model, tokens, times, expect } => {
                 let facts = h.tenant(&specs[tenant]);
                 let key = key.map(|k| &keys[k]);
                 for n in 0..times {
-                    let req = h.request(&facts, key, endpoint, model, Cost::tokens(tokens, 0));
-                    let d = h.admit_req(&req);
+                    let mut req = h.request(&facts, key, endpoint, model, Cost::tokens(tokens, 0));
+                    req.end_user = user.map_or(EndUser::NONE, EndUser::of);
                     let at = format!("{at}, request {} of {times}", n + 1);
-                    match expect {
-                        Admitted => assert!(d.is_admitted(), "{at}: {d:?}"),
-                        Unlimited => {
-                            assert!(d.is_admitted() && d.statuses.is_empty(), "{at}: {d:?}");
-                        }
-                        DeniedBy(limit) => {
-                            assert!(matches!(d.outcome, Outcome::Limited { .. }), "{at}: {d:?}");
-                            assert_eq!(denied_by(&h.policy, &d), limit, "{at}");
-                        }
-                        TooLarge(limit) => {
-                            assert!(matches!(d.outcome, Outcome::TooLarge { .. }), "{at}: {d:?}");
-                            assert_eq!(denied_by(&h.policy, &d), limit, "{at}");
-                        }
-                        Remaining(limit, left) => {
-                            assert!(d.is_admitted(), "{at}: {d:?}");
-                            assert_eq!(status(&h.policy, &d, limit).remaining, left, "{at}");
-                        }
+                    check(&h, &h.admit_req(&req), expect, &at);
+                }
+            }
+            EndUsers { tenant, model, users, times, expect } => {
+                let facts = h.tenant(&specs[tenant]);
+                for u in 1..=users {
+                    let user = format!("end-user-{u}");
+                    for n in 0..times {
+                        let mut req = h.request(&facts, None, "chat", model, Cost::REQUEST);
+                        req.end_user = EndUser::of(&user);
+                        let at = format!("{at}, {user}, request {} of {times}", n + 1);
+                        check(&h, &h.admit_req(&req), expect, &at);
                     }
                 }
             }
+        }
+    }
+}
+
+/// Whether decision `d` came out as `expect`.
+fn check<S: sluice_core::CounterStore + Clone>(
+    h: &Harness<S>,
+    d: &sluice_core::Decision,
+    expect: Expect,
+    at: &str,
+) {
+    match expect {
+        Admitted => assert!(d.is_admitted(), "{at}: {d:?}"),
+        Unlimited => {
+            assert!(d.is_admitted() && d.statuses.is_empty(), "{at}: {d:?}");
+        }
+        DeniedBy(limit) => {
+            assert!(matches!(d.outcome, Outcome::Limited { .. }), "{at}: {d:?}");
+            assert_eq!(denied_by(&h.policy, d), limit, "{at}");
+        }
+        TooLarge(limit) => {
+            assert!(matches!(d.outcome, Outcome::TooLarge { .. }), "{at}: {d:?}");
+            assert_eq!(denied_by(&h.policy, d), limit, "{at}");
+        }
+        Remaining(limit, left) => {
+            assert!(d.is_admitted(), "{at}: {d:?}");
+            assert_eq!(status(&h.policy, d, limit).remaining, left, "{at}");
         }
     }
 }
