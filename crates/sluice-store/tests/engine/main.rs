@@ -45,6 +45,7 @@ macro_rules! engine_tests {
             money::money_is_charged_to_the_micro_unit,
             money::a_month_of_spend_adds_up_exactly,
             money::a_budget_denies_until_its_window_turns,
+            money::a_developer_tier_with_a_daily_budget_across_models,
             waiting::a_refused_request_waits_for_room_and_is_admitted,
             waiting::a_wait_longer_than_max_wait_is_refused_at_once,
             waiting::one_tenants_line_does_not_hold_up_another,

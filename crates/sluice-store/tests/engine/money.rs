@@ -8,6 +8,7 @@ use sluice_core::money::Billed;
 use sluice_core::{Cost, Outcome, Usage};
 
 use crate::harness::{Harness, StoreFactory, denied_by, is_limited, policy, status, tenant};
+use crate::scenarios::{Expect, Scenario, Source, Step, run_scenario};
 
 /// $2.50 / $1.25 cached / $10.00 per million tokens on `gpt`, $0.15 / $0.60
 /// on `mini`, $20 / $60 for anything else; a tenant's day is $1.00 and its
@@ -164,4 +165,65 @@ pub fn a_budget_denies_until_its_window_turns<F: StoreFactory>(f: &F) {
     let d = h.admit(&t, "gpt", Cost::tokens(0, 100_000));
     assert!(matches!(d.outcome, Outcome::TooLarge { .. }), "{:?}", d.outcome);
     assert_eq!(denied_by(&h.policy, &d), "hourly-budget");
+}
+
+/// A Developer-tier tenant with a $10 a day budget across two models at
+/// their own prices, a Free-tier tenant with none, in the provider style.
+const TIERS: &str = r#"
+[policy]
+default_tier = "free"
+default_price = { input = 10.00, output = 30.00 }
+
+[models.big]
+price = { input = 5.00, output = 15.00 }
+[models.small]
+price = { input = 0.50, output = 1.50 }
+
+[tiers.free.models]
+big = { rpd = 10 }
+small = { rpd = 100 }
+
+[tiers.developer.models]
+big = { rpd = 1_000 }
+small = { rpd = 10_000 }
+
+[[tiers.developer.limits]]
+name = "daily-budget"
+metric = "cost"
+amount = 10
+window = "1d"
+"#;
+
+const fn prompt(tenant: &'static str, model: &'static str, tokens: u64, expect: Expect) -> Step {
+    Step::Admit { tenant, key: None, user: None, endpoint: "chat", model, tokens, times: 1, expect }
+}
+
+static DEVELOPER_BUDGET: Scenario = Scenario {
+    name: "A Developer tier with $10 a day across models",
+    policy: Source::Text(TIERS),
+    start: "2026-05-01T08:00:00Z",
+    tenants: &[("dev", Some("developer"), None, &[]), ("free", None, None, &[])],
+    keys: &[],
+    steps: &[
+        // $5.00 of the big model's prompts, $4.00 of the small one's.
+        prompt("dev", "big", 1_000_000, Expect::Remaining("daily-budget", 5_000_000)),
+        prompt("dev", "small", 8_000_000, Expect::Remaining("daily-budget", 1_000_000)),
+        // $1.50 does not fit the dollar left; $1.00 does, exactly.
+        prompt("dev", "big", 300_000, Expect::DeniedBy("daily-budget")),
+        prompt("dev", "small", 2_000_000, Expect::Remaining("daily-budget", 0)),
+        // A single token costs a micro-unit: none left.
+        prompt("dev", "small", 1, Expect::DeniedBy("daily-budget")),
+        // $15 can never fit $10.
+        prompt("dev", "big", 3_000_000, Expect::TooLarge("daily-budget")),
+        // The Free tier has no budget, only its requests per day.
+        prompt("free", "big", 3_000_000, Expect::Admitted),
+        // The next day, the budget is whole again.
+        Step::Wait(std::time::Duration::from_secs(86_400)),
+        prompt("dev", "big", 1_000_000, Expect::Remaining("daily-budget", 5_000_000)),
+    ],
+};
+
+/// The scenario, on one store.
+pub fn a_developer_tier_with_a_daily_budget_across_models<F: StoreFactory>(f: &F) {
+    run_scenario(f, &DEVELOPER_BUDGET);
 }
