@@ -36,6 +36,9 @@ pub struct Query<'a> {
     /// The end user inside the tenant (OpenAI's `user`), if any: hashed,
     /// never kept.
     pub user: Option<&'a str>,
+    /// The longest the caller lets a refused check wait for room (the
+    /// policy's `max_wait` bounds it; zero: answer at once, as gRPC does).
+    pub max_wait: std::time::Duration,
 }
 
 /// Why a decision could not be made. None of these charges anything.
@@ -246,6 +249,8 @@ pub struct Answer {
     pub subject: String,
     /// The model, when the request named one.
     pub(crate) model: Option<ModelId>,
+    /// How long the check waited for room (`max_wait`; zero if it did not).
+    pub waited: std::time::Duration,
 }
 
 impl std::fmt::Debug for Answer {
@@ -444,34 +449,60 @@ pub(crate) fn check_cost(cost: Cost, max: u64) -> Result<(), DecisionError> {
 }
 
 /// Plans and admits a resolved query at `now`.
-pub(crate) async fn admit<S: CounterStore>(
+/// Where a refused check may wait for room: the service's lines, its
+/// clock, and how long the caller allows.
+pub(crate) struct Waiting<'w, C: ?Sized> {
+    pub(crate) queue: &'w sluice_store::WaitQueue,
+    pub(crate) clock: &'w C,
+    pub(crate) max_wait: std::time::Duration,
+}
+
+pub(crate) async fn admit<S: CounterStore, C: sluice_core::Clock + ?Sized>(
     store: &S,
     now: Instant,
     index: Arc<RuntimeIndex>,
     r: Resolved<'_>,
     cost: Cost,
+    waiting: Waiting<'_, C>,
 ) -> Result<Answer, DecisionError> {
     let rt = &index.runtime;
     let Some(tenant) = rt.tenants.get(r.tenant) else {
         return Err(DecisionError::UnknownKey);
     };
-    let plan = rt.policy.plan(
-        &sluice_core::Ask {
-            tenant: &tenant.facts,
-            key: r.key.map(|k| &k.facts),
-            endpoint: r.endpoint,
-            model: r.model,
-            cost,
-            end_user: r.end_user,
-        },
-        now,
-    );
-    let decision = store.admit(&plan).await.map_err(|e| {
+    let ask = sluice_core::Ask {
+        tenant: &tenant.facts,
+        key: r.key.map(|k| &k.facts),
+        endpoint: r.endpoint,
+        model: r.model,
+        cost,
+        end_user: r.end_user,
+    };
+    let plan = rt.policy.plan(&ask, now);
+    let failed = |e: S::Error| {
         tracing::error!(error = %e, "counter store failed");
         DecisionError::Unavailable(e.to_string())
-    })?;
+    };
+    let mut decision = store.admit(&plan).await.map_err(failed)?;
+    let mut now = now;
+    let mut waited = std::time::Duration::ZERO;
+    // Refused by limits that allow a short wait, and the caller waits too:
+    // in the tenant's line, as the proxy does.
+    let wait = rt.policy.allowed_wait(tenant.facts.tier(), &decision).min(waiting.max_wait);
+    if !decision.is_admitted() && !wait.is_zero() {
+        let who = sluice_store::Waiter { tenant: tenant.facts.hash(), bytes: 0, wait };
+        let w = waiting
+            .queue
+            .wait_for_room(who, (store, waiting.clock, &sluice_store::TokioPause), decision, |at| {
+                rt.policy.plan(&ask, at)
+            })
+            .await
+            .map_err(failed)?;
+        decision = w.decision;
+        waited = w.waited;
+        now = waiting.clock.now();
+    }
     let (tenant, subject, model) = (r.tenant, r.subject, r.model.id);
-    Ok(Answer { index, now, decision, tenant, subject, model })
+    Ok(Answer { index, now, decision, tenant, subject, model, waited })
 }
 
 #[cfg(test)]

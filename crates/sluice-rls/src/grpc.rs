@@ -296,6 +296,8 @@ impl<S: CounterStore + Clone + Unpin> DecisionService<S> {
             endpoint: f.endpoint,
             cost,
             user: f.user,
+            // Envoy gives its rate limit call milliseconds: never wait.
+            max_wait: std::time::Duration::ZERO,
         };
         let answer = self.check(&req.domain, &q, Api::Grpc).await?;
         if let Some(id) = answer.decision.reservation() {

@@ -162,6 +162,7 @@ async fn check_call<S: CounterStore + Clone + Unpin>(
                 endpoint: string(&obj, "endpoint")?,
                 cost: Cost::tokens(count(&obj, "input_tokens")?, count(&obj, "output_tokens")?),
                 user: string(&obj, "user")?,
+                max_wait: Duration::from_millis(count(&obj, "max_wait_ms")?),
             },
         ))
     })();
@@ -246,8 +247,17 @@ fn reservation_id(obj: &Map<String, Value>) -> Result<ReservationId, DecisionErr
     })
 }
 
-const CHECK_FIELDS: &[&str] =
-    &["domain", "tenant", "api_key", "model", "endpoint", "user", "input_tokens", "output_tokens"];
+const CHECK_FIELDS: &[&str] = &[
+    "domain",
+    "tenant",
+    "api_key",
+    "model",
+    "endpoint",
+    "user",
+    "input_tokens",
+    "output_tokens",
+    "max_wait_ms",
+];
 const SETTLE_FIELDS: &[&str] = &[
     "reservation_id",
     "input_tokens",
@@ -349,6 +359,9 @@ fn check_body(answer: &Answer) -> Value {
         (answer.decision.outcome, out.as_object_mut())
     {
         o.insert("retry_after_ms".into(), json!(millis(retry_at.since(answer.now)).max(1)));
+    }
+    if let (false, Some(o)) = (answer.waited.is_zero(), out.as_object_mut()) {
+        o.insert("waited_ms".into(), json!(millis(answer.waited)));
     }
     if let (Some(e), Some(o)) = (answer.error(), out.as_object_mut()) {
         o.insert(

@@ -88,6 +88,8 @@ pub struct DecisionService<S> {
     token: Option<[u8; 32]>,
     metrics: Metrics,
     index: ArcSwapOption<RuntimeIndex>,
+    /// Checks waiting for room (`max_wait`, JSON API only).
+    queue: sluice_store::WaitQueue,
 }
 
 impl<S> std::fmt::Debug for DecisionService<S> {
@@ -111,6 +113,7 @@ impl<S: CounterStore + Clone + Unpin> DecisionService<S> {
             token: token.map(sluice_served::auth::hash_secret),
             metrics,
             index: ArcSwapOption::empty(),
+            queue: sluice_store::WaitQueue::new(sluice_store::QueueBounds::default()),
         })
     }
 
@@ -220,7 +223,12 @@ impl<S: CounterStore + Clone + Unpin> DecisionService<S> {
         let index = self.index();
         let now = self.served.clock.now();
         let resolved = engine::resolve(&index, q, &self.config, now)?;
-        engine::admit(&self.served.store, now, index.clone(), resolved, q.cost).await
+        let waiting = engine::Waiting {
+            queue: &self.queue,
+            clock: &*self.served.clock,
+            max_wait: q.max_wait,
+        };
+        engine::admit(&self.served.store, now, index.clone(), resolved, q.cost, waiting).await
     }
 
     /// Settles a reservation made by [`DecisionService::check`] with what the

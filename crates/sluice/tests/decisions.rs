@@ -393,3 +393,34 @@ token_env = "DECISIONS_TOKEN"
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("the policy has no [upstreams]"), "{err}");
 }
+
+/// A JSON check whose caller allows a wait (`max_wait_ms`) waits for room
+/// as the proxy does (the tier's `max_wait` bounds it) and says how long;
+/// without it the refusal comes at once. gRPC never waits (Envoy gives its
+/// rate limit call milliseconds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_check_waits_for_room_when_its_caller_allows() {
+    let mock = mock().await;
+    let text = policy(&mock, "15m")
+        .replace("m = { rpm = 5, tpm = 10_000 }", "m = { rps = 2, tpm = 10_000 }")
+        .replace("[tiers.free.models]", "[tiers.free]\nmax_wait = \"2s\"\n\n[tiers.free.models]");
+    assert!(text.contains("rps = 2") && text.contains("max_wait"), "{text}");
+    let mut sluice =
+        Sluice::start(&text, &[("UPSTREAM_KEY", "upstream-secret"), ("DECISIONS_TOKEN", TOKEN)]);
+    let http = sluice.line("sluice decisions http on ").expect("the http listener line");
+    let s = Service { sluice, grpc: String::new(), http, c: client() };
+    for _ in 0..2 {
+        assert_eq!(s.check(1, 1).await["admitted"], true);
+    }
+    let started = std::time::Instant::now();
+    let v = s.check(1, 1).await;
+    assert_eq!(v["admitted"], false, "{v}");
+    assert!(v.get("waited_ms").is_none(), "{v}");
+    assert!(started.elapsed() < Duration::from_millis(300), "refused at once");
+    let body = json!({"tenant": "acme", "model": "m", "input_tokens": 1, "output_tokens": 1, "max_wait_ms": 2_000});
+    let (status, v) = s.json("/v1/decisions/check", &body, Some(TOKEN)).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["admitted"], true, "{v}");
+    let waited = v["waited_ms"].as_u64().unwrap();
+    assert!((100..=1_100).contains(&waited), "waited {waited} ms");
+}
