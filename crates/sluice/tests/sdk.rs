@@ -6,7 +6,7 @@
 //! stream the upstream breaks off. The scripts are
 //! `tests/sdk/test_openai_sdk.py` and `tests/sdk/node/test_openai_sdk.mjs`;
 //! `./scripts/test` installs the Python SDK into `.venv` (or set
-//! `SLUICE_PYTHON`) and the Node one into `tests/sdk/node/node_modules`.
+//! `SLUICE_PYTHON`) and the Node one into `target/sdk-node/node_modules`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -31,23 +31,30 @@ fn python() -> PathBuf {
     python
 }
 
-/// `node` with the official `openai` package in tests/sdk/node/node_modules
-/// (`./scripts/test` runs `npm ci` there; `SLUICE_NODE` names another
-/// `node`).
+/// `node` with the official `openai` package, and the Node script where it
+/// resolves it: `./scripts/test` installs the package (pinned by
+/// tests/sdk/node/package-lock.json) into target/sdk-node/node_modules, and
+/// the script is copied beside it (an ES module finds its imports from its
+/// own folder up). `SLUICE_NODE` names another `node`.
 fn node() -> (PathBuf, PathBuf) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/sdk/node");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = root.join("target/sdk-node");
     let node = std::env::var_os("SLUICE_NODE").map_or_else(|| PathBuf::from("node"), PathBuf::from);
-    let ok = Command::new(&node)
-        .current_dir(&dir)
-        .args(["-e", "import('openai').then(() => process.exit(0), () => process.exit(1))"])
-        .status()
-        .is_ok_and(|s| s.success());
+    let ok = dir.join("node_modules/openai/package.json").is_file()
+        && Command::new(&node)
+            .current_dir(&dir)
+            .args(["-e", "import('openai').then(() => process.exit(0), () => process.exit(1))"])
+            .status()
+            .is_ok_and(|s| s.success());
     assert!(
         ok,
         "no node with the openai package in {}: run ./scripts/test (it runs npm ci there), or set SLUICE_NODE",
         dir.display()
     );
-    (node, dir.join("test_openai_sdk.mjs"))
+    let script = dir.join("test_openai_sdk.mjs");
+    std::fs::copy(root.join("tests/sdk/node/test_openai_sdk.mjs"), &script)
+        .expect("copy the Node script beside its SDK");
+    (node, script)
 }
 
 /// Runs one SDK's script against a `sluice serve` with the policy the
