@@ -60,25 +60,11 @@ pub enum RewriteError {
 pub fn force_include_usage(body: &[u8], opts: RewriteOptions) -> Result<Rewrite<'_>, RewriteError> {
     let top = scan_top(body)?;
     let Some(raw) = top.stream_options else {
-        // No `stream_options`: add one before the closing brace.
-        let close = body
-            .iter()
-            .rposition(|&b| b == b'}')
-            .ok_or_else(|| RewriteError::NotAnObject("no closing brace".into()))?;
-        // Right after the last member (or the opening brace), so whitespace
-        // before the `}` stays where it was.
-        let at = body[..close]
-            .iter()
-            .rposition(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-            .map_or(close, |i| i + 1);
-        let mut out = Vec::with_capacity(body.len() + 80);
-        out.extend_from_slice(&body[..at]);
-        if top.members > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"\"stream_options\":");
-        write_options(&mut out, &[], opts);
-        out.extend_from_slice(&body[at..]);
+        // No `stream_options`: add one as the last member.
+        let out = append_member(body, top.members > 0, |out| {
+            out.extend_from_slice(b"\"stream_options\":");
+            write_options(out, &[], opts);
+        })?;
         return Ok(Rewrite { body: Cow::Owned(out), client_asked: false });
     };
     let span = span_of(body, raw.get())
@@ -109,21 +95,38 @@ pub fn force_include_usage(body: &[u8], opts: RewriteOptions) -> Result<Rewrite<
 /// its `model`), with `"name":value` added as its last member, changing
 /// nothing else. The caller knows the member is not there yet.
 pub fn with_member(body: &[u8], name: &str, value: &str) -> Result<Vec<u8>, RewriteError> {
+    append_member(body, true, |out| {
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+        out.extend_from_slice(value.as_bytes());
+    })
+}
+
+/// `body` with a member written by `write` added after its last one (a
+/// comma first if it has `members`), right before the closing brace's
+/// whitespace, so that everything else stays byte for byte.
+fn append_member(
+    body: &[u8],
+    members: bool,
+    write: impl FnOnce(&mut Vec<u8>),
+) -> Result<Vec<u8>, RewriteError> {
     let close = body
         .iter()
         .rposition(|&b| b == b'}')
         .ok_or_else(|| RewriteError::NotAnObject("no closing brace".into()))?;
+    // Right after the last member (or the opening brace), so whitespace
+    // before the `}` stays where it was.
     let at = body[..close]
         .iter()
         .rposition(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
         .map_or(close, |i| i + 1);
-    let mut out = Vec::with_capacity(body.len() + name.len() + value.len() + 4);
+    let mut out = Vec::with_capacity(body.len() + 80);
     out.extend_from_slice(&body[..at]);
-    out.push(b',');
-    out.push(b'"');
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":");
-    out.extend_from_slice(value.as_bytes());
+    if members {
+        out.push(b',');
+    }
+    write(&mut out);
     out.extend_from_slice(&body[at..]);
     Ok(out)
 }
@@ -235,6 +238,14 @@ impl<'de> Deserialize<'de> for Members<'de> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_is_added_last_and_nothing_else_changes() {
+        let body = br#"{"model":"m", "messages":[] }"#;
+        let out = with_member(body, "max_tokens", "512").unwrap();
+        assert_eq!(out, br#"{"model":"m", "messages":[],"max_tokens":512 }"#);
+        assert!(with_member(b"[1]", "max_tokens", "1").is_err());
+    }
 
     fn force(body: &str) -> (String, bool) {
         let r = force_include_usage(body.as_bytes(), RewriteOptions::default()).unwrap();
