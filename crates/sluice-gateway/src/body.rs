@@ -102,7 +102,8 @@ impl OutputCut {
 fn push_until(tap: &mut SseUsageTap, frame: &[u8], out: &mut BytesMut, output: u64) -> bool {
     let mut rest = frame;
     while !rest.is_empty() {
-        let end = memchr::memmem::find(rest, b"\n\n").map_or(rest.len(), |i| i + 2);
+        // An event ends at a blank line: `\n\n`, or `\n\r\n` (CRLF lines).
+        let end = blank_line_end(rest).unwrap_or(rest.len());
         let (event, tail) = rest.split_at(end);
         tap.push(event, out);
         rest = tail;
@@ -111,6 +112,15 @@ fn push_until(tap: &mut SseUsageTap, frame: &[u8], out: &mut BytesMut, output: u
         }
     }
     false
+}
+
+/// Where the first blank line of `b` ends (the end of an SSE event).
+fn blank_line_end(b: &[u8]) -> Option<usize> {
+    memchr::memchr_iter(b'\n', b).find_map(|i| match b.get(i + 1..) {
+        Some([b'\n', ..]) => Some(i + 2),
+        Some([b'\r', b'\n', ..]) => Some(i + 3),
+        _ => None,
+    })
 }
 
 fn event(out: &mut BytesMut, chunk: &serde_json::Value) {
@@ -428,6 +438,33 @@ impl<S: CounterStore + Clone + Unpin> Body for Metered<S> {
             // Stripping a chunk changes the length: promise nothing.
             (Tap::Sse(_), _) | (_, None) => SizeHint::default(),
             (_, Some(inner)) => inner.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_end_at_a_blank_line_of_either_ending() {
+        assert_eq!(blank_line_end(b"data: a\n\ndata: b\n\n"), Some(9));
+        assert_eq!(blank_line_end(b"data: a\r\n\r\ndata: b"), Some(11));
+        assert_eq!(blank_line_end(b"data: a\n"), None);
+    }
+
+    /// A frame holding a whole stream is cut after the event that reaches
+    /// the output allowed, whatever its line endings.
+    #[test]
+    fn a_frame_is_pushed_until_the_output_is_reached() {
+        for nl in ["\n", "\r\n"] {
+            let event =
+                format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"tok \"}}}}]}}{nl}{nl}");
+            let frame = event.repeat(10);
+            let mut tap = SseUsageTap::new(false);
+            let mut out = BytesMut::new();
+            assert!(push_until(&mut tap, frame.as_bytes(), &mut out, 3));
+            assert_eq!(out, event.repeat(3).as_bytes(), "line ending {nl:?}");
         }
     }
 }

@@ -442,11 +442,7 @@ pub(crate) async fn proxy<'r, S: CounterStore + Clone + Unpin>(
     // Under a hard limit the output is cut at what was reserved: the
     // upstream is told (a request that named no maximum gets the one it
     // was reserved at), and a stream is ended there should it go on.
-    let hard = kind.has_output()
-        && decision
-            .statuses
-            .iter()
-            .any(|s| !s.shadow && rt.policy.limit(s.limit).is_some_and(|l| l.hard));
+    let hard = kind.has_output() && plan.charges.iter().any(|c| c.hard && !c.shadow);
     let add_max = match (hard, asked_output, kind) {
         (true, None, EndpointKind::ChatCompletions | EndpointKind::Completions) => {
             Some(("max_tokens", output / choices.max(1)))
