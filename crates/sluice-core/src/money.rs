@@ -84,16 +84,9 @@ pub struct Money<'a> {
 
 impl fmt::Display for Money<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let whole = self.micros / MICROS_PER_UNIT;
-        let frac = self.micros % MICROS_PER_UNIT;
-        // At least cents; more digits only when they are not zero.
-        let mut digits = format!("{frac:06}");
-        while digits.len() > 2 && digits.ends_with('0') {
-            digits.pop();
-        }
         match self.currency {
-            "USD" => write!(f, "${whole}.{digits}"),
-            c => write!(f, "{whole}.{digits} {c}"),
+            "USD" => write!(f, "${}", decimal(self.micros)),
+            c => write!(f, "{} {c}", decimal(self.micros)),
         }
     }
 }
@@ -118,11 +111,16 @@ pub fn micros_of(written: f64) -> Option<u64> {
     Some(rounded as u64)
 }
 
-/// The amount of money written for people: `12.5` → `"12.50"`, as
-/// [`Money`] writes it but without the currency (for headers and JSON).
+/// An amount in micro-units as a decimal of the currency, at least cents
+/// and more digits only when they are not zero: `12.50`, `0.000125` (for
+/// headers and JSON; [`Money`] adds the currency).
 pub fn decimal(micros: u64) -> String {
-    let s = Money { micros, currency: "" }.to_string();
-    s.trim_end().to_owned()
+    let (whole, frac) = (micros / MICROS_PER_UNIT, micros % MICROS_PER_UNIT);
+    let mut digits = format!("{frac:06}");
+    while digits.len() > 2 && digits.ends_with('0') {
+        digits.pop();
+    }
+    format!("{whole}.{digits}")
 }
 
 #[cfg(test)]
