@@ -1,27 +1,10 @@
 //! Key grants: what `Policy::key` accepts, and which amount a plan uses.
 
 use super::*;
-use crate::metric::Metric;
-use crate::policy::{LimitSpec, PolicyBuilder, Scope};
-use crate::window::Window;
+use crate::policy::{LimitSpec, PolicyBuilder};
 
 fn rpm(name: &str, amount: u64, by: Vec<Fact>) -> LimitSpec {
-    LimitSpec {
-        name: name.into(),
-        scope: Scope::Global,
-        metric: Metric::Requests,
-        amount,
-        burst: None,
-        window: Some(Window::rolling("1m".parse().unwrap())),
-        by,
-        when: vec![],
-        unless: vec![],
-        shadow: false,
-        counter: None,
-        origin: None,
-        max_wait: None,
-        hard: false,
-    }
+    super::tests::rpm(name, amount, by, vec![])
 }
 
 /// A tenant-wide 10 RPM and a per-key 3 RPM.

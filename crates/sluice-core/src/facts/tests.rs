@@ -5,7 +5,8 @@
 use crate::policy::{counter_identity, name_hash};
 use crate::*;
 
-fn rpm(name: &str, amount: u64, by: Vec<Fact>, when: ConditionSpec) -> LimitSpec {
+/// A global rolling requests-per-minute limit (also the key grants' tests').
+pub(super) fn rpm(name: &str, amount: u64, by: Vec<Fact>, when: ConditionSpec) -> LimitSpec {
     LimitSpec {
         name: name.into(),
         scope: Scope::Global,
